@@ -1,0 +1,1 @@
+"""Pixels and words to numbers: model backends, taxonomy, zero-shot scoring. Knows nothing of HTTP."""

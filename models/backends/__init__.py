@@ -1,0 +1,1 @@
+"""Backends: one small class per CLIP-style model family behind one protocol."""

@@ -1,0 +1,82 @@
+"""Labelled photo folders: the PAD-UFES-20 layout (`images/` + `metadata.csv`) and a plain one
+(`labels.csv` with `file,label`). Labels resolve through the taxonomy (ids, names, synonyms,
+dataset codes). `biopsed` is read by nobody: it leaks the label (see DATA.md)."""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from models.taxonomy import Taxonomy
+
+PAD_FLAG_COLUMNS = ("itch", "grew", "hurt", "changed", "bleed", "elevation")
+
+
+@dataclass(frozen=True)
+class LabelledImage:
+    path: Path
+    condition_id: str
+    group: str
+    metadata: dict[str, str] = field(default_factory=dict, compare=False)
+
+    @property
+    def stem(self) -> str:
+        return self.path.stem
+
+    @property
+    def fitzpatrick(self) -> int | None:
+        raw = self.metadata.get("fitspatrick", "") or self.metadata.get("fitzpatrick", "")
+        try:
+            value = int(float(raw))
+        except ValueError:
+            return None
+        return value if 1 <= value <= 6 else None
+
+
+def _find_image(images_dir: Path, img_id: str) -> Path | None:
+    stem = Path(img_id).stem
+    for ext in (Path(img_id).suffix, ".jpg", ".jpeg", ".png", ".webp"):
+        candidate = images_dir / f"{stem}{ext}"
+        if ext and candidate.exists():
+            return candidate
+    return None
+
+
+def load_labelled_folder(root: str | Path, taxonomy: Taxonomy) -> list[LabelledImage]:
+    """Read a labelled folder in either layout; raises FileNotFoundError naming what is missing."""
+    root = Path(root)
+    if (root / "metadata.csv").exists():
+        return _load_pad(root, taxonomy)
+    if (root / "labels.csv").exists():
+        return _load_plain(root, taxonomy)
+    raise FileNotFoundError(f"{root}: expected metadata.csv (PAD-UFES-20 layout) or labels.csv (file,label)")
+
+
+def _load_pad(root: Path, taxonomy: Taxonomy) -> list[LabelledImage]:
+    out: list[LabelledImage] = []
+    images_dir = root / "images"
+    with (root / "metadata.csv").open(newline="") as fh:
+        for row in csv.DictReader(fh):
+            path = _find_image(images_dir, row["img_id"])
+            if path is None:
+                continue
+            meta = {k: v for k, v in row.items() if k not in ("biopsed", "diagnostic")}
+            condition = taxonomy.resolve(row["diagnostic"])
+            out.append(LabelledImage(path, condition.id, row.get("patient_id") or path.stem, meta))
+    if not out:
+        raise FileNotFoundError(f"{root}: metadata.csv lists no image found under {images_dir}")
+    return out
+
+
+def _load_plain(root: Path, taxonomy: Taxonomy) -> list[LabelledImage]:
+    out: list[LabelledImage] = []
+    with (root / "labels.csv").open(newline="") as fh:
+        for row in csv.DictReader(fh):
+            path = root / row["file"]
+            if not path.exists():
+                raise FileNotFoundError(f"{path} is listed in labels.csv but missing")
+            condition = taxonomy.resolve(row["label"])
+            meta = {k: v for k, v in row.items() if k not in ("file", "label")}
+            out.append(LabelledImage(path, condition.id, row.get("patient_id") or path.stem, meta))
+    return out

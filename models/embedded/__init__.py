@@ -1,0 +1,1 @@
+"""The embedded default model: config, training code, weights and model card."""

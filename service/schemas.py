@@ -1,0 +1,96 @@
+"""Request options and the one typed triage result that every face (JSON, FHIR, CDS Hooks, viewer) adapts.
+
+Later issues add urgency, heatmaps and uncertainty as optional fields of `TriageResult`; clients
+that ignore unknown keys keep working.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from service.images import ImageInfo
+
+DISCLAIMER = "Decision support for clinicians, not a diagnosis. Confirm with a clinical assessment."
+MAX_CANDIDATE_LABELS = 50
+MAX_LABEL_CHARS = 120
+
+
+class TriageOptions(BaseModel):
+    """What the caller may ask for besides the photo; unknown keys are refused, not ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    top_k: int = Field(default=5, ge=1, le=20, description="how many differentials to return")
+    modality: Literal["clinical", "dermoscopic"] = Field(default="clinical", description="photo kind")
+    candidate_labels: list[str] | None = Field(
+        default=None,
+        min_length=2,
+        max_length=MAX_CANDIDATE_LABELS,
+        description="rank these labels instead of the taxonomy (taxonomy names resolve to their condition)",
+    )
+
+    @field_validator("candidate_labels")
+    @classmethod
+    def _clean_labels(cls, labels: list[str] | None) -> list[str] | None:
+        if labels is None:
+            return None
+        cleaned = [x.strip() for x in labels]
+        if any(not x or len(x) > MAX_LABEL_CHARS for x in cleaned):
+            raise ValueError(f"each candidate label must be 1-{MAX_LABEL_CHARS} characters")
+        if len({x.casefold() for x in cleaned}) != len(cleaned):
+            raise ValueError("candidate labels must be distinct")
+        return cleaned
+
+
+class CodeOut(BaseModel):
+    system: str
+    code: str
+    display: str
+
+
+class LookAlike(BaseModel):
+    condition_id: str
+    name: str
+
+
+class Differential(BaseModel):
+    """One ranked condition. `condition_id` is null for a caller label that is not in the taxonomy."""
+
+    rank: int
+    label: str
+    condition_id: str | None
+    name: str
+    probability: float = Field(ge=0, le=1)
+    codes: list[CodeOut] = Field(default_factory=list)
+    malignant: bool | None = None
+    look_alikes: list[LookAlike] = Field(default_factory=list)
+    validated_for_model: bool = False
+
+
+class ModelRef(BaseModel):
+    name: str
+    version: str
+    card_url: str | None = None
+
+
+class Timings(BaseModel):
+    decode_ms: float = 0.0
+    queue_ms: float = 0.0
+    inference_ms: float = 0.0
+    total_ms: float = 0.0
+
+
+class TriageResult(BaseModel):
+    """The domain answer for one photo."""
+
+    request_id: str
+    model: ModelRef
+    taxonomy_version: str
+    modality: Literal["clinical", "dermoscopic"]
+    label_source: Literal["taxonomy", "candidate_labels"]
+    differentials: list[Differential]
+    image: ImageInfo
+    timings: Timings
+    disclaimer: str = DISCLAIMER

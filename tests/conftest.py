@@ -1,0 +1,81 @@
+"""Shared fixtures: the development photos (never committed) and a tiny real CLIP model."""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+PAD_DEFAULT = REPO.parent / "shared" / "data" / "pad-ufes-20"
+
+
+@pytest.fixture(scope="session")
+def pad_dir() -> Path:
+    """PAD-UFES-20 development subset; a missing folder fails under CI (DERMTRIAGE_REQUIRE_DATA=1)."""
+    path = Path(os.environ.get("DERMTRIAGE_DATA", PAD_DEFAULT))
+    if not (path / "metadata.csv").exists():
+        reason = f"PAD-UFES-20 development data not found at {path} (set DERMTRIAGE_DATA)"
+        if os.environ.get("DERMTRIAGE_REQUIRE_DATA") == "1":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return path
+
+
+def pad_subset(pad_dir: Path, dest: Path, per_class: int) -> Path:
+    """A small PAD-layout folder with `per_class` photos of each diagnosis (copies, first rows)."""
+    (dest / "images").mkdir(parents=True, exist_ok=True)
+    with (pad_dir / "metadata.csv").open(newline="") as fh:
+        reader = csv.DictReader(fh)
+        fields = reader.fieldnames or []
+        rows, seen = [], {}
+        for row in reader:
+            if seen.get(row["diagnostic"], 0) >= per_class:
+                continue
+            src = pad_dir / "images" / (Path(row["img_id"]).stem + ".jpg")
+            if not src.exists():
+                continue
+            shutil.copy(src, dest / "images" / src.name)
+            seen[row["diagnostic"]] = seen.get(row["diagnostic"], 0) + 1
+            rows.append(row)
+    with (dest / "metadata.csv").open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    return dest
+
+
+@pytest.fixture(scope="session")
+def pad_small(pad_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return pad_subset(pad_dir, tmp_path_factory.mktemp("pad_small"), per_class=5)
+
+
+@pytest.fixture(scope="session")
+def tiny_clip():
+    """A tiny, randomly initialised but real open_clip model behind the backend protocol."""
+    import open_clip
+
+    from models.backends.base import ModelCard, Preprocessing
+    from models.backends.open_clip_backend import OpenClipBackend
+
+    torch.manual_seed(0)
+    model = open_clip.CLIP(
+        embed_dim=32,
+        vision_cfg=open_clip.CLIPVisionCfg(layers=2, width=64, head_width=32, patch_size=16, image_size=64),
+        text_cfg=open_clip.CLIPTextCfg(context_length=32, vocab_size=49408, width=64, heads=2, layers=2),
+    )
+    tokenizer = open_clip.SimpleTokenizer(context_length=32)
+    card = ModelCard(name="tiny-test-clip", version="0", family="open_clip", source="test", license="none")
+    pre = Preprocessing(image_size=64, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    return OpenClipBackend.from_model(model, tokenizer, card=card, preprocessing=pre)
+
+
+@pytest.fixture(scope="session")
+def embedded_model():
+    from models.registry import load_model
+
+    return load_model("embedded-pad-lite0")
