@@ -35,6 +35,14 @@ class LabelSet:
     embeddings: torch.Tensor  # (C, D), unit rows
 
 
+def save_label_set(labels: LabelSet, path: Path) -> None:
+    """Atomic write, so a concurrent reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save({"ids": list(labels.ids), "embeddings": labels.embeddings}, tmp)
+    tmp.replace(path)
+
+
 def model_identity(model: ImageTextModel) -> str:
     return getattr(model, "fingerprint", None) or f"{model.card.name}@{model.card.version}"
 
@@ -71,18 +79,18 @@ class ZeroShotClassifier:
 
     def _load_or_compute(self, modality: Modality) -> LabelSet:
         ids = tuple(self.taxonomy.ids)
-        path = self.cache_dir / f"text-{self.cache_key(modality)}.pt" if self.cache_dir else None
-        if path and path.exists():
-            blob = torch.load(path, weights_only=True)
-            if tuple(blob["ids"]) == ids:
-                return LabelSet(ids, blob["embeddings"])
+        name = f"text-{self.cache_key(modality)}.pt"
+        path = self.cache_dir / name if self.cache_dir else None
+        shipped = getattr(self.model, "text_cache_dir", None)  # read-only cache a model may ship
+        for candidate in (path, shipped / name if shipped else None):
+            if candidate is not None and candidate.exists():
+                blob = torch.load(candidate, weights_only=True)
+                if tuple(blob["ids"]) == ids:
+                    return LabelSet(ids, blob["embeddings"])
         templates = self.taxonomy.templates_for(modality)
         emb = torch.stack([ensemble_embedding(self.model, c.prompt_names, templates) for c in self.taxonomy.conditions])
         if path:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            torch.save({"ids": list(ids), "embeddings": emb}, tmp)
-            tmp.replace(path)
+            save_label_set(LabelSet(ids, emb), path)
         log.info("computed %d condition embeddings (%s)", len(ids), modality)
         return LabelSet(ids, emb)
 

@@ -1,1 +1,1 @@
-"""HTTP-free service logic for dermtriage: image intake and request handling helpers."""
+"""dermtriage service: the HTTP face (Litestar app, routes), image intake, the triage engine and the CLI."""

@@ -1,4 +1,4 @@
-"""`dermtriage` command line: predict, evaluate, train-embedded, models."""
+"""`dermtriage` command line: serve, predict, evaluate, train-embedded, models."""
 
 from __future__ import annotations
 
@@ -88,13 +88,31 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     for t, v in report["per_fitzpatrick"].items():
         bacc = v["balanced_accuracy"]
         print(f"  Fitzpatrick {t}: n={v['n']} balanced accuracy {'n/a (<10)' if bacc is None else f'{bacc:.3f}'}")
+    _print_fused(report)
     return 0
+
+
+def _print_fused(report: dict) -> None:
+    """The fused and urgency blocks of an evaluation report (PAD layout), beside the image-only figures."""
+    fused, urgency = report.get("fused"), report.get("urgency")
+    if not fused:
+        return
+    print(f"  image probabilities: {report.get('image_probabilities')}; fused = image + symptoms + risk factors")
+    for key in ("balanced_accuracy", "top3_accuracy", "malignant_auroc", "melanoma_sensitivity"):
+        img, fus = report[key], fused[key]
+        print(f"  fused {key:16s} {'n/a' if fus is None else f'{fus:.3f}'} (image only {img:.3f})")
+    if urgency:
+        print(
+            f"  urgency: malignant sensitivity {urgency['malignant_sensitivity']:.3f}, melanoma urgent "
+            f"{urgency['melanoma_sensitivity_urgent']:.3f}, specificity {urgency['specificity']:.3f}; "
+            + ", ".join(f"{k} {v}" for k, v in urgency["counts"].items())
+        )
 
 
 def _cmd_train_embedded(args: argparse.Namespace) -> int:
     from models.embedded.card import build_card, write_card
-    from models.embedded.model import save_weights
-    from models.embedded.train import TrainConfig, train_embedded
+    from models.embedded.model import OOF_PATH, save_weights
+    from models.embedded.train import TrainConfig, train_embedded, write_oof_csv
     from models.taxonomy import load_taxonomy
 
     cfg = TrainConfig(seed=args.seed, epochs=args.epochs, folds=args.folds, threads=args.threads)
@@ -120,7 +138,28 @@ def _cmd_train_embedded(args: argparse.Namespace) -> int:
     card = build_card(args.version, reports, chosen, ids, result.seconds, result.reports["config"], sha)
     card.validated_conditions = result.class_ids
     write_card(card)
-    print("wrote weights and model card")
+    write_oof_csv(result, chosen, OOF_PATH)
+    print(f"wrote weights, model card and out-of-fold predictions ({OOF_PATH})")
+    return _cmd_build_text_cache(argparse.Namespace(model="embedded-pad-lite0", out=None))
+
+
+def _cmd_build_text_cache(args: argparse.Namespace) -> int:
+    """Precompute the condition embeddings a model ships (both modalities), replacing stale files."""
+    from models.registry import load_model
+    from models.taxonomy import load_taxonomy
+    from models.zeroshot import ZeroShotClassifier
+
+    model = load_model(args.model)
+    out = Path(args.out) if args.out else getattr(model, "text_cache_dir", None)
+    if out is None:
+        print("error: this model ships no text cache; pass --out DIR", file=sys.stderr)
+        return 2
+    for stale in Path(out).glob("text-*.pt"):
+        stale.unlink()
+    clf = ZeroShotClassifier(model, load_taxonomy(), cache_dir=Path(out))
+    for modality in ("clinical", "dermoscopic"):
+        clf.condition_set(modality)
+    print(f"wrote condition embeddings for {model.card.name} to {out}")
     return 0
 
 
@@ -129,6 +168,50 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
     for spec in list_specs():
         print(f"{spec.name:24s} {spec.backend:10s} {spec.source}")
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from service.server import serve
+
+    keys = ("host", "port", "model", "workers", "log_level", "device")
+    return serve({k: getattr(args, k) for k in keys})
+
+
+def _cmd_faithfulness(args: argparse.Namespace) -> int:
+    from explain.faithfulness import FaithfulnessConfig, faithfulness_on_folder, stderr_log
+    from models.registry import load_model
+    from models.taxonomy import load_taxonomy
+    from service.images import ImageLimits, decode_image
+
+    if (args.limit is not None and args.limit < 1) or args.steps < 2:
+        print("error: --limit must be >= 1 and --steps >= 2", file=sys.stderr)
+        return 2
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    model = load_model(args.model)
+    config = FaithfulnessConfig(steps=args.steps, baseline=args.baseline, target=args.target, seed=args.seed)
+    report = faithfulness_on_folder(
+        model,
+        args.data,
+        load_taxonomy(),
+        method=args.method,
+        compare=args.compare or (),
+        limit=args.limit,
+        config=config,
+        loader=lambda path: decode_image(path.read_bytes(), ImageLimits()).image,
+        cache_dir=Path(args.cache_dir) if args.cache_dir else None,
+        log=stderr_log,
+    )
+    if args.json:
+        print(json.dumps(report.summary()))
+        return 0
+    s = report.settings
+    print(f"{s['model']} on {args.data}: {s['photos']} photos, labels {s['labels']}")
+    print(f"target = {s['target']} class, removed pixels -> {s['baseline']}, {s['steps']} steps, {s['seconds']} s")
+    print(report.table())
     return 0
 
 
@@ -168,8 +251,39 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--dry-run", action="store_true", help="report CV figures, write nothing")
     tr.set_defaults(func=_cmd_train_embedded)
 
+    sv = sub.add_parser("serve", help="run the HTTP service (flags override DERMTRIAGE_* variables)")
+    sv.add_argument("--host", help="bind address (default 127.0.0.1)")
+    sv.add_argument("--port", type=int, help="port (default 8000)")
+    sv.add_argument("--model", help=f"registry name, spec file or ad-hoc model (default {DEFAULT_MODEL})")
+    sv.add_argument("--workers", type=int, help="uvicorn worker processes (default 1)")
+    sv.add_argument("--log-level", choices=["debug", "info", "warning", "error", "critical"])
+    sv.add_argument("--device", choices=["cpu", "cuda"])
+    sv.set_defaults(func=_cmd_serve)
+
+    tc = sub.add_parser("build-text-cache", help="precompute the condition embeddings a model ships")
+    tc.add_argument("--model", default=DEFAULT_MODEL)
+    tc.add_argument("--out", help="folder (default: the model's own text_cache)")
+    tc.set_defaults(func=_cmd_build_text_cache)
+
     mo = sub.add_parser("models", help="list the model specs the registry knows")
     mo.set_defaults(func=_cmd_models)
+
+    from explain.gradcam import DEFAULT_METHOD, METHODS
+
+    fa = sub.add_parser("faithfulness", help="deletion / insertion AUC of heatmaps vs random and centre maps")
+    fa.add_argument("--data", default=str(DEFAULT_DATA))
+    fa.add_argument("--model", default=DEFAULT_MODEL)
+    fa.add_argument("--method", choices=sorted(METHODS), default=DEFAULT_METHOD)
+    fa.add_argument("--limit", type=int, help="evenly spaced subset of N photos (default: all)")
+    fa.add_argument("--steps", type=int, default=16, help="perturbation steps per curve (one batch)")
+    fa.add_argument("--baseline", choices=["blur", "mean"], default="blur", help="what removed pixels become")
+    fa.add_argument("--target", choices=["predicted", "label"], default="predicted", help="condition tracked")
+    fa.add_argument("--compare", action="append", choices=sorted(METHODS), help="more methods (table only)")
+    fa.add_argument("--seed", type=int, default=0)
+    fa.add_argument("--threads", type=int, help="torch CPU threads (1 is faster on a busy machine)")
+    fa.add_argument("--cache-dir", default=".cache/zeroshot", help="text-embedding cache ('' for none)")
+    fa.add_argument("--json", action="store_true")
+    fa.set_defaults(func=_cmd_faithfulness)
     return p
 
 

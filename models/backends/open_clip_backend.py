@@ -376,10 +376,22 @@ class OpenClipBackend:
         with torch.inference_mode():
             for start in range(0, max(len(items), 1), TEXT_BATCH):
                 batch = items[start : start + TEXT_BATCH] or [""]
-                tokens = self.tokenizer(batch).to(self.device)
+                tokens = self._trim_padding(self.tokenizer(batch)).to(self.device)
                 chunks.append(F.normalize(self.model.encode_text(tokens).float(), dim=-1))
         emb = torch.cat(chunks)
         return emb[: len(items)].clone()
+
+    def _trim_padding(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Drop trailing all-padding columns for Hugging Face text towers.
+
+        They mask padding out of attention and pooling, so the result is unchanged while short
+        prompts cost a fraction of the full context length (prompt ensembles are thousands of them).
+        """
+        pad_id = getattr(getattr(getattr(self.model, "text", None), "config", None), "pad_token_id", None)
+        if pad_id is None:
+            return tokens
+        used = (tokens != pad_id).any(0).nonzero()
+        return tokens[:, : int(used.max()) + 1] if used.numel() else tokens[:, :1]
 
     def spatial_target(self) -> SpatialTarget:
         return open_clip_spatial_target(self.model)

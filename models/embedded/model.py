@@ -19,6 +19,8 @@ if TYPE_CHECKING:
 EMBEDDED_DIR = Path(__file__).parent
 WEIGHTS_PATH = EMBEDDED_DIR / "weights" / "embedded-pad-lite0.safetensors"
 CARD_PATH = EMBEDDED_DIR / "model_card.json"
+OOF_PATH = EMBEDDED_DIR / "validation" / "oof_predictions.csv"
+TEXT_CACHE_DIR = EMBEDDED_DIR / "text_cache"
 MODEL_NAME = "embedded-pad-lite0"
 
 
@@ -26,6 +28,7 @@ class EmbeddedBackend(OpenClipBackend):
     """The open_clip backend plus optional flip test-time augmentation, as validated on its card."""
 
     tta_flips: bool = False
+    text_cache_dir: Path = TEXT_CACHE_DIR
 
     def encode_image(self, pixels: torch.Tensor, *, grad: bool = False) -> torch.Tensor:
         if grad or not self.tta_flips:

@@ -15,6 +15,7 @@ Recipe (LiT with the top of the image tower unlocked):
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import logging
@@ -56,6 +57,9 @@ class TrainConfig:
     lr_proj: float = 2e-3
     weight_decay: float = 0.05
     clip_weight: float = 0.5
+    sampling_power: float = 1.0  # 1: class-balanced sampling, 0: natural frequencies
+    logit_adjust: float = 0.0  # tau of logit-adjusted CE (Menon et al. 2021) against the sampled prior
+    feature_dropout: float = 0.0
     captions_per_image: int = 4
     modality: str = "clinical"
     threads: int = 2
@@ -69,6 +73,10 @@ class TrainConfig:
 @dataclass
 class TrainResult:
     class_ids: list[str]
+    image_ids: list[str] = field(default_factory=list)
+    groups: list[str] = field(default_factory=list)
+    labels: list[str] = field(default_factory=list)
+    folds: list[int] = field(default_factory=list)
     oof_probs: dict[str, np.ndarray] = field(default_factory=dict)
     reports: dict[str, dict[str, object]] = field(default_factory=dict)
     state_dict: dict[str, torch.Tensor] | None = None
@@ -102,9 +110,10 @@ class TrainableTop(torch.nn.Module):
         self.conv_head, self.bn2, self.trunk = trunk.conv_head, trunk.bn2, trunk
         self.head = visual.head
 
-    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+    def forward(self, feats: torch.Tensor, dropout: float = 0.0) -> torch.Tensor:
         x = self.bn2(self.conv_head(self.blocks(feats)))
-        return self.head(self.trunk.forward_head(x))
+        pooled = F.dropout(self.trunk.forward_head(x), p=dropout, training=dropout > 0)
+        return self.head(pooled)
 
 
 # ----------------------------------------------------------------------------- views and captions
@@ -262,8 +271,10 @@ def fit(
     )
     y = labels[train_idx]
     counts = np.bincount(y, minlength=n_classes).astype(float)
-    weights = 1.0 / counts[y]
+    weights = counts[y] ** -cfg.sampling_power
     weights /= weights.sum()
+    sampled_prior = np.bincount(y, weights=weights, minlength=n_classes)
+    adjust = torch.as_tensor(cfg.logit_adjust * np.log(np.maximum(sampled_prior, 1e-8)), dtype=torch.float32)
     steps_per_epoch = max(1, len(train_idx) // cfg.batch_size)
     total = steps_per_epoch * cfg.epochs
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[cfg.lr_top, cfg.lr_proj], total_steps=total, pct_start=0.1)
@@ -276,10 +287,10 @@ def fit(
             view = rng.integers(0, train_feats.shape[1], size=len(idx))
             cap = rng.integers(0, n_caps, size=len(idx))
             feats = train_feats[idx, view].float()
-            img = F.normalize(top(feats), dim=-1)
+            img = F.normalize(top(feats, dropout=cfg.feature_dropout), dim=-1)
             scale = model.logit_scale.exp().clamp(max=100)
             cls_emb = class_text_embeddings(model.text.proj, prompt_feats, prompt_index, n_classes)
-            loss = F.cross_entropy(scale * img @ cls_emb.T, torch.as_tensor(labels[idx]))
+            loss = F.cross_entropy(scale * img @ cls_emb.T + adjust, torch.as_tensor(labels[idx]))
             if cfg.clip_weight > 0:
                 txt = F.normalize(model.text.proj(caption_feats[idx, cap]), dim=-1)
                 logits = scale * img @ txt.T
@@ -313,6 +324,19 @@ def predict_tta(
         e = F.normalize(emb[:, : n_views(mode)].mean(1), dim=-1)
         out[mode] = torch.softmax(scale * e @ cls_emb.T, dim=-1).numpy()
     return out
+
+
+def write_oof_csv(result: TrainResult, mode: str, path: Path) -> None:
+    """Out-of-fold image probabilities, so later stages (fusion, calibration) are fitted and judged
+    without ever scoring a photo with weights that saw it. Ids and probabilities only: labels and
+    patients stay in the dataset's own metadata.csv."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    probs = result.oof_probs[mode]
+    with path.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["image_id", "fold", *(f"p_{c}" for c in result.class_ids)])
+        for i, image_id in enumerate(result.image_ids):
+            writer.writerow([image_id, result.folds[i], *(f"{p:.6f}" for p in probs[i])])
 
 
 def train_embedded(
@@ -361,7 +385,13 @@ def train_embedded(
     prompt_feats = pooled_text(model, tokenizer, prompts)
     prompt_index = torch.tensor(index)
     initial = deepcopy({k: v.clone() for k, v in model.state_dict().items() if not k.startswith("text.transformer.")})
-    result = TrainResult(class_ids=class_ids)
+    result = TrainResult(
+        class_ids=class_ids,
+        image_ids=[i.stem for i in items],
+        groups=groups.tolist(),
+        labels=[i.condition_id for i in items],
+        folds=[-1] * len(items),
+    )
     n_classes = len(class_ids)
 
     if cross_validate:
@@ -387,8 +417,10 @@ def train_embedded(
             probs = predict_tta(model, top, tta_feats[te], prompt_feats, prompt_index, n_classes)
             for m in TTA_MODES:
                 oof[m][te] = probs[m]
-            fold_bacc = float((probs["flip4"].argmax(1) == labels[te]).mean())
-            log.info("fold %d: accuracy %.3f (%.0f s)", fold + 1, fold_bacc, time.time() - t0)
+            for i in te:
+                result.folds[i] = fold
+            fold_acc = float((probs["flip4"].argmax(1) == labels[te]).mean())
+            log.info("fold %d: accuracy %.3f (%.0f s)", fold + 1, fold_acc, time.time() - t0)
         fitz = [i.fitzpatrick for i in items]
         malignant = [c.malignant for c in conditions]
         result.oof_probs = oof

@@ -1,0 +1,121 @@
+"""``create_app``: the Litestar application over one TriageEngine.
+
+The lifespan starts loading the model and taxonomy in a worker thread and returns at once, so the
+server listens (``/health/live`` answers) while the model loads; ``/health/ready`` turns 200 once the
+engine is warmed up. An injected engine skips loading (it is still warmed up).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio
+from litestar import Litestar
+from litestar.config.cors import CORSConfig
+from litestar.datastructures import ResponseHeader, State
+from litestar.di import Provide
+from litestar.openapi import OpenAPIConfig
+
+from service.engine import TriageEngine
+from service.metrics import Metrics
+from service.middleware import RequestContextMiddleware
+from service.problems import EXCEPTION_HANDLERS
+from service.routes import CONTROLLERS
+from service.routes.deps import provide_engine, provide_runner, provide_service
+from service.runtime import InferenceRunner, ServiceState, build_engine, registry_catalog
+from service.settings import Settings
+
+API_VERSION = "1.0.0"
+MAX_FORM_PARTS = 64  # image + options + up to 50 repeated candidate_labels, with room
+log = logging.getLogger("dermtriage.service")
+
+
+def _load(service: ServiceState) -> TriageEngine:
+    """Blocking: build (unless injected) and warm up the engine, read the registry."""
+    engine = service.engine if service.engine is not None else build_engine(service.settings)
+    engine.warm_up()
+    service.specs, service.cards = registry_catalog()
+    service.cards[engine.model.card.name] = engine.model.card
+    return engine
+
+
+async def _start(service: ServiceState) -> None:
+    started = time.perf_counter()
+    log.info("loading model", extra={"model": service.settings.model, "device": service.settings.device})
+    try:
+        engine = await anyio.to_thread.run_sync(_load, service, abandon_on_cancel=True)
+    except Exception as exc:  # reported by /health/ready; the process stays up for inspection
+        service.load_error = f"{type(exc).__name__}: {exc}"
+        log.error("model failed to load", extra={"model": service.settings.model, "error": service.load_error})
+        return
+    service.engine, service.ready = engine, True
+    service.metrics.ready.set(1)
+    ref = engine.model_ref
+    log.info(
+        "ready", extra={"model": ref.name, "version": ref.version, "load_s": round(time.perf_counter() - started, 2)}
+    )
+
+
+def _lifespan(service: ServiceState):  # type: ignore[no-untyped-def]
+    @asynccontextmanager
+    async def lifespan(_: Litestar) -> AsyncIterator[None]:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_start, service)
+            try:
+                yield
+            finally:
+                tg.cancel_scope.cancel()
+                service.ready = False
+                service.runner.close()
+
+    return lifespan
+
+
+def create_app(settings: Settings | None = None, engine: TriageEngine | None = None) -> Litestar:
+    """Build the app. ``settings`` default to the environment; ``engine`` skips model loading (tests)."""
+    settings = settings or Settings()
+    metrics = Metrics()
+    runner = InferenceRunner(
+        settings.image_limits(),
+        settings.inference_workers,
+        settings.decode_workers,
+        settings.request_timeout_s,
+        metrics,
+    )
+    service = ServiceState(settings=settings, metrics=metrics, runner=runner, engine=engine)
+    cors = (
+        CORSConfig(allow_origins=settings.cors_origins, allow_methods=["GET", "POST"], expose_headers=["X-Request-ID"])
+        if settings.cors_origins
+        else None
+    )
+    app = Litestar(
+        route_handlers=CONTROLLERS,
+        lifespan=[_lifespan(service)],
+        state=State({"service": service}),
+        dependencies={
+            "service": Provide(provide_service, sync_to_thread=False),
+            "engine": Provide(provide_engine, sync_to_thread=False),
+            "runner": Provide(provide_runner, sync_to_thread=False),
+        },
+        exception_handlers=EXCEPTION_HANDLERS,
+        request_max_body_size=settings.max_body_bytes,
+        multipart_form_part_limit=MAX_FORM_PARTS,
+        cors_config=cors,
+        response_headers=[
+            ResponseHeader(
+                name="X-Request-ID", description="the request id (also in problem bodies)", documentation_only=True
+            )
+        ],
+        openapi_config=OpenAPIConfig(
+            title="dermtriage",
+            version=API_VERSION,
+            description="Dermatology triage: decision support for clinicians, not a diagnosis.",
+        ),
+        logging_config=None,
+    )
+    # Outermost, so 404s and errors raised before routing get a request id, a log line and metrics too.
+    app.asgi_handler = RequestContextMiddleware(app.asgi_handler, metrics)
+    return app

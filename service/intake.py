@@ -1,0 +1,259 @@
+"""Read a ``POST /v1/triage`` request into image bytes plus validated options.
+
+Two forms:
+- ``multipart/form-data``: a file part ``image``; options as one JSON part ``options`` or as plain
+  fields ``top_k``, ``modality``, ``candidate_labels`` (repeated, or once comma-separated).
+- ``application/json``: ``{"image": "<base64>", "options": {...}}``; options nest under ``options``.
+
+Unknown fields are refused in both forms. Syntax errors (JSON, multipart, base64) are 400; well-formed
+requests with invalid fields are 422 with every field error listed. Nothing here logs.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from litestar import Request
+from litestar.datastructures import FormMultiDict, UploadFile
+from litestar.exceptions import ClientException, ValidationException
+from litestar.exceptions.http_exceptions import RequestEntityTooLarge
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from service.problems import ACCEPTED_MEDIA_TYPES, Problem, field_errors, validation_problem
+from service.schemas import TriageOptions
+
+FORM_OPTION_FIELDS = ("top_k", "modality", "candidate_labels")
+FORM_FIELDS = frozenset({"image", "options", *FORM_OPTION_FIELDS})
+
+
+class TriageJSONRequest(BaseModel):
+    """The ``application/json`` request form."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    image: str = Field(
+        description="the photo, base64 (standard or URL-safe alphabet, padding optional; a `data:` URL is accepted)"
+    )
+    options: TriageOptions = Field(default_factory=TriageOptions)
+
+
+@dataclass(frozen=True, slots=True)
+class TriageInput:
+    image: bytes
+    options: TriageOptions
+
+
+def _unsupported(media_type: str) -> Problem:
+    shown = media_type or "none"
+    return Problem(
+        "unsupported-media-type",
+        415,
+        f"Content-Type {shown!r} is not accepted; send multipart/form-data (file part `image`) "
+        'or application/json ({"image": "<base64>", "options": {...}}).',
+        title="Unsupported media type",
+        headers={"Accept-Post": ", ".join(ACCEPTED_MEDIA_TYPES)},
+    )
+
+
+def _empty_body() -> Problem:
+    return Problem(
+        "empty-body",
+        400,
+        "The request body is empty; send a photo as multipart/form-data (file part `image`) or as base64 JSON.",
+        title="Empty request body",
+    )
+
+
+def _missing_image(detail: str) -> Problem:
+    return Problem(
+        "missing-image",
+        422,
+        detail,
+        title="Missing image",
+        errors=[{"loc": "image", "message": "Field required", "type": "missing"}],
+    )
+
+
+def _field_problem(loc: str, message: str, kind: str) -> Problem:
+    return Problem(
+        "validation-error",
+        422,
+        f"The request is well-formed but field(s) are invalid: {loc}. See `errors`.",
+        title="Invalid request fields",
+        errors=[{"loc": loc, "message": message, "type": kind}],
+    )
+
+
+def decode_base64(text: str) -> bytes:
+    """Standard or URL-safe base64, whitespace and missing padding tolerated, optional ``data:`` prefix."""
+    if text.startswith("data:"):
+        header, sep, text = text.partition(",")
+        if not sep or not header.endswith(";base64"):
+            raise Problem(
+                "invalid-base64",
+                400,
+                "A data: URL must look like data:image/jpeg;base64,<data>.",
+                title="Invalid base64",
+            )
+    compact = "".join(text.split()).replace("-", "+").replace("_", "/")
+    compact += "=" * (-len(compact) % 4)
+    try:
+        return base64.b64decode(compact, validate=True)
+    except (binascii.Error, ValueError):
+        raise Problem(
+            "invalid-base64",
+            400,
+            "`image` is not valid base64; encode the file's bytes with standard base64 (RFC 4648).",
+            title="Invalid base64",
+        ) from None
+
+
+def _parse_json(data: bytes | str, where: str) -> Any:
+    try:
+        return json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        pos = f" at line {exc.lineno} column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else ""
+        raise Problem(
+            "malformed-json",
+            400,
+            f"{where} is not valid JSON{pos}: {exc.msg if isinstance(exc, json.JSONDecodeError) else 'not UTF-8'}.",
+            title="Malformed JSON",
+        ) from None
+
+
+def _validate_options(raw: Any, prefix: tuple[str, ...]) -> TriageOptions:
+    try:
+        return TriageOptions.model_validate(raw)
+    except ValidationError as exc:
+        raise validation_problem(exc, prefix) from None
+
+
+async def _read_json(request: Request[Any, Any, Any]) -> TriageInput:
+    body = await request.body()
+    if not body.strip():
+        raise _empty_body()
+    payload = _parse_json(body, "The request body")
+    try:
+        parsed = TriageJSONRequest.model_validate(payload)
+    except ValidationError as exc:
+        if isinstance(payload, dict) and "image" not in payload:
+            problem = _missing_image(
+                'The JSON body has no "image" field; send {"image": "<base64>", "options": {...}}.'
+            )
+            problem.errors = field_errors(exc)
+            raise problem from None
+        raise validation_problem(exc) from None
+    return TriageInput(decode_base64(parsed.image), parsed.options)
+
+
+async def _form(request: Request[Any, Any, Any]) -> FormMultiDict:
+    try:
+        return await request.form()
+    except RequestEntityTooLarge:
+        raise
+    except ValidationException:
+        raise Problem(
+            "malformed-multipart",
+            400,
+            "multipart/form-data needs a boundary parameter in Content-Type.",
+            title="Malformed multipart body",
+        ) from None
+    except ClientException as exc:
+        if "Too Large" in str(exc.detail):
+            raise Problem(
+                "too-many-parts",
+                413,
+                "The multipart body has too many parts; send `image` plus options only.",
+                title="Too many parts",
+            ) from None
+        raise Problem(
+            "malformed-multipart",
+            400,
+            "The multipart/form-data body could not be parsed (check the boundary).",
+            title="Malformed multipart body",
+        ) from None
+    except UnicodeDecodeError:
+        raise Problem(
+            "malformed-multipart",
+            400,
+            "A non-file part is not UTF-8 text; send the photo as a file part (`image` with a filename).",
+            title="Malformed multipart body",
+        ) from None
+
+
+def _form_options(form: FormMultiDict) -> dict[str, Any]:
+    raw: dict[str, Any] = {}
+    for name in ("top_k", "modality"):
+        values = form.getall(name, [])
+        if len(values) > 1:
+            raise _field_problem(name, "Give this field once", "repeated")
+        if values:
+            raw[name] = values[0]
+    labels = form.getall("candidate_labels", [])
+    if not all(isinstance(v, str) for v in labels):
+        raise _field_problem("candidate_labels", "Send labels as text fields, not files", "string_type")
+    if len(labels) == 1:
+        labels = [x.strip() for x in labels[0].split(",")]
+    if labels:
+        raw["candidate_labels"] = labels
+    return raw
+
+
+async def _read_options_part(form: FormMultiDict) -> TriageOptions:
+    parts = form.getall("options", [])
+    if len(parts) > 1:
+        raise _field_problem("options", "Give one options part", "repeated")
+    if not parts:
+        return _validate_options(_form_options(form), ())
+    if any(name in form for name in FORM_OPTION_FIELDS):
+        raise _field_problem("options", "Give options either as one JSON part or as plain fields, not both", "conflict")
+    part = parts[0]
+    text = await part.read() if isinstance(part, UploadFile) else part
+    return _validate_options(_parse_json(text, "The `options` part"), ("options",))
+
+
+async def _read_multipart(request: Request[Any, Any, Any]) -> TriageInput:
+    if not await request.body():  # read (and size-checked) once; the form parser reuses it
+        raise _empty_body()
+    form = await _form(request)
+    try:
+        if not form:
+            raise _missing_image("The multipart body has no parts; add a file part named `image`.")
+        unknown = sorted(set(form.keys()) - FORM_FIELDS)
+        if unknown:
+            raise Problem(
+                "validation-error",
+                422,
+                f"Unknown form field(s): {', '.join(unknown)}; accepted: {', '.join(sorted(FORM_FIELDS))}.",
+                title="Invalid request fields",
+                errors=[
+                    {"loc": k, "message": "Extra inputs are not permitted", "type": "extra_forbidden"} for k in unknown
+                ],
+            )
+        options = await _read_options_part(form)
+        images = form.getall("image", [])
+        if not images:
+            raise _missing_image("No file part named `image`; e.g. curl -F image=@photo.jpg.")
+        if len(images) > 1:
+            raise _field_problem("image", "Send exactly one image per request", "repeated")
+        if not isinstance(images[0], UploadFile):
+            raise _field_problem("image", "`image` must be a file part (Content-Disposition with a filename)", "file")
+        return TriageInput(await images[0].read(), options)
+    finally:
+        await form.close()
+
+
+async def read_triage_input(request: Request[Any, Any, Any]) -> TriageInput:
+    """Dispatch on Content-Type; raises :class:`Problem` (or Litestar's 413) for every bad request."""
+    media_type, _ = request.content_type
+    if media_type == "multipart/form-data":
+        return await _read_multipart(request)
+    if media_type == "application/json" or media_type.endswith("+json"):
+        return await _read_json(request)
+    if not media_type and not await request.body():
+        raise _empty_body()
+    raise _unsupported(media_type)

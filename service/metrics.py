@@ -1,0 +1,49 @@
+"""Prometheus metrics, one registry per app (so several apps in one process do not collide).
+
+With ``workers > 1`` every worker process keeps its own counters; scrape each or run one worker per
+container.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+@dataclass
+class Metrics:
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+
+    def __post_init__(self) -> None:
+        r = self.registry
+        self.requests = Counter(
+            "dermtriage_http_requests",
+            "HTTP requests by route template and status",
+            ["method", "route", "status"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "dermtriage_http_request_duration_seconds",
+            "HTTP request latency by route template",
+            ["method", "route"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.inference = Histogram(
+            "dermtriage_inference_seconds", "Model time per photo", buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.queue = Histogram(
+            "dermtriage_queue_seconds", "Wait for a decode or inference thread", buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.in_flight = Gauge("dermtriage_triage_in_flight", "Triage requests being decoded or scored", registry=r)
+        self.ready = Gauge("dermtriage_ready", "1 once the model is loaded and warmed up", registry=r)
+
+    def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
+        self.requests.labels(method, route, str(status)).inc()
+        self.latency.labels(method, route).observe(seconds)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

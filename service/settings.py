@@ -1,0 +1,65 @@
+"""Service configuration: environment variables (prefix ``DERMTRIAGE_``), overridden by CLI flags."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from models.registry import DEFAULT_MODEL
+from service.images import ImageLimits
+
+MIB = 1024 * 1024
+LogLevel = Literal["debug", "info", "warning", "error", "critical"]
+
+
+class Settings(BaseSettings):
+    """Every knob of the HTTP service; the README's Configuration table lists the same fields."""
+
+    model_config = SettingsConfigDict(env_prefix="DERMTRIAGE_", extra="ignore", validate_default=True)
+
+    model: str = Field(default=DEFAULT_MODEL, description="registry name, spec JSON path or ad-hoc model string")
+    device: Literal["cpu", "cuda"] = "cpu"
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    workers: int = Field(default=1, ge=1, description="uvicorn worker processes (each loads the model)")
+    max_body_bytes: int = Field(default=12 * MIB, ge=1024, description="request body limit (JSON and multipart)")
+    max_image_bytes: int = Field(default=10 * MIB, ge=1, description="encoded image limit")
+    max_pixels: int = Field(default=40_000_000, ge=1, description="decoded pixel limit (decompression bombs)")
+    max_side: int = Field(default=12_000, ge=1, description="longest allowed side in pixels")
+    min_side: int = Field(default=64, ge=1, description="shortest allowed side in pixels")
+    inference_threads: int | None = Field(default=None, ge=1, description="torch intra-op threads (None: torch's)")
+    inference_workers: int = Field(default=1, ge=1, description="threads running the model concurrently")
+    decode_workers: int = Field(default=2, ge=1, description="threads decoding uploads")
+    log_level: LogLevel = "info"
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list, description="allowed CORS origins")
+    cache_dir: Path | None = Field(default=None, description="disk cache for condition text embeddings")
+    request_timeout_s: float = Field(default=30.0, gt=0, description="longest wait for decode plus inference")
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower_level(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        """Accept a JSON list or a comma-separated string (``https://a.example,https://b.example``)."""
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return value
+
+    def image_limits(self) -> ImageLimits:
+        return ImageLimits(
+            max_bytes=self.max_image_bytes, max_pixels=self.max_pixels, max_side=self.max_side, min_side=self.min_side
+        )
+
+    @staticmethod
+    def env_name(field: str) -> str:
+        return f"DERMTRIAGE_{field.upper()}"
