@@ -26,6 +26,8 @@ LIMITATIONS = [
     "Fitzpatrick types IV-VI are scarce in the data; types with fewer than 10 photos are not validated.",
     "Melanoma (31 photos) and SCC (23) are rare: their recall has wide uncertainty.",
     "Clinical (smartphone) photos only; not validated on dermoscopy.",
+    "The training recipe (sampling, loss, dropout) was chosen among three configurations by this same "
+    "cross-validation, so the figures may be slightly optimistic; no held-out test set exists yet.",
     "Decision support, not a diagnosis.",
 ]
 

@@ -8,7 +8,7 @@ Recipe (LiT with the top of the image tower unlocked):
   patient-grouped 5-fold CV plus a final fit take minutes, not hours, on this CPU.
 - Loss: cross-entropy against the zero-shot class embeddings built exactly as at inference
   (prompt templates x names and synonyms, averaged; FLYP's "fine-tune like you pretrain"),
-  class-balanced sampling, plus an in-batch CLIP loss on captions made of the diagnosis and the
+  logit-adjusted for the class prior (MEL and SCC are rare), plus an in-batch CLIP loss on captions made of the diagnosis and the
   lesion's clinical facts, so the text side learns more than six names.
 - Validation is patient-grouped (StratifiedGroupKFold on patient_id). `biopsed` is never read.
 """
@@ -57,9 +57,11 @@ class TrainConfig:
     lr_proj: float = 2e-3
     weight_decay: float = 0.05
     clip_weight: float = 0.5
-    sampling_power: float = 1.0  # 1: class-balanced sampling, 0: natural frequencies
-    logit_adjust: float = 0.0  # tau of logit-adjusted CE (Menon et al. 2021) against the sampled prior
-    feature_dropout: float = 0.0
+    # Natural sampling with logit-adjusted CE beat class-balanced resampling in CV (balanced
+    # accuracy 0.549 vs 0.513): resampling 23 SCC photos mostly taught the model those photos.
+    sampling_power: float = 0.0  # 1: class-balanced sampling, 0: natural frequencies
+    logit_adjust: float = 1.0  # tau of logit-adjusted CE (Menon et al. 2021) against the sampled prior
+    feature_dropout: float = 0.2
     captions_per_image: int = 4
     modality: str = "clinical"
     threads: int = 2
