@@ -8,8 +8,9 @@ Recipe (LiT with the top of the image tower unlocked):
   patient-grouped 5-fold CV plus a final fit take minutes, not hours, on this CPU.
 - Loss: cross-entropy against the zero-shot class embeddings built exactly as at inference
   (prompt templates x names and synonyms, averaged; FLYP's "fine-tune like you pretrain"),
-  logit-adjusted for the class prior (MEL and SCC are rare), plus an in-batch CLIP loss on captions made of the diagnosis and the
-  lesion's clinical facts, so the text side learns more than six names.
+  logit-adjusted for the class prior (MEL and SCC are rare), plus an in-batch CLIP loss on
+  captions made of the diagnosis and the lesion's clinical facts, so the text side learns more
+  than six names.
 - Validation is patient-grouped (StratifiedGroupKFold on patient_id). `biopsed` is never read.
 """
 
