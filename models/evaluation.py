@@ -63,12 +63,27 @@ def evaluate(
     clf = classifier or ZeroShotClassifier(model, taxonomy)
     present = sorted({i.condition_id for i in items})
     labels: LabelSet = clf.subset(present, modality) if label_scope == "dataset" else clf.condition_set(modality)
-    probs = clf.probabilities(embed_images(model, items, batch_size, progress), labels).numpy()
     y = np.array([labels.ids.index(i.condition_id) for i in items])
     malignant = [taxonomy.get(c).malignant for c in labels.ids]
-    report = classification_report(probs, y, list(labels.ids), malignant, [i.fitzpatrick for i in items])
     overlap = len({i.stem for i in items} & set(model.card.training_image_ids))
-    if overlap:
+    oof = _out_of_fold(model, items, labels.ids) if overlap else None
+    source = "out-of-fold" if oof is not None else "in-sample" if overlap else "model"
+    if oof is not None:  # the model's own scores on its training photos would be in-sample: not computed
+        probs = oof
+    else:
+        probs = clf.probabilities(embed_images(model, items, batch_size, progress), labels).numpy()
+    fitz = [i.fitzpatrick for i in items]
+    report = classification_report(probs, y, list(labels.ids), malignant, fitz)
+    report["image_probabilities"] = source
+    if (Path(data_dir) / "metadata.csv").exists():
+        report.update(_fused_figures(model, items, labels, probs, y, malignant, fitz, taxonomy, label_scope))
+    if oof is not None:
+        warnings.warn(
+            f"{model.card.name} was trained on {overlap} of these {len(items)} photos: image and fused figures use "
+            "its out-of-fold probabilities (patient-grouped CV), not its in-sample scores.",
+            stacklevel=2,
+        )
+    if overlap and oof is None:
         msg = (
             f"{model.card.name} was trained on {overlap} of these {len(items)} photos: these figures are optimistic. "
             "Its patient-grouped cross-validation figures are on its model card."
@@ -84,3 +99,53 @@ def evaluate(
         }
     )
     return report
+
+
+def _out_of_fold(model: ImageTextModel, items: Sequence[LabelledImage], class_ids: Sequence[str]) -> np.ndarray | None:
+    """The embedded model's out-of-fold probabilities for these photos, when it has them all."""
+    from models.embedded.model import MODEL_NAME, OOF_PATH
+    from models.fusion_fit import read_oof
+
+    if model.card.name != MODEL_NAME or not OOF_PATH.exists():
+        return None
+    try:
+        oof_ids, oof = read_oof(OOF_PATH, [i.stem for i in items])
+    except KeyError:
+        return None
+    if sorted(oof_ids) != sorted(class_ids):
+        return None
+    order = [oof_ids.index(c) for c in class_ids]
+    return oof[:, order]
+
+
+def _fused_figures(
+    model: ImageTextModel,
+    items: Sequence[LabelledImage],
+    labels: LabelSet,
+    probs: np.ndarray,
+    y: np.ndarray,
+    malignant: Sequence[bool],
+    fitz: Sequence[int | None],
+    taxonomy: Taxonomy,
+    label_scope: LabelScope,
+) -> dict[str, object]:
+    """PAD layout: fused figures, cross-fitted by patient (fusion refit per fold), and the urgency block.
+
+    Risk factors and the symptoms sentence come only from PAD_REQUEST_FIELDS (DATA.md: the other
+    columns are missing only for benign lesions and would score the artifact, not the fusion)."""
+    from models.fusion_fit import cross_fit, pad_fusion_data
+    from models.risk_factors import PAD_REQUEST_FIELDS
+    from models.urgency import urgency_report
+
+    if label_scope != "dataset":
+        return {"fused": None, "urgency": None, "fused_note": "fused figures are computed for --labels dataset"}
+    data = pad_fusion_data(items, labels.ids, probs, model, labels.embeddings)
+    try:
+        fused_probs, results = cross_fit(data)
+    except ValueError as exc:  # too few photos of a class to cross-fit
+        return {"fused": None, "urgency": None, "fused_note": str(exc)}
+    fused = classification_report(fused_probs, y, list(labels.ids), malignant, fitz)
+    fused["protocol"] = "patient-grouped StratifiedGroupKFold, fusion refit per fold"
+    fused["risk_fields"] = sorted(PAD_REQUEST_FIELDS)
+    urgency = urgency_report(results, [i.condition_id for i in items], taxonomy=taxonomy)
+    return {"fused": fused, "urgency": urgency}

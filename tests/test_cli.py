@@ -65,8 +65,18 @@ def test_evaluate_pad_layout_json(pad_small: Path, capsys: pytest.CaptureFixture
     assert report["n"] == 30 and len(report["labels"]) == 6
     assert report["model"]["name"] == "embedded-pad-lite0"
     assert set(report["per_class"]) == set(report["labels"])
-    # these photos are in the training set: the command must say so
-    assert report["trained_on_overlap"] == 30 and "optimistic" in captured.err
+    # these photos are in the training set: the command must say so, and use out-of-fold scores when it has them
+    from models.embedded.model import OOF_PATH
+
+    assert report["trained_on_overlap"] == 30
+    if OOF_PATH.exists():
+        assert report["image_probabilities"] == "out-of-fold" and "out-of-fold" in captured.err
+    else:
+        assert report["image_probabilities"] == "in-sample" and "optimistic" in captured.err
+    # PAD layout: fused figures (same keys, cross-fitted by patient) and the urgency block
+    assert set(report["fused"]) >= REQUIRED_KEYS - {"model"}
+    assert {"malignant_sensitivity", "melanoma_sensitivity_urgent", "specificity", "counts"} <= set(report["urgency"])
+    assert sum(report["urgency"]["counts"].values()) == 30
     # sanity, not a validation figure: the model fits its own training photos
     assert report["balanced_accuracy"] > 1 / 6
 

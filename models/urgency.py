@@ -1,0 +1,416 @@
+"""How soon should this be seen: a category, a score in [0, 1], the reasons and a next step.
+
+Three sources, the most severe wins:
+- conditions: every condition whose (alarm-robust) posterior reaches its threshold proposes its
+  taxonomy tier; malignant conditions have their own, lower, thresholds, so a plausible melanoma
+  escalates even when it is not the top differential;
+- the NICE NG12 weighted 7-point checklist (change in size, irregular shape, irregular colour: 2
+  points each; largest diameter >= 7 mm, inflammation, oozing or bleeding, change in sensation:
+  1 point each); >= 3 points on a plausibly pigmented lesion -> suspected-cancer pathway;
+- red flags: fever with spreading redness (cellulitis, same day), widespread blistering or skin
+  pain (SJS/TEN), shingles near the eye, a changing lesion in an immunosuppressed patient, rapid
+  growth or ulceration, bleeding.
+
+Monotone by construction: every rule only ever raises the category on more alarm facts, the
+checklist only gains points, and the condition rule reads `FusionResult.posterior_upper`, which
+cannot fall when bleeding or growth is added (see models/fusion.py). The score is the category's
+band plus a monotone position inside it, so it is monotone too.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from models.fusion import FusionResult, load_fusion
+from models.risk_factors import CHANGE_FIELDS, RiskFactors, is_immunosuppressed
+from models.taxonomy import Condition, Taxonomy, UrgencyTier, load_taxonomy
+
+__all__ = [
+    "NG12Result",
+    "Reason",
+    "UrgencyResult",
+    "UrgencyThresholds",
+    "assess_urgency",
+    "default_thresholds",
+    "ng12_checklist",
+    "urgency_inputs",
+    "urgency_report",
+]
+
+BAND = {
+    UrgencyTier.SELF_CARE: 0.0,
+    UrgencyTier.ROUTINE: 0.2,
+    UrgencyTier.SOON: 0.4,
+    UrgencyTier.URGENT: 0.6,
+    UrgencyTier.EMERGENCY: 0.8,
+}
+
+
+class UrgencyThresholds(BaseModel):
+    """Every number the rules use. The defaults in force (`default_thresholds()`) are the ones tuned
+    on PAD-UFES-20 cross-fitted fused answers (malignant in urgent/soon >= 0.90, melanoma in urgent
+    >= 0.90) and stored with the fit in fusion.json; the field defaults here are the fallback."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    malignant: dict[str, float] = Field(
+        default_factory=lambda: {"melanoma": 0.10, "squamous_cell_carcinoma": 0.10, "basal_cell_carcinoma": 0.20},
+        description="posterior at which a malignant condition proposes its tier, by condition id",
+    )
+    malignant_default: float = Field(default=0.10, ge=0, le=1, description="for malignant conditions not listed")
+    plausible: float = Field(default=0.35, ge=0, le=1, description="for every other condition")
+    ng12_referral_points: int = Field(default=3, ge=1, le=11)
+    pigmented_conditions: tuple[str, ...] = ("melanoma", "atypical_nevus", "melanocytic_nevus", "solar_lentigo")
+    pigmented_threshold: float = Field(
+        default=0.30, ge=0, le=1, description="summed posterior that makes the lesion plausibly pigmented (NG12)"
+    )
+    rapid_growth_days: float = Field(default=60, ge=0, description="growth within this many days counts as rapid")
+    zoster_threshold: float = Field(default=0.15, ge=0, le=1)
+    self_care_min: float = Field(default=0.5, ge=0, le=1, description="top self-care condition needs this much")
+
+    def threshold(self, condition: Condition) -> float:
+        if condition.malignant:
+            return self.malignant.get(condition.id, self.malignant_default)
+        return self.plausible
+
+
+@functools.lru_cache(maxsize=1)
+def default_thresholds() -> UrgencyThresholds:
+    """The thresholds tuned with the committed fusion (fusion.json); the class defaults without one."""
+    tuned = load_fusion().urgency_thresholds
+    return UrgencyThresholds.model_validate(tuned) if tuned else UrgencyThresholds()
+
+
+class NG12Result(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    points: int
+    items: list[str] = Field(description="items met, with their points")
+    suspected_cancer: bool = Field(description="points reach the referral threshold")
+
+
+class Reason(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    kind: Literal["condition", "checklist", "red_flag", "default"]
+    category: UrgencyTier
+    text: str
+    condition: str | None = None
+
+
+class UrgencyResult(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    category: UrgencyTier
+    score: float = Field(ge=0, le=1)
+    reasons: list[Reason] = Field(description="every rule that fired, most severe first")
+    ng12: NG12Result
+    red_flags: list[str]
+    driving_condition: str | None = Field(description="the condition behind the category, if one is")
+    next_step: str
+
+
+def ng12_checklist(risk: RiskFactors, referral_points: int = 3) -> NG12Result:
+    """NICE NG12 weighted 7-point checklist from what is known (unknown items score 0).
+
+    A patient-reported change in shape or colour counts for the irregular shape / colour items
+    (the original Glasgow checklist asked about change; the weighted version about irregularity).
+    """
+    items: list[tuple[str, int]] = []
+    if risk.changed_size or risk.rapid_growth:
+        items.append(("change in size", 2))
+    if risk.irregular_shape or risk.changed_shape:
+        items.append(("irregular shape", 2))
+    if risk.irregular_colour or risk.changed_colour:
+        items.append(("irregular colour", 2))
+    if risk.diameter_mm is not None and risk.diameter_mm >= 7:
+        items.append(("largest diameter >= 7 mm", 1))
+    if risk.inflammation:
+        items.append(("inflammation", 1))
+    if risk.bleeding:
+        items.append(("oozing or bleeding", 1))
+    if risk.itch or risk.pain:
+        items.append(("change in sensation", 1))
+    points = sum(p for _, p in items)
+    return NG12Result(
+        points=points,
+        items=[f"{name} ({p})" for name, p in items],
+        suspected_cancer=points >= referral_points,
+    )
+
+
+def _rapid_growth(risk: RiskFactors, days: float) -> bool:
+    if risk.rapid_growth:
+        return True
+    return bool(risk.changed_size and risk.lesion_duration_days is not None and risk.lesion_duration_days <= days)
+
+
+_ALARM = ("bleeding", "ulceration", "rapid_growth", *CHANGE_FIELDS)
+
+
+@dataclass(frozen=True)
+class _Rule:
+    category: UrgencyTier
+    kind: Literal["condition", "checklist", "red_flag", "default"]
+    text: str
+    condition: str | None = None
+
+
+@dataclass(frozen=True)
+class _LabelTable:
+    """Per label set: each label's threshold, tier and role, as arrays (the rules run vectorised)."""
+
+    ids: tuple[str, ...]
+    conditions: tuple[Condition | None, ...]
+    threshold: np.ndarray
+    rank: np.ndarray
+    serious: np.ndarray
+    pigmented: np.ndarray
+    self_care: np.ndarray
+    zoster: int | None
+
+
+_TABLES: dict[tuple[tuple[str, ...], str, str], _LabelTable] = {}
+
+
+def _table(ids: tuple[str, ...], t: UrgencyThresholds, taxonomy: Taxonomy) -> _LabelTable:
+    key = (ids, t.model_dump_json(), taxonomy.fingerprint)
+    table = _TABLES.get(key)
+    if table is None:
+        conds = tuple(taxonomy.get(c) if c in taxonomy else None for c in ids)
+        never = 2.0  # a threshold no probability reaches: custom labels propose no tier
+        table = _LabelTable(
+            ids=ids,
+            conditions=conds,
+            threshold=np.array([t.threshold(c) if c else never for c in conds]),
+            rank=np.array([c.urgency.rank if c else UrgencyTier.SELF_CARE.rank for c in conds]),
+            serious=np.array([bool(c and (c.malignant or c.urgency.rank <= UrgencyTier.URGENT.rank)) for c in conds]),
+            pigmented=np.array([c in t.pigmented_conditions for c in ids]),
+            self_care=np.array([bool(c and c.urgency is UrgencyTier.SELF_CARE) for c in conds]),
+            zoster=ids.index("herpes_zoster") if "herpes_zoster" in ids else None,
+        )
+        if len(_TABLES) > 64:
+            _TABLES.clear()
+        _TABLES[key] = table
+    return table
+
+
+def _rules(
+    upper: np.ndarray,
+    risk: RiskFactors,
+    said_shingles: bool,
+    ng12: NG12Result,
+    t: UrgencyThresholds,
+    table: _LabelTable,
+) -> list[_Rule]:
+    """Checklist and red-flag rules that fired (condition rules are read off the posterior)."""
+    out: list[_Rule] = []
+    if risk.fever and risk.spreading_redness:
+        out.append(
+            _Rule(
+                UrgencyTier.EMERGENCY,
+                "red_flag",
+                "fever with spreading redness: treat as cellulitis today",
+                "cellulitis",
+            )
+        )
+    if risk.widespread_blistering or risk.skin_pain:
+        what = "widespread blistering" if risk.widespread_blistering else "painful skin"
+        out.append(
+            _Rule(
+                UrgencyTier.EMERGENCY,
+                "red_flag",
+                f"{what}: possible Stevens-Johnson syndrome / toxic epidermal necrolysis",
+                "sjs_ten",
+            )
+        )
+    zoster = table.zoster is not None and upper[table.zoster] >= t.zoster_threshold
+    if risk.near_eye and (said_shingles or zoster):
+        out.append(
+            _Rule(
+                UrgencyTier.EMERGENCY,
+                "red_flag",
+                "shingles near the eye: sight-threatening, same-day eye assessment",
+                "herpes_zoster",
+            )
+        )
+    if is_immunosuppressed(risk) and any(getattr(risk, f) for f in (*CHANGE_FIELDS, "rapid_growth")):
+        out.append(_Rule(UrgencyTier.URGENT, "red_flag", "a changing lesion in an immunosuppressed patient"))
+    if _rapid_growth(risk, t.rapid_growth_days):
+        out.append(_Rule(UrgencyTier.URGENT, "red_flag", "rapid growth"))
+    if risk.ulceration:
+        out.append(_Rule(UrgencyTier.URGENT, "red_flag", "ulceration"))
+    if risk.bleeding:
+        out.append(_Rule(UrgencyTier.SOON, "red_flag", "bleeding"))
+    if ng12.suspected_cancer and upper[table.pigmented].sum() >= t.pigmented_threshold:
+        # NG12's checklist is for pigmented lesions: it refers only a plausibly pigmented one
+        mel = "melanoma" if "melanoma" in table.ids else None
+        out.append(
+            _Rule(
+                UrgencyTier.URGENT,
+                "checklist",
+                f"NG12 7-point checklist: {ng12.points} points on a pigmented lesion",
+                mel,
+            )
+        )
+    return out
+
+
+@dataclass(frozen=True)
+class _Decision:
+    category: UrgencyTier
+    score: float
+    driver: _Rule | None
+    rules: list[_Rule]
+    plausible: np.ndarray  # condition rules that fired (mask over labels)
+    ng12: NG12Result
+    self_care_top: int | None
+
+
+def _decide(
+    upper: np.ndarray,
+    post: np.ndarray,
+    risk: RiskFactors,
+    said_shingles: bool,
+    t: UrgencyThresholds,
+    table: _LabelTable,
+) -> _Decision:
+    """Category and score: the one place the rules combine (assess_urgency and SHAP both call it)."""
+    ng12 = ng12_checklist(risk, t.ng12_referral_points)
+    rules = _rules(upper, risk, said_shingles, ng12, t, table)
+    plausible = upper >= table.threshold
+    candidates: list[_Rule] = list(rules)
+    if plausible.any():
+        idx = np.flatnonzero(plausible)
+        best = idx[np.lexsort((-upper[idx], table.rank[idx]))[0]]
+        cond = table.conditions[best]
+        assert cond is not None
+        candidates.append(_Rule(cond.urgency, "condition", "", cond.id))
+    candidates.sort(key=lambda r: (r.category.rank, r.kind != "condition"))
+    category, driver = UrgencyTier.ROUTINE, None
+    if candidates and candidates[0].category.rank <= UrgencyTier.ROUTINE.rank:
+        driver, category = candidates[0], candidates[0].category
+    top = int(post.argmax())
+    alarm = ng12.points > 0 or any(getattr(risk, f) for f in _ALARM)
+    self_care_top = None
+    if driver is None and not alarm and table.self_care[top] and post[top] >= t.self_care_min:
+        category, self_care_top = UrgencyTier.SELF_CARE, top
+    serious = upper[table.serious].max() if table.serious.any() else 0.0
+    within = 0.5 * min(1.0, ng12.points / 7) + 0.5 * float(serious)
+    score = BAND[category] + 0.2 * min(within, 0.999)
+    return _Decision(category, float(score), driver, rules, plausible, ng12, self_care_top)
+
+
+def _next_step(category: UrgencyTier, driver: _Rule | None, taxonomy: Taxonomy) -> str:
+    cond = taxonomy.get(driver.condition) if driver and driver.condition and driver.condition in taxonomy else None
+    if category is UrgencyTier.EMERGENCY:
+        if driver and driver.condition == "cellulitis":
+            return "Treat as cellulitis today: same-day assessment (urgent GP or emergency department)."
+        if driver and driver.condition == "herpes_zoster":
+            return "Same-day eye assessment and antivirals today: shingles near the eye can threaten sight."
+        if driver and driver.condition == "sjs_ten":
+            return "Go to an emergency department now: possible severe drug reaction (SJS/TEN)."
+        return f"Seek emergency care today{f' (possible {cond.name})' if cond else ''}."
+    if category is UrgencyTier.URGENT:
+        if driver is None or driver.kind != "condition" or (cond and cond.malignant):
+            return "Refer on the suspected skin cancer pathway (appointment within 2 weeks)."
+        return f"See a doctor within days (possible {cond.name})." if cond else "See a doctor within days."
+    if category is UrgencyTier.SOON:
+        what = f" (possible {cond.name})" if cond else ""
+        return f"Book a GP or dermatology appointment within the next few weeks{what}."
+    if category is UrgencyTier.ROUTINE:
+        return "Mention it at a routine appointment; photograph it now and compare in 8 weeks."
+    return "Self-care advice; see a doctor if it is not better in 2 weeks, or if it grows, bleeds or changes."
+
+
+def urgency_inputs(fused: FusionResult) -> tuple[tuple[str, ...], np.ndarray, np.ndarray, bool]:
+    ids = tuple(fused.posterior)
+    upper = np.array([fused.posterior_upper[c] for c in ids])
+    post = np.array([fused.posterior[c] for c in ids])
+    said_shingles = fused.findings is not None and "shingles" in fused.findings.present
+    return ids, upper, post, said_shingles
+
+
+def assess_urgency(
+    fused: FusionResult, thresholds: UrgencyThresholds | None = None, taxonomy: Taxonomy | None = None
+) -> UrgencyResult:
+    """Urgency of one answer from its fused posterior and (merged) risk factors."""
+    t = thresholds or default_thresholds()
+    taxonomy = taxonomy or load_taxonomy()
+    ids, upper, post, said_shingles = urgency_inputs(fused)
+    table = _table(ids, t, taxonomy)
+    d = _decide(upper, post, fused.risk, said_shingles, t, table)
+    reasons: list[Reason] = []
+    for i in np.flatnonzero(d.plausible):
+        cond = table.conditions[i]
+        assert cond is not None
+        kind = "malignant " if cond.malignant else ""
+        reasons.append(
+            Reason(
+                kind="condition",
+                category=cond.urgency,
+                condition=cond.id,
+                text=f"{kind}{cond.name} plausible ({upper[i]:.0%}, threshold {table.threshold[i]:.0%})",
+            )
+        )
+    reasons += [Reason(kind=r.kind, category=r.category, text=r.text, condition=r.condition) for r in d.rules]
+    if d.self_care_top is not None:
+        top = ids[d.self_care_top]
+        reasons.append(
+            Reason(
+                kind="default",
+                category=d.category,
+                condition=top,
+                text=f"{taxonomy.get(top).name} most likely ({post[d.self_care_top]:.0%}), no alarm features",
+            )
+        )
+    elif d.driver is None:
+        reasons.append(Reason(kind="default", category=d.category, text="no condition or rule above routine"))
+    reasons.sort(key=lambda r: (r.category.rank, r.kind != "condition"))
+    return UrgencyResult(
+        category=d.category,
+        score=d.score,
+        reasons=reasons,
+        ng12=d.ng12,
+        red_flags=[r.text for r in d.rules if r.kind == "red_flag"],
+        driving_condition=d.driver.condition if d.driver else None,
+        next_step=_next_step(d.category, d.driver, taxonomy),
+    )
+
+
+def urgency_report(
+    results: Sequence[FusionResult],
+    true_ids: Sequence[str],
+    thresholds: UrgencyThresholds | None = None,
+    taxonomy: Taxonomy | None = None,
+) -> dict[str, object]:
+    """Triage figures on labelled answers: malignant (MEL/BCC/SCC...) sent urgent or sooner-than-routine,
+    melanoma sent urgent, benign kept routine or self-care, and the category counts."""
+    taxonomy = taxonomy or load_taxonomy()
+    cats = [assess_urgency(r, thresholds, taxonomy).category for r in results]
+    malignant = np.array([c in taxonomy and taxonomy.get(c).malignant for c in true_ids])
+    melanoma = np.array([c == "melanoma" for c in true_ids])
+    rank = np.array([c.rank for c in cats])
+    soon_or_more = rank <= UrgencyTier.SOON.rank
+    urgent_or_more = rank <= UrgencyTier.URGENT.rank
+
+    def share(mask: np.ndarray, within: np.ndarray) -> float | None:
+        return float(mask[within].mean()) if within.any() else None
+
+    per_class: dict[str, dict[str, int]] = {}
+    for cid, cat in zip(true_ids, cats, strict=True):
+        per_class.setdefault(cid, {t.value: 0 for t in UrgencyTier})[cat.value] += 1
+    return {
+        "malignant_sensitivity": share(soon_or_more, malignant),
+        "melanoma_sensitivity_urgent": share(urgent_or_more, melanoma),
+        "specificity": share(~soon_or_more, ~malignant),
+        "counts": {t.value: sum(c is t for c in cats) for t in UrgencyTier},
+        "per_class": per_class,
+        "thresholds": (thresholds or default_thresholds()).model_dump(mode="json"),
+    }
