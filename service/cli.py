@@ -202,7 +202,6 @@ def _cmd_faithfulness(args: argparse.Namespace) -> int:
         limit=args.limit,
         config=config,
         loader=lambda path: decode_image(path.read_bytes(), ImageLimits()).image,
-        cache_dir=Path(args.cache_dir) if args.cache_dir else None,
         log=stderr_log,
     )
     if args.json:
@@ -281,7 +280,6 @@ def build_parser() -> argparse.ArgumentParser:
     fa.add_argument("--compare", action="append", choices=sorted(METHODS), help="more methods (table only)")
     fa.add_argument("--seed", type=int, default=0)
     fa.add_argument("--threads", type=int, help="torch CPU threads (1 is faster on a busy machine)")
-    fa.add_argument("--cache-dir", default=".cache/zeroshot", help="text-embedding cache ('' for none)")
     fa.add_argument("--json", action="store_true")
     fa.set_defaults(func=_cmd_faithfulness)
     return p

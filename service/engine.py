@@ -13,11 +13,22 @@ from pathlib import Path
 
 import torch
 
+from explain.gradcam import explain_differentials
 from models.backends.base import ImageTextModel
+from models.symptoms import extract_findings
 from models.taxonomy import Condition, Taxonomy, UnknownLabelError
 from models.zeroshot import LabelSet, ZeroShotClassifier
 from service.images import DecodedImage
-from service.schemas import CodeOut, Differential, LookAlike, ModelRef, Timings, TriageOptions, TriageResult
+from service.schemas import (
+    ClinicalInput,
+    CodeOut,
+    Differential,
+    LookAlike,
+    ModelRef,
+    Timings,
+    TriageOptions,
+    TriageResult,
+)
 
 
 @dataclass(frozen=True)
@@ -94,12 +105,14 @@ class TriageEngine:
         self,
         image: DecodedImage,
         options: TriageOptions,
+        clinical: ClinicalInput | None = None,
         *,
         request_id: str,
         decode_ms: float = 0.0,
         queue_ms: float = 0.0,
     ) -> TriageResult:
         t0 = time.perf_counter()
+        clinical = clinical or ClinicalInput()
         scored = self._labels(options)
         pixels = self.model.preprocessing.batch([image.image]).to(self.model.device)
         probs = self.classifier.probabilities(self.model.encode_image(pixels), scored.labels)[0]
@@ -109,6 +122,13 @@ class TriageEngine:
             for rank, i in enumerate(order)
         ]
         inference_ms = (time.perf_counter() - t0) * 1000
+        heatmaps, heatmap_ms = None, 0.0
+        if options.explain:
+            t1 = time.perf_counter()
+            heatmaps = explain_differentials(
+                self.model, image.image, scored.labels.embeddings[order], want_grid=options.heatmap_grid
+            )
+            heatmap_ms = (time.perf_counter() - t1) * 1000
         return TriageResult(
             request_id=request_id,
             model=self.model_ref,
@@ -121,6 +141,10 @@ class TriageEngine:
                 decode_ms=round(decode_ms, 2),
                 queue_ms=round(queue_ms, 2),
                 inference_ms=round(inference_ms, 2),
-                total_ms=round(decode_ms + queue_ms + inference_ms, 2),
+                heatmap_ms=round(heatmap_ms, 2),
+                total_ms=round(decode_ms + queue_ms + inference_ms + heatmap_ms, 2),
             ),
+            heatmaps=heatmaps,
+            findings=extract_findings(clinical.symptoms) if clinical.symptoms else None,
+            risk_factors=clinical.risk_factors,
         )

@@ -23,11 +23,13 @@ from litestar.exceptions import ClientException, ValidationException
 from litestar.exceptions.http_exceptions import RequestEntityTooLarge
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from models.risk_factors import RiskFactors
 from service.problems import ACCEPTED_MEDIA_TYPES, Problem, field_errors, validation_problem
-from service.schemas import TriageOptions
+from service.schemas import MAX_SYMPTOMS_CHARS, ClinicalInput, TriageOptions
 
-FORM_OPTION_FIELDS = ("top_k", "modality", "candidate_labels")
-FORM_FIELDS = frozenset({"image", "options", *FORM_OPTION_FIELDS})
+FORM_OPTION_FIELDS = ("top_k", "modality", "candidate_labels", "explain", "heatmap_grid")
+FORM_CLINICAL_FIELDS = ("symptoms", "risk_factors")
+FORM_FIELDS = frozenset({"image", "options", *FORM_OPTION_FIELDS, *FORM_CLINICAL_FIELDS})
 
 
 class TriageJSONRequest(BaseModel):
@@ -39,12 +41,15 @@ class TriageJSONRequest(BaseModel):
         description="the photo, base64 (standard or URL-safe alphabet, padding optional; a `data:` URL is accepted)"
     )
     options: TriageOptions = Field(default_factory=TriageOptions)
+    symptoms: str | None = Field(default=None, max_length=MAX_SYMPTOMS_CHARS, description="the patient's own words")
+    risk_factors: RiskFactors | None = Field(default=None, description="all optional; units in each field")
 
 
 @dataclass(frozen=True, slots=True)
 class TriageInput:
     image: bytes
     options: TriageOptions
+    clinical: ClinicalInput
 
 
 def _unsupported(media_type: str) -> Problem:
@@ -147,7 +152,8 @@ async def _read_json(request: Request[Any, Any, Any]) -> TriageInput:
             problem.errors = field_errors(exc)
             raise problem from None
         raise validation_problem(exc) from None
-    return TriageInput(decode_base64(parsed.image), parsed.options)
+    clinical = ClinicalInput(symptoms=parsed.symptoms, risk_factors=parsed.risk_factors)
+    return TriageInput(decode_base64(parsed.image), parsed.options, clinical)
 
 
 async def _form(request: Request[Any, Any, Any]) -> FormMultiDict:
@@ -187,7 +193,7 @@ async def _form(request: Request[Any, Any, Any]) -> FormMultiDict:
 
 def _form_options(form: FormMultiDict) -> dict[str, Any]:
     raw: dict[str, Any] = {}
-    for name in ("top_k", "modality"):
+    for name in ("top_k", "modality", "explain", "heatmap_grid"):
         values = form.getall(name, [])
         if len(values) > 1:
             raise _field_problem(name, "Give this field once", "repeated")
@@ -216,6 +222,23 @@ async def _read_options_part(form: FormMultiDict) -> TriageOptions:
     return _validate_options(_parse_json(text, "The `options` part"), ("options",))
 
 
+async def _read_clinical(form: FormMultiDict) -> ClinicalInput:
+    """`symptoms` as a text field, `risk_factors` as one JSON field or part."""
+    raw: dict[str, Any] = {}
+    for name in FORM_CLINICAL_FIELDS:
+        values = form.getall(name, [])
+        if len(values) > 1:
+            raise _field_problem(name, "Give this field once", "repeated")
+        if values:
+            value = values[0]
+            text = await value.read() if isinstance(value, UploadFile) else value
+            raw[name] = _parse_json(text, "The `risk_factors` part") if name == "risk_factors" else text
+    try:
+        return ClinicalInput.model_validate(raw)
+    except ValidationError as exc:
+        raise validation_problem(exc, ()) from None
+
+
 async def _read_multipart(request: Request[Any, Any, Any]) -> TriageInput:
     if not await request.body():  # read (and size-checked) once; the form parser reuses it
         raise _empty_body()
@@ -235,6 +258,7 @@ async def _read_multipart(request: Request[Any, Any, Any]) -> TriageInput:
                 ],
             )
         options = await _read_options_part(form)
+        clinical = await _read_clinical(form)
         images = form.getall("image", [])
         if not images:
             raise _missing_image("No file part named `image`; e.g. curl -F image=@photo.jpg.")
@@ -242,7 +266,7 @@ async def _read_multipart(request: Request[Any, Any, Any]) -> TriageInput:
             raise _field_problem("image", "Send exactly one image per request", "repeated")
         if not isinstance(images[0], UploadFile):
             raise _field_problem("image", "`image` must be a file part (Content-Disposition with a filename)", "file")
-        return TriageInput(await images[0].read(), options)
+        return TriageInput(await images[0].read(), options, clinical)
     finally:
         await form.close()
 

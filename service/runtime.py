@@ -15,7 +15,7 @@ from service.engine import TriageEngine
 from service.images import DecodedImage, ImageLimits, decode_image
 from service.metrics import Metrics
 from service.problems import Problem
-from service.schemas import TriageOptions, TriageResult
+from service.schemas import ClinicalInput, TriageOptions, TriageResult
 from service.settings import Settings
 
 log = logging.getLogger("dermtriage.service")
@@ -60,6 +60,7 @@ class InferenceRunner:
         engine: TriageEngine,
         decoded: DecodedImage,
         options: TriageOptions,
+        clinical: ClinicalInput,
         request_id: str,
         decode_ms: float,
         waited_ms: float,
@@ -67,11 +68,20 @@ class InferenceRunner:
     ) -> TriageResult:
         queue_ms = waited_ms + (time.perf_counter() - submitted) * 1000
         self.metrics.queue.observe(queue_ms / 1000)
-        result = engine.triage(decoded, options, request_id=request_id, decode_ms=decode_ms, queue_ms=queue_ms)
+        result = engine.triage(
+            decoded, options, clinical, request_id=request_id, decode_ms=decode_ms, queue_ms=queue_ms
+        )
         self.metrics.inference.observe(result.timings.inference_ms / 1000)
         return result
 
-    async def triage(self, engine: TriageEngine, data: bytes, options: TriageOptions, request_id: str) -> TriageResult:
+    async def triage(
+        self,
+        engine: TriageEngine,
+        data: bytes,
+        options: TriageOptions,
+        request_id: str,
+        clinical: ClinicalInput | None = None,
+    ) -> TriageResult:
         loop = asyncio.get_running_loop()
         self.metrics.in_flight.inc()
         try:
@@ -86,6 +96,7 @@ class InferenceRunner:
                     engine,
                     decoded,
                     options,
+                    clinical or ClinicalInput(),
                     request_id,
                     decode_ms,
                     waited_ms,

@@ -10,11 +10,33 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from explain.gradcam import Heatmap
+from models.risk_factors import RiskFactors
+from models.symptoms import SymptomFindings
 from service.images import ImageInfo
 
 DISCLAIMER = "Decision support for clinicians, not a diagnosis. Confirm with a clinical assessment."
 MAX_CANDIDATE_LABELS = 50
 MAX_LABEL_CHARS = 120
+MAX_SYMPTOMS_CHARS = 2000
+
+
+class ClinicalInput(BaseModel):
+    """The patient's own words and risk factors: optional, validated, parsed.
+
+    Until the fusion lands in the engine (issue 4) they are validated and the symptoms are parsed
+    into findings, which the answer returns; they do not yet change the differentials.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    symptoms: str | None = Field(
+        default=None,
+        max_length=MAX_SYMPTOMS_CHARS,
+        description="the patient's own words",
+        examples=["mole bleeding and getting bigger, no pain"],
+    )
+    risk_factors: RiskFactors | None = Field(default=None, description="all optional; units in each field")
 
 
 class TriageOptions(BaseModel):
@@ -23,6 +45,8 @@ class TriageOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     top_k: int = Field(default=5, ge=1, le=20, description="how many differentials to return")
+    explain: bool = Field(default=False, description="add a Grad-CAM heatmap (PNG overlay) per differential")
+    heatmap_grid: bool = Field(default=False, description="with explain: also return each raw low-resolution grid")
     modality: Literal["clinical", "dermoscopic"] = Field(default="clinical", description="photo kind")
     candidate_labels: list[str] | None = Field(
         default=None,
@@ -79,6 +103,7 @@ class Timings(BaseModel):
     decode_ms: float = 0.0
     queue_ms: float = 0.0
     inference_ms: float = 0.0
+    heatmap_ms: float = 0.0
     total_ms: float = 0.0
 
 
@@ -93,4 +118,7 @@ class TriageResult(BaseModel):
     differentials: list[Differential]
     image: ImageInfo
     timings: Timings
+    heatmaps: list[Heatmap] | None = Field(default=None, description="one per differential, same order (explain)")
+    findings: SymptomFindings | None = Field(default=None, description="what the symptoms text says, negations kept")
+    risk_factors: RiskFactors | None = Field(default=None, description="the validated risk factors received")
     disclaimer: str = DISCLAIMER

@@ -49,4 +49,4 @@ class TriageController(Controller):
         runner: NamedDependency[InferenceRunner],
     ) -> TriageResult:
         received = await read_triage_input(request)
-        return await runner.triage(engine, received.image, received.options, request_id_of(request))
+        return await runner.triage(engine, received.image, received.options, request_id_of(request), received.clinical)

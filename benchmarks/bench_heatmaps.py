@@ -1,0 +1,106 @@
+"""Heatmap cost on the embedded model, next to plain inference, on this machine.
+
+    python benchmarks/bench_heatmaps.py [--photo PATH] [--top-k 5] [--method gradcam] [--threads 1] [--json]
+
+Plain inference: what a triage answer costs without heatmaps (the served flip-averaged views,
+and a single view). Heatmaps for the top-k differentials: the CAM alone batched (one forward +
+one batched backward for all k), the CAM one differential at a time (k forwards + k backwards),
+and `explain_differentials` end to end (CAM + upsampling + PNG overlays). Medians of --repeats.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+DATA = Path(os.environ.get("DERMTRIAGE_DATA", Path(__file__).resolve().parents[2] / "shared/data/pad-ufes-20"))
+
+
+def median_ms(fn: Callable[[], object], repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1000)
+    return statistics.median(times)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--photo", help="a photo (default: the first development photo, else a synthetic one)")
+    ap.add_argument("--top-k", type=int, default=5)
+    ap.add_argument("--method", default=None, help="heatmap method (default: explain's default)")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    from explain import DEFAULT_METHOD, SimilarityTarget, explain_differentials, get_method
+    from models.registry import load_model
+    from models.taxonomy import load_taxonomy
+    from models.zeroshot import ZeroShotClassifier
+
+    method = args.method or DEFAULT_METHOD
+    model = load_model("embedded-pad-lite0")
+    clf = ZeroShotClassifier(model, load_taxonomy(), Path(".cache/zeroshot"))
+    labels = clf.condition_set("clinical")
+    photos = sorted((DATA / "images").glob("*.jpg"))
+    path = Path(args.photo) if args.photo else (photos[0] if photos else None)
+    photo = Image.open(path).convert("RGB") if path else Image.new("RGB", (640, 480), (200, 150, 120))
+    pixels = model.preprocessing.batch([photo])
+    probs = clf.probabilities(model.encode_image(pixels), labels)[0]
+    top = probs.argsort(descending=True)[: args.top_k]
+    text = labels.embeddings[top]
+    cam = get_method(method)(model)
+    targets = [SimilarityTarget(t) for t in text]
+    k = len(targets)
+
+    def plain() -> object:
+        return clf.probabilities(model.encode_image(model.preprocessing.batch([photo])), labels)
+
+    def single_view() -> object:
+        with torch.inference_mode():
+            return model.encode_image(model.preprocessing.batch([photo]), grad=True)
+
+    out: dict[str, object] = {
+        "threads": torch.get_num_threads(),
+        "method": method,
+        "top_k": k,
+        "photo": str(path) if path else "synthetic 640x480",
+        "photo_size": list(photo.size),
+        "tta_views": 4 if getattr(model, "tta_flips", False) else 1,
+    }
+    out["plain_inference_ms"] = round(median_ms(plain, args.repeats), 1)
+    out["single_view_ms"] = round(median_ms(single_view, args.repeats), 1)
+    batched = median_ms(lambda: cam(pixels, targets), args.repeats)
+    one_by_one = median_ms(lambda: [cam(pixels, [t]) for t in targets], args.repeats)
+    end_to_end = median_ms(lambda: explain_differentials(model, photo, text, method=method), args.repeats)
+    out["cam_batched_ms"] = round(batched, 1)
+    out["cam_batched_per_differential_ms"] = round(batched / k, 1)
+    out["cam_one_by_one_per_differential_ms"] = round(one_by_one / k, 1)
+    out["explain_end_to_end_ms"] = round(end_to_end, 1)
+    out["explain_per_differential_ms"] = round(end_to_end / k, 1)
+    if args.json:
+        print(json.dumps(out))
+        return
+    print(f"embedded-pad-lite0, {method}, top-{k}, photo {out['photo_size']}, threads={out['threads']}")
+    print(f"  plain inference ({out['tta_views']} views, served)  {out['plain_inference_ms']:8.1f} ms")
+    print(f"  plain inference (1 view)               {out['single_view_ms']:8.1f} ms")
+    print(f"  heatmaps, CAM batched (all {k})          {batched:8.1f} ms = {batched / k:6.1f} ms per differential")
+    print(f"  heatmaps, CAM one at a time            {one_by_one:8.1f} ms = {one_by_one / k:6.1f} ms per differential")
+    print(f"  explain_differentials (CAM + PNGs)     {end_to_end:8.1f} ms = {end_to_end / k:6.1f} ms per differential")
+
+
+if __name__ == "__main__":
+    main()

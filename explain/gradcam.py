@@ -1,0 +1,334 @@
+"""Class-activation heatmaps for CLIP-style models: one map per differential, aligned to the photo.
+
+Design (pytorch-grad-cam's): a small base class owns the hook and the gradient computation;
+the thing explained is a separate target object (`SimilarityTarget`); each method is a
+subclass that only says how activations and gradients combine (Grad-CAM is a few lines).
+
+Where the gradient is taken: `model.spatial_target()` names the layer. CNN towers (the embedded
+EfficientNet-Lite0): the output of the last feature stage. ViT towers: the *input* of the last
+block (its patch tokens; the last block's own patch outputs get zero gradient because only CLS
+feeds the embedding), CLS dropped and reshaped to the patch grid by `SpatialTarget.to_map`.
+
+Why not captum's `LayerGradCam` (it is the reference in the tests, where it agrees with
+`GradCAM` to float precision on the CNN tower):
+
+* batching: captum explains one target per batch row, so k differentials cost k image copies
+  through the whole tower. Here one forward of the photo is shared by all k targets and their
+  gradients come from one batched backward (`torch.autograd.grad(..., is_grads_batched=True)`)
+  that only runs from the embedding down to the hooked layer.
+* concurrency: captum's forward hook on the shared module records the activation of *any*
+  forward that passes while it is attached (another request's, in another thread) and keys it by
+  device only. Here the hook is registered per call, filters on the calling thread and keeps its
+  state in the call's own object, so concurrent requests on one shared model never mix.
+* layout: captum averages gradients over every dimension after the second, which is wrong for a
+  ViT token sequence (B, N, C) with a CLS token (and for open_clip's sequence-first (N, B, C)).
+"""
+
+from __future__ import annotations
+
+import base64
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from pydantic import BaseModel, Field
+
+from explain import render
+from models.backends.base import ImageTextModel, SpatialTarget
+
+DEFAULT_METHOD = "gradcampp"  # more faithful than Grad-CAM on the development photos: explain/README.md
+EPS = 1e-7
+
+
+# --- targets -------------------------------------------------------------------------------
+
+
+class SimilarityTarget:
+    """What a heatmap explains: the similarity of the image embedding to one text embedding.
+
+    `scale=1` gives the cosine similarity; `scale=model.logit_scale` the zero-shot logit. The
+    normalised heatmap is the same for both (a positive scale only rescales the gradient).
+    """
+
+    def __init__(self, text_embedding: torch.Tensor, scale: float = 1.0) -> None:
+        if text_embedding.dim() != 1:
+            raise ValueError(f"one text embedding (D,) per target, got shape {tuple(text_embedding.shape)}")
+        self.text_embedding = F.normalize(text_embedding.detach().float(), dim=-1)
+        self.scale = float(scale)
+
+    def __call__(self, image_embeddings: torch.Tensor) -> torch.Tensor:
+        """(B, D) image embeddings -> (B,) scores."""
+        text = self.text_embedding.to(image_embeddings.device)
+        return self.scale * (F.normalize(image_embeddings, dim=-1) @ text)
+
+
+Target = Callable[[torch.Tensor], torch.Tensor]
+
+
+# --- the hook ------------------------------------------------------------------------------
+
+
+class LayerCapture:
+    """Per-call capture of the hooked layer's tensor, released by the context manager.
+
+    The hook only acts in the thread that opened the capture: forwards run in the calling
+    thread, so a concurrent request (or plain inference) passing through the same shared module
+    is ignored. It swaps the captured tensor for a detached leaf that requires grad: the values
+    are unchanged, the gradient w.r.t. it is exactly what Grad-CAM needs, and it works even when
+    the backend froze its parameters. The handle is removed on exit, exceptions included.
+    """
+
+    def __init__(self, spatial: SpatialTarget) -> None:
+        self.spatial = spatial
+        self.activation: torch.Tensor | None = None
+        self._thread = threading.get_ident()
+        self._handle: torch.utils.hooks.RemovableHandle | None = None
+
+    def _leaf(self, tensor: Any) -> torch.Tensor:
+        if not isinstance(tensor, torch.Tensor):
+            raise TypeError(f"hooked layer gave {type(tensor).__name__}, expected a tensor")
+        self.activation = tensor.detach().requires_grad_(True)
+        return self.activation
+
+    def _output_hook(self, module: torch.nn.Module, args: tuple[Any, ...], output: Any) -> Any:
+        if threading.get_ident() != self._thread:
+            return None
+        return self._leaf(output)
+
+    def _input_hook(
+        self, module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
+        if threading.get_ident() != self._thread:
+            return None
+        if args:
+            return (self._leaf(args[0]), *args[1:]), kwargs
+        key = next((k for k, v in kwargs.items() if isinstance(v, torch.Tensor)), None)
+        if key is None:
+            raise TypeError("hooked block received no tensor input")
+        return args, {**kwargs, key: self._leaf(kwargs[key])}
+
+    def __enter__(self) -> LayerCapture:
+        layer = self.spatial.layer
+        if self.spatial.use_input:
+            self._handle = layer.register_forward_pre_hook(self._input_hook, with_kwargs=True)
+        else:
+            self._handle = layer.register_forward_hook(self._output_hook)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
+
+
+# --- methods -------------------------------------------------------------------------------
+
+
+class BaseCAM(ABC):
+    """One forward of the photo(s), one batched backward for all targets, then `combine`.
+
+    `__call__(pixels (B,3,S,S), targets[K]) -> (B, K, h, w)` maps in [0, 1] (ReLU, then divided
+    by each map's maximum; a map with no positive evidence is all zeros).
+    """
+
+    name: ClassVar[str]
+    label: ClassVar[str]
+
+    def __init__(self, model: ImageTextModel) -> None:
+        self.model = model
+        self.spatial = model.spatial_target()
+
+    def activations_and_gradients(
+        self, pixels: torch.Tensor, targets: Sequence[Target]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """-> activations (B, C, h, w), gradients (K, B, C, h, w), scores (B, K)."""
+        if not targets:
+            raise ValueError("at least one target")
+        pixels = pixels.to(self.model.device)
+        # inference_mode(False): a caller inside inference_mode would otherwise get no graph
+        with torch.inference_mode(False), torch.enable_grad(), LayerCapture(self.spatial) as capture:
+            embeddings = self.model.encode_image(pixels, grad=True)
+            if capture.activation is None:
+                raise RuntimeError(f"spatial layer {type(self.spatial.layer).__name__} did not run in the forward")
+            scores = torch.stack([t(embeddings) for t in targets], dim=1)  # (B, K)
+            grads = _batched_grads(scores, capture.activation)
+            leaf = capture.activation.detach()
+        acts = self.spatial.to_map(leaf).float()
+        grad_maps = torch.stack([self.spatial.to_map(g) for g in grads]).float()
+        return acts, grad_maps, scores.detach()
+
+    @abstractmethod
+    def combine(self, acts: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
+        """activations (B, C, h, w), gradients (K, B, C, h, w) -> raw maps (K, B, h, w)."""
+
+    def maps_and_scores(self, pixels: torch.Tensor, targets: Sequence[Target]) -> tuple[torch.Tensor, torch.Tensor]:
+        acts, grads, scores = self.activations_and_gradients(pixels, targets)
+        cams = self.combine(acts, grads).clamp_min(0).permute(1, 0, 2, 3)  # (B, K, h, w)
+        peak = cams.amax(dim=(2, 3), keepdim=True)
+        return torch.where(peak > EPS, cams / peak.clamp_min(EPS), torch.zeros_like(cams)), scores
+
+    def __call__(self, pixels: torch.Tensor, targets: Sequence[Target]) -> torch.Tensor:
+        return self.maps_and_scores(pixels, targets)[0]
+
+
+class GradCAM(BaseCAM):
+    """Grad-CAM (Selvaraju et al. 2017): channel weights = spatial mean of the gradient.
+
+    With a cosine target on a pooled CNN its raw map sums to zero over the grid: the cosine does
+    not change when the embedding is scaled, so its gradient is orthogonal to the embedding
+    (Euler), and the pooled, linearly projected embedding is the sum of the cells. The map can
+    only say where the photo looks more like the condition than the photo as a whole, and half
+    of that contrast is cut away by the ReLU: often the background (measured in the README).
+    """
+
+    name = "gradcam"
+    label = "Grad-CAM"
+
+    def combine(self, acts: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
+        weights = grads.mean(dim=(3, 4), keepdim=True)  # (K, B, C, 1, 1)
+        return (weights * acts.unsqueeze(0)).sum(dim=2)
+
+
+class GradCAMPlusPlus(BaseCAM):
+    """Grad-CAM++ (Chattopadhay et al. 2018), the closed form pytorch-grad-cam uses.
+
+    Only positive gradients count, each weighted by alpha = g^2 / (2 g^2 + sum(A) g^3): channels
+    whose activation raises the similarity, and nothing that lowers it. The map is therefore not
+    a zero-sum contrast (see `GradCAM`); it is the default because it was the more faithful one.
+
+    alpha is computed as 1 / (2 + sum(A) g), the same value without the additive epsilon of
+    the usual form: cosine gradients are ~1e-6, so g^2 ~ 1e-12 and an epsilon of 1e-7 would
+    dominate and turn the weights into relu(g)^3.
+    """
+
+    name = "gradcampp"
+    label = "Grad-CAM++"
+
+    def combine(self, acts: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
+        sum_acts = acts.sum(dim=(2, 3), keepdim=True).unsqueeze(0)  # (1, B, C, 1, 1)
+        denom = 2 + sum_acts * grads
+        positive = grads > 0
+        alpha = torch.where(positive & (denom > EPS), 1 / denom.clamp_min(EPS), torch.zeros_like(grads))
+        weights = (grads.clamp_min(0) * alpha).sum(dim=(3, 4), keepdim=True)
+        return (weights * acts.unsqueeze(0)).sum(dim=2)
+
+
+METHODS: dict[str, type[BaseCAM]] = {cls.name: cls for cls in (GradCAM, GradCAMPlusPlus)}
+
+
+def get_method(name: str) -> type[BaseCAM]:
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise ValueError(f"unknown heatmap method {name!r}; known: {', '.join(METHODS)}") from None
+
+
+def _batched_grads(scores: torch.Tensor, leaf: torch.Tensor) -> torch.Tensor:
+    """Gradients of each target column of `scores` (B, K) w.r.t. `leaf`: (K, *leaf.shape).
+
+    One backward for all K targets: the K one-hot output gradients are vmapped through a single
+    backward pass (`is_grads_batched`). Should an op lack a batching rule, fall back to K
+    backward passes over the retained graph (still one forward; only the head is re-run).
+    """
+    k = scores.shape[1]
+    if k == 1:
+        return torch.autograd.grad(scores.sum(), leaf)[0].unsqueeze(0)
+    eye = torch.eye(k, dtype=scores.dtype, device=scores.device)
+    grad_outputs = eye.unsqueeze(1).expand(k, scores.shape[0], k).contiguous()
+    try:
+        return torch.autograd.grad(scores, leaf, grad_outputs=grad_outputs, is_grads_batched=True, retain_graph=True)[0]
+    except RuntimeError:
+        return torch.stack([torch.autograd.grad(scores[:, i].sum(), leaf, retain_graph=i < k - 1)[0] for i in range(k)])
+
+
+# --- the engine's entry point -----------------------------------------------------------------
+
+
+class CropBox(BaseModel):
+    """The part of the photo the model saw (photo pixels); the heatmap covers only this box."""
+
+    left: float
+    top: float
+    right: float
+    bottom: float
+    note: str = Field(
+        default="the model sees only this centre crop; outside it the overlay shows no heat (not 'low heat')"
+    )
+
+
+class Heatmap(BaseModel):
+    """One differential's heatmap: a PNG overlay aligned to the photo, optionally the raw grid."""
+
+    index: int = Field(description="row of the text embeddings this map explains (differential order)")
+    method: str
+    score: float = Field(description="cosine similarity of the image and text embeddings")
+    grid_shape: tuple[int, int]
+    grid: list[list[float]] | None = Field(default=None, description="low-resolution map in [0, 1], row-major")
+    png_base64: str = Field(description="image/png overlay, the photo's aspect ratio (long side capped)")
+    width: int = Field(description="overlay width in pixels")
+    height: int = Field(description="overlay height in pixels")
+    photo_width: int
+    photo_height: int
+    covers: CropBox
+    peak: tuple[float, float] = Field(description="(x, y) of the map's maximum, in photo pixels")
+    colormap: str
+    legend_png_base64: str = Field(description="image/png colour bar, low -> high, with what the colours mean")
+
+
+def explain_differentials(
+    model: ImageTextModel,
+    image: Image.Image,
+    text_embeddings: torch.Tensor,
+    *,
+    method: str = DEFAULT_METHOD,
+    want_grid: bool = False,
+    colormap: str = render.DEFAULT_COLORMAP,
+    max_side: int = render.DEFAULT_MAX_SIDE,
+    alpha: float = render.DEFAULT_ALPHA,
+) -> list[Heatmap]:
+    """Heatmaps for the K differentials whose text embeddings (K, D) are given, in that order.
+
+    `image` is the photo as decoded (already EXIF-oriented): the overlays have its aspect ratio
+    and size (long side capped at `max_side`). One forward and one batched backward for all K.
+    """
+    if text_embeddings.dim() != 2 or text_embeddings.shape[0] == 0:
+        raise ValueError(f"text_embeddings must be (K, D) with K >= 1, got {tuple(text_embeddings.shape)}")
+    photo = image.convert("RGB")
+    cam = get_method(method)(model)
+    pixels = model.preprocessing.batch([photo])
+    maps, scores = cam.maps_and_scores(pixels, [SimilarityTarget(t) for t in text_embeddings])
+    grids = maps[0].cpu().numpy()  # (K, h, w)
+    box = model.preprocessing.geometry(*photo.size)
+    base = render.fit(photo, max_side)
+    legend = base64.b64encode(render.legend_png(colormap, cam.label)).decode("ascii")
+    out = []
+    for k, grid in enumerate(grids):
+        overlay, peak = render.overlay(base, grid, box, photo.size, colormap=colormap, alpha=alpha)
+        out.append(
+            Heatmap(
+                index=k,
+                method=cam.name,
+                score=round(float(scores[0, k]), 6),
+                grid_shape=(int(grid.shape[0]), int(grid.shape[1])),
+                grid=_rounded(grid) if want_grid else None,
+                png_base64=base64.b64encode(render.png_bytes(overlay)).decode("ascii"),
+                width=overlay.width,
+                height=overlay.height,
+                photo_width=photo.width,
+                photo_height=photo.height,
+                covers=CropBox(left=box[0], top=box[1], right=box[2], bottom=box[3]),
+                peak=peak,
+                colormap=colormap,
+                legend_png_base64=legend,
+            )
+        )
+    return out
+
+
+def _rounded(grid: np.ndarray) -> list[list[float]]:
+    return [[round(float(v), 4) for v in row] for row in np.clip(grid, 0.0, 1.0)]

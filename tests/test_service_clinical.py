@@ -1,0 +1,120 @@
+"""Symptoms, risk factors and heatmaps through POST /v1/triage (both request forms)."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from collections.abc import Iterator
+
+import pytest
+from litestar.testing import TestClient
+from PIL import Image
+from service_photos import jpeg_bytes, lesion_photo
+from test_service_api import PROBLEM, TEXT_CACHE, wait_ready
+
+from service.app import create_app
+from service.settings import Settings
+
+SYMPTOMS = "mole bleeding and getting bigger, no pain, for two months"
+RISK = {"age": 67, "fitzpatrick": 2, "diameter_mm": 8, "family_history_melanoma": True}
+
+
+@pytest.fixture(scope="module")
+def client() -> Iterator[TestClient]:
+    with TestClient(create_app(Settings(cache_dir=TEXT_CACHE))) as c:
+        wait_ready(c)
+        yield c
+
+
+@pytest.fixture(scope="module")
+def photo() -> bytes:
+    return jpeg_bytes(lesion_photo(3, size=(640, 400)))
+
+
+def _check_clinical(body: dict) -> None:
+    findings = body["findings"]
+    assert {"bleeding", "changed_size"} <= set(findings["present"])
+    assert "pain" in findings["absent"] and "pain" not in findings["present"]
+    assert 50 <= findings["duration_days"] <= 70
+    assert body["risk_factors"]["age"] == 67 and body["risk_factors"]["diameter_mm"] == 8
+
+
+def test_multipart_symptoms_and_risk_factors(client: TestClient, photo: bytes) -> None:
+    r = client.post(
+        "/v1/triage",
+        files={"image": ("p.jpg", photo, "image/jpeg")},
+        data={"symptoms": SYMPTOMS, "risk_factors": json.dumps(RISK)},
+    )
+    assert r.status_code == 200, r.text
+    _check_clinical(r.json())
+
+
+def test_json_symptoms_and_risk_factors(client: TestClient, photo: bytes) -> None:
+    payload = {"image": base64.b64encode(photo).decode(), "symptoms": SYMPTOMS, "risk_factors": RISK}
+    r = client.post("/v1/triage", json=payload)
+    assert r.status_code == 200, r.text
+    _check_clinical(r.json())
+    plain = client.post("/v1/triage", json={"image": payload["image"]}).json()
+    assert plain["findings"] is None and plain["risk_factors"] is None
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("age", 200),
+        ("age", -1),
+        ("fitzpatrick", 7),
+        ("fitzpatrick", 0),
+        ("diameter_mm", -2),
+        ("diameter_mm", 5000),
+        ("lesion_duration_days", -1),
+        ("body_site", "elbow-ish"),
+        ("not_a_risk_factor", True),
+    ],
+)
+def test_out_of_range_risk_factors_are_422(client: TestClient, photo: bytes, field: str, value: object) -> None:
+    payload = {"image": base64.b64encode(photo).decode(), "risk_factors": {field: value}}
+    r = client.post("/v1/triage", json=payload)
+    assert r.status_code == 422, r.text
+    assert r.headers["content-type"].startswith("application/problem+json")
+    body = r.json()
+    assert body["type"] == PROBLEM + "validation-error"
+    assert any(field in str(e["loc"]) for e in body["errors"])
+    multipart = client.post(
+        "/v1/triage",
+        files={"image": ("p.jpg", photo, "image/jpeg")},
+        data={"risk_factors": json.dumps({field: value})},
+    )
+    assert multipart.status_code == 422
+
+
+def test_symptoms_too_long_and_bad_risk_json(client: TestClient, photo: bytes) -> None:
+    long = {"image": base64.b64encode(photo).decode(), "symptoms": "itch " * 1000}
+    assert client.post("/v1/triage", json=long).status_code == 422
+    r = client.post(
+        "/v1/triage", files={"image": ("p.jpg", photo, "image/jpeg")}, data={"risk_factors": "{not json"}
+    )
+    assert r.status_code == 400 and r.json()["type"] == PROBLEM + "malformed-json"
+
+
+def test_heatmaps_on_request(client: TestClient, photo: bytes) -> None:
+    off = client.post("/v1/triage", files={"image": ("p.jpg", photo, "image/jpeg")}).json()
+    assert off["heatmaps"] is None
+    r = client.post(
+        "/v1/triage",
+        files={"image": ("p.jpg", photo, "image/jpeg")},
+        data={"explain": "true", "heatmap_grid": "true", "top_k": "3"},
+    )
+    assert r.status_code == 200, r.text
+    body = r.json()
+    maps = body["heatmaps"]
+    assert len(maps) == len(body["differentials"]) == 3
+    assert body["timings"]["heatmap_ms"] > 0
+    for m in maps:
+        overlay = Image.open(io.BytesIO(base64.b64decode(m["png_base64"])))
+        assert overlay.format == "PNG"
+        assert abs(overlay.width / overlay.height - 640 / 400) < 0.02
+        assert m["photo_width"] == 640 and m["photo_height"] == 400
+        grid = m["grid"]
+        assert grid and all(0.0 <= v <= 1.0 for row in grid for v in row)
