@@ -265,7 +265,7 @@ TRIAGE_PROBLEMS = problem_responses(
 
 def _triage_request_body() -> RequestBody:
     from service.intake import TriageJSONRequest
-    from service.schemas import TriageOptions
+    from service.schemas import ClinicalInput, TriageOptions
 
     options_schema = inline_refs(TriageOptions.model_json_schema())
     multipart = {
@@ -285,6 +285,12 @@ def _triage_request_body() -> RequestBody:
         "items": {"type": "string"},
         "description": "repeat the field, or give it once comma-separated",
     }
+    clinical = inline_refs(ClinicalInput.model_json_schema())["properties"]
+    multipart["properties"]["symptoms"] = {**clinical["symptoms"], "description": "the patient's own words (text)"}
+    multipart["properties"]["risk_factors"] = {
+        **clinical["risk_factors"],
+        "description": "risk factors as one JSON field or part; all optional, units in each field",
+    }
     return RequestBody(
         required=True,
         description="The photo plus options, as multipart/form-data or as JSON with the photo in base64.",
@@ -300,6 +306,15 @@ def _triage_request_body() -> RequestBody:
                         summary="file part + options as one JSON part",
                         value={"image": "(binary JPEG)", "options": '{"top_k": 3}'},
                     ),
+                    "clinical": Example(
+                        summary="file part + symptoms, risk factors and heatmaps",
+                        value={
+                            "image": "(binary JPEG)",
+                            "symptoms": "mole bleeding and getting bigger, no pain",
+                            "risk_factors": '{"age": 67, "fitzpatrick": 2, "diameter_mm": 8}',
+                            "explain": "true",
+                        },
+                    ),
                 },
             ),
             "application/json": OpenAPIMediaType(
@@ -307,6 +322,14 @@ def _triage_request_body() -> RequestBody:
                 examples={
                     "taxonomy": Example(
                         summary="rank the taxonomy", value={"image": _B64_EXAMPLE, "options": {"top_k": 3}}
+                    ),
+                    "clinical": Example(
+                        summary="symptoms and risk factors",
+                        value={
+                            "image": _B64_EXAMPLE,
+                            "symptoms": "itchy red rash for 3 days",
+                            "risk_factors": {"age": 34, "fitzpatrick": 4},
+                        },
                     ),
                     "own-labels": Example(
                         summary="rank the caller's own labels",
