@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from models.backends.base import ImageTextModel, ModelCard, ModelUnavailableError, SpatialTarget
-from models.backends.hf_clip_backend import HFClipBackend, cached_hub_file, check_tokenizer
+from models.backends.hf_clip_backend import HFClipBackend, check_tokenizer
+from models.backends.hub import cached_hub_file
 from models.backends.open_clip_backend import OpenClipBackend
 from models.registry import DEFAULT_MODEL, ModelSpec, get_spec, list_specs, load_model
 
@@ -449,12 +450,12 @@ def test_unreachable_hub_fails_fast_and_uses_cache(
     """Not marked offline, but no network: no 25 s of retries; cached models still load."""
     from huggingface_hub import constants
 
-    from models.backends import hf_clip_backend
+    from models.backends import hub
 
     monkeypatch.delenv("HF_HUB_OFFLINE")
     monkeypatch.delenv("TRANSFORMERS_OFFLINE")
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(hf_clip_backend, "hub_reachable", lambda timeout=0.0: False)
+    monkeypatch.setattr(hub, "hub_reachable", lambda timeout=0.0: False)
     start = time.monotonic()
     with pytest.raises(ModelUnavailableError, match="unreachable"):
         OpenClipBackend.load(f"hf-hub:{MISSING_REPO}", card=card())

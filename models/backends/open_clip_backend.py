@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from models.backends.base import INTERPOLATIONS, ModelCard, ModelUnavailableError, Preprocessing, SpatialTarget
-from models.backends.hf_clip_backend import (
+from models.backends.hub import (
     HubAccess,
     cached_hub_file,
     first_cached,
