@@ -14,45 +14,40 @@ DEFAULT_DATA = Path(os.environ.get("DERMTRIAGE_DATA", Path(__file__).resolve().p
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
+    """One photo through the same engine the HTTP service uses."""
+    from uuid import uuid4
+
     from models.registry import load_model
     from models.taxonomy import load_taxonomy
-    from models.zeroshot import ZeroShotClassifier
+    from service.engine import TriageEngine
     from service.images import ImageError, ImageLimits, decode_image
+    from service.schemas import TriageOptions
 
     try:
         decoded = decode_image(Path(args.photo).read_bytes(), ImageLimits())
     except (OSError, ImageError) as exc:
         print(f"error: {args.photo}: {exc}", file=sys.stderr)
         return 2
-    model = load_model(args.model)
-    taxonomy = load_taxonomy()
-    clf = ZeroShotClassifier(model, taxonomy)
-    if args.labels:
-        labels = clf.custom_set([x.strip() for x in args.labels.split(",") if x.strip()], args.modality)
-    else:
-        labels = clf.condition_set(args.modality)
-    pixels = model.preprocessing.batch([decoded.image]).to(model.device)
-    probs = clf.probabilities(model.encode_image(pixels), labels)[0]
-    top = probs.argsort(descending=True)[: args.top_k].tolist()
-    rows = []
-    for i in top:
-        label = labels.ids[i]
-        cond = None if args.labels else taxonomy.get(label)
-        rows.append(
-            {
-                "id": label,
-                "name": cond.name if cond else label,
-                "probability": round(float(probs[i]), 4),
-                "validated": bool(cond and model.card.name in cond.validated_models),
-            }
-        )
-    result = {"model": {"name": model.card.name, "version": model.card.version}, "differentials": rows}
+    labels = [x.strip() for x in args.labels.split(",") if x.strip()] if args.labels else None
+    options = TriageOptions(top_k=args.top_k, modality=args.modality, candidate_labels=labels)
+    engine = TriageEngine(load_model(args.model), load_taxonomy())
+    result = engine.triage(decoded, options, request_id=str(uuid4()))
+    rows = [
+        {
+            "id": d.label if labels else d.condition_id,
+            "name": d.name,
+            "probability": round(d.probability, 4),
+            "validated": d.validated_for_model,
+        }
+        for d in result.differentials
+    ]
+    out = {"model": {"name": result.model.name, "version": result.model.version}, "differentials": rows}
     if args.json:
-        print(json.dumps(result, indent=2))
+        print(json.dumps(out, indent=2))
         return 0
-    print(f"{model.card.name} {model.card.version} — decision support, not a diagnosis")
+    print(f"{result.model.name} {result.model.version} — decision support, not a diagnosis")
     for r in rows:
-        flag = "" if r["validated"] or args.labels else "  (not validated for this model)"
+        flag = "" if r["validated"] or labels else "  (not validated for this model)"
         print(f"  {r['probability']:6.1%}  {r['name']}{flag}")
     return 0
 

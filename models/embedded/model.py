@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save_file
 
 from models.backends.base import ModelCard, ModelUnavailableError, Preprocessing
 from models.backends.open_clip_backend import OpenClipBackend
@@ -60,7 +61,8 @@ def load_embedded(spec: ModelSpec | None = None, device: str | torch.device = "c
         )
     config = load_config()
     model, tokenizer = build_model(config, pretrained_text=True)
-    state = load_file(str(weights))
+    blob = weights.read_bytes()  # read once: parsed here, hashed below for the cache fingerprint
+    state = load_safetensors(blob)
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.startswith(TEXT_TRANSFORMER_PREFIX)]
     if missing or unexpected:
@@ -71,5 +73,5 @@ def load_embedded(spec: ModelSpec | None = None, device: str | torch.device = "c
     pre = Preprocessing(**{k: tuple(v) if isinstance(v, list) else v for k, v in config["preprocess_cfg"].items()})
     backend = EmbeddedBackend.from_model(model, tokenizer, card=card, preprocessing=pre, device=device)
     backend.tta_flips = bool(card.inference.get("tta_flips", False))
-    backend.fingerprint = f"{card.name}@{card.version}#{hashlib.sha256(weights.read_bytes()).hexdigest()[:12]}"
+    backend.fingerprint = f"{card.name}@{card.version}#{hashlib.sha256(blob).hexdigest()[:12]}"
     return backend
