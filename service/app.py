@@ -23,6 +23,7 @@ from service.engine import TriageEngine
 from service.metrics import Metrics
 from service.middleware import RequestContextMiddleware
 from service.problems import EXCEPTION_HANDLERS
+from service.results import MemoryResultStore
 from service.routes import CONTROLLERS
 from service.routes.deps import provide_engine, provide_runner, provide_service
 from service.runtime import InferenceRunner, ServiceState, build_engine, registry_catalog
@@ -85,7 +86,13 @@ def create_app(settings: Settings | None = None, engine: TriageEngine | None = N
         settings.request_timeout_s,
         metrics,
     )
-    service = ServiceState(settings=settings, metrics=metrics, runner=runner, engine=engine)
+    service = ServiceState(
+        settings=settings,
+        metrics=metrics,
+        runner=runner,
+        engine=engine,
+        results=MemoryResultStore(settings.result_store_size, settings.result_ttl_s),
+    )
     cors = (
         CORSConfig(allow_origins=settings.cors_origins, allow_methods=["GET", "POST"], expose_headers=["X-Request-ID"])
         if settings.cors_origins

@@ -15,6 +15,7 @@ from service.engine import TriageEngine
 from service.images import DecodedImage, ImageLimits, decode_image
 from service.metrics import Metrics
 from service.problems import Problem
+from service.results import MemoryResultStore, ResultStore
 from service.schemas import ClinicalInput, TriageOptions, TriageResult
 from service.settings import Settings
 
@@ -126,6 +127,7 @@ class ServiceState:
     metrics: Metrics
     runner: InferenceRunner
     engine: TriageEngine | None = None
+    results: ResultStore = field(default_factory=MemoryResultStore)
     ready: bool = False
     load_error: str | None = None
     specs: list[ModelSpec] = field(default_factory=list)

@@ -1,7 +1,7 @@
 """Request options and the one typed triage result that every face (JSON, FHIR, CDS Hooks, viewer) adapts.
 
-Later issues add urgency, heatmaps and uncertainty as optional fields of `TriageResult`; clients
-that ignore unknown keys keep working.
+Optional parts (heatmaps, urgency, its SHAP values, uncertainty) are fields of `TriageResult`
+that may be null; clients that ignore unknown keys keep working.
 """
 
 from __future__ import annotations
@@ -11,8 +11,11 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from explain.gradcam import Heatmap
+from explain.risk_shap import UrgencyShap
 from models.risk_factors import RiskFactors
 from models.symptoms import SymptomFindings
+from models.uncertainty import Uncertainty
+from models.urgency import UrgencyResult
 from service.images import ImageInfo
 
 DISCLAIMER = "Decision support for clinicians, not a diagnosis. Confirm with a clinical assessment."
@@ -91,6 +94,13 @@ class Differential(BaseModel):
     malignant: bool | None = None
     look_alikes: list[LookAlike] = Field(default_factory=list)
     validated_for_model: bool = False
+    image_probability: float | None = Field(
+        default=None, ge=0, le=1, description="the photo's zero-shot probability before fusion"
+    )
+    contributions: dict[str, float] | None = Field(
+        default=None,
+        description="log-odds each part added (baseline, image, symptoms, risk_factors; centred over the labels)",
+    )
 
 
 class ModelRef(BaseModel):
@@ -121,4 +131,10 @@ class TriageResult(BaseModel):
     heatmaps: list[Heatmap] | None = Field(default=None, description="one per differential, same order (explain)")
     findings: SymptomFindings | None = Field(default=None, description="what the symptoms text says, negations kept")
     risk_factors: RiskFactors | None = Field(default=None, description="the validated risk factors received")
+    fusion_model: str | None = Field(default=None, description="the fusion behind `probability`")
+    urgency: UrgencyResult | None = Field(default=None, description="how soon to be seen, why, and the next step")
+    urgency_shap: UrgencyShap | None = Field(
+        default=None, description="SHAP values of the urgency score: base_value + sum(values) == score"
+    )
+    uncertainty: Uncertainty | None = Field(default=None, description="calibration, conformal set and gates")
     disclaimer: str = DISCLAIMER

@@ -366,3 +366,13 @@ def test_logs_are_json_and_private(client: TestClient, caplog: pytest.LogCapture
     assert mine[0]["method"] == "POST" and mine[0]["path"] == "/v1/triage" and mine[0]["status"] == 200
     assert mine[0]["duration_ms"] > 0
     assert any(a["request_id"] == bad.headers["x-request-id"] and a["problem"] == "validation-error" for a in access)
+
+
+def test_result_by_id_round_trip(client: TestClient, photo: bytes) -> None:
+    r = post_file(client, photo)
+    assert r.status_code == 200
+    rid = r.json()["request_id"]
+    again = client.get(f"/v1/triage/{rid}")
+    assert again.status_code == 200
+    assert again.json() == r.json()
+    assert_problem(client.get("/v1/triage/no-such-id"), 404, "result-not-found")

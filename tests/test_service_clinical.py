@@ -92,9 +92,7 @@ def test_out_of_range_risk_factors_are_422(client: TestClient, photo: bytes, fie
 def test_symptoms_too_long_and_bad_risk_json(client: TestClient, photo: bytes) -> None:
     long = {"image": base64.b64encode(photo).decode(), "symptoms": "itch " * 1000}
     assert client.post("/v1/triage", json=long).status_code == 422
-    r = client.post(
-        "/v1/triage", files={"image": ("p.jpg", photo, "image/jpeg")}, data={"risk_factors": "{not json"}
-    )
+    r = client.post("/v1/triage", files={"image": ("p.jpg", photo, "image/jpeg")}, data={"risk_factors": "{not json"})
     assert r.status_code == 400 and r.json()["type"] == PROBLEM + "malformed-json"
 
 

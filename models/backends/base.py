@@ -164,4 +164,3 @@ class ImageTextModel(Protocol):
     def spatial_target(self) -> SpatialTarget:
         """The layer the explain layer hooks, and how to read a spatial map from it."""
         ...
-

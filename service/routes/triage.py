@@ -4,16 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from litestar import Controller, Request, post
+from litestar import Controller, Request, get, post
 from litestar.di import NamedDependency
 from litestar.openapi import ResponseSpec
 from litestar.openapi.spec import Example
+from litestar.params import Parameter
 
 from service.engine import TriageEngine
 from service.intake import read_triage_input
 from service.openapi import TRIAGE_PROBLEMS, TRIAGE_RESULT_EXAMPLE, TriageOperation
-from service.problems import request_id_of
-from service.runtime import InferenceRunner
+from service.problems import Problem, request_id_of
+from service.runtime import InferenceRunner, ServiceState
 from service.schemas import TriageResult
 
 
@@ -47,6 +48,47 @@ class TriageController(Controller):
         request: Request[Any, Any, Any],
         engine: NamedDependency[TriageEngine],
         runner: NamedDependency[InferenceRunner],
+        service: NamedDependency[ServiceState],
     ) -> TriageResult:
         received = await read_triage_input(request)
-        return await runner.triage(engine, received.image, received.options, request_id_of(request), received.clinical)
+        result = await runner.triage(
+            engine, received.image, received.options, request_id_of(request), received.clinical
+        )
+        service.results.put(result)
+        return result
+
+    @get(
+        "/{request_id:str}",
+        summary="A recent answer by its request id",
+        description=(
+            "Answers are kept in memory for a limited time (`DERMTRIAGE_RESULT_TTL_S`) and number "
+            "(`DERMTRIAGE_RESULT_STORE_SIZE`); the viewer and CDS Hooks cards open them by id."
+        ),
+        responses={
+            200: ResponseSpec(
+                data_container=TriageResult,
+                description="the stored answer",
+                examples=[Example(summary="a stored answer", value=TRIAGE_RESULT_EXAMPLE)],
+                generate_examples=False,
+            ),
+            404: ResponseSpec(
+                data_container=dict, description="no answer with this id is held", media_type="application/problem+json"
+            ),
+        },
+    )
+    async def get_result(
+        self,
+        service: NamedDependency[ServiceState],
+        request_id: str = Parameter(
+            description="the X-Request-ID of the triage answer", examples=[Example(value="5f0c2a9e4b7d4c1e")]
+        ),
+    ) -> TriageResult:
+        result = service.results.get(request_id)
+        if result is None:
+            raise Problem(
+                "result-not-found",
+                404,
+                "No answer with this id is held: it never existed, expired, or was evicted. Triage the photo again.",
+                title="Result not found",
+            )
+        return result
