@@ -38,6 +38,9 @@ class Settings(BaseSettings):
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list, description="allowed CORS origins")
     cache_dir: Path | None = Field(default=None, description="disk cache for condition text embeddings")
     request_timeout_s: float = Field(default=30.0, gt=0, description="longest wait for decode plus inference")
+    auth_disabled: bool = Field(
+        default=False, description="serve /v1, /fhir and /cds-services without credentials (local use only)"
+    )
     result_store_size: int = Field(default=256, ge=0, description="recent answers kept in memory for GET by id")
     result_ttl_s: float = Field(default=3600.0, gt=0, description="how long an answer can be fetched by id")
 
