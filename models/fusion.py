@@ -283,26 +283,17 @@ def symptom_text_sims(model: Any, label_embeddings: Any, labels: Sequence[str], 
 # ----------------------------------------------------------------------------- the computation
 
 
-class _Parts:
-    """Per-call arrays: labels, class weights and the fixed image/text terms."""
+class _Block:
+    """Flat additive logits over `labels`: intercepts, image, text and risk terms of one FusionModel."""
 
     def __init__(
-        self,
-        model: FusionModel,
-        priors: LiteraturePriors,
-        image_probs: Mapping[str, float],
-        text_sims: Mapping[str, float] | None,
+        self, model: FusionModel, priors: LiteraturePriors, labels: list[str], p: np.ndarray, sims: np.ndarray | None
     ) -> None:
-        self.labels = list(image_probs)
-        p = np.clip(np.array([float(image_probs[c]) for c in self.labels]), LOG_FLOOR, 1.0)
+        self.labels = labels
         self.image = model.image_weight * np.log(p)
-        self.text = (
-            model.text_weight * np.array([float(text_sims.get(c, 0.0)) for c in self.labels])
-            if text_sims
-            else np.zeros(len(self.labels))
-        )
-        self.b, self.v = model.class_arrays(self.labels)
-        self.lit = priors.log_effects(self.labels)
+        self.text = model.text_weight * sims if sims is not None else np.zeros(len(labels))
+        self.b, self.v = model.class_arrays(labels)
+        self.lit = priors.log_effects(labels)
         self.model = model
         self.priors = priors
 
@@ -315,11 +306,84 @@ class _Parts:
             out[k] += self.lit @ self.priors.indicators(r)
         return out
 
+    def logits(self, risks: Sequence[RiskFactors]) -> np.ndarray:
+        return self.b + self.image + self.text + self.risk_logits(risks)
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(-1, keepdims=True)
+
+
+def _logsumexp(z: np.ndarray) -> np.ndarray:
+    m = z.max(-1, keepdims=True)
+    return (m + np.log(np.exp(z - m).sum(-1, keepdims=True)))[..., 0]
+
+
+class _Parts:
+    """The fused posterior over the labels of one answer.
+
+    When the fitted conditions are only part of the label set (the 6 PAD-UFES-20 classes among the
+    taxonomy's 53), the fit would be misused if applied flat: its image weight (< 1) and intercepts
+    were learnt on a softmax over those 6 alone, and tempering a 53-way softmax spreads the mass
+    of a confident BCC over 47 conditions it was never compared with. So two levels:
+    - the generic form (image weight 1, text, cited priors) over *all* labels decides how much
+      mass the fitted group gets as a whole, and the posterior of every other label;
+    - the fitted model, on the image probabilities renormalised within the group (exactly as it
+      was fitted), shares that mass out among the fitted conditions.
+    With only fitted labels (PAD evaluation) this is the fitted model itself; with none, the
+    generic form.
+    """
+
+    def __init__(
+        self,
+        model: FusionModel,
+        priors: LiteraturePriors,
+        image_probs: Mapping[str, float],
+        text_sims: Mapping[str, float] | None,
+    ) -> None:
+        self.labels = list(image_probs)
+        p = np.clip(np.array([float(image_probs[c]) for c in self.labels]), LOG_FLOOR, 1.0)
+        sims = np.array([float(text_sims.get(c, 0.0)) for c in self.labels]) if text_sims else None
+        fitted = [i for i, c in enumerate(self.labels) if c in model.intercepts] if model.fitted else []
+        if model.fitted and not fitted:
+            model = model.generic()
+        self.model = model
+        self.flat = _Block(model, priors, self.labels, p, sims)  # factor detail; the posterior when not split
+        self.split = 0 < len(fitted) < len(self.labels)
+        if self.split:
+            self.f = np.array(fitted)
+            sub = [self.labels[i] for i in fitted]
+            self.gen = _Block(model.generic(), priors, self.labels, p, sims)
+            pf = p[self.f] / p[self.f].sum()
+            self.fit = _Block(model, priors, sub, pf, sims[self.f] if sims is not None else None)
+
     def posteriors(self, risks: Sequence[RiskFactors]) -> np.ndarray:
-        z = self.b + self.image + self.text + self.risk_logits(risks)
-        z -= z.max(1, keepdims=True)
-        e = np.exp(z)
-        return e / e.sum(1, keepdims=True)
+        """(K, C) posteriors for K risk records."""
+        if not self.split:
+            return _softmax(self.flat.logits(risks))
+        out = _softmax(self.gen.logits(risks))
+        mass = out[:, self.f].sum(1, keepdims=True)
+        out[:, self.f] = mass * _softmax(self.fit.logits(risks))
+        return out
+
+    def terms(self, risk: RiskFactors) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(baseline, image, text) per label; with the risk terms they sum to log p + a shared constant.
+
+        Split: the fitted group's baseline also carries the shift that gives the group its share of
+        the mass (log m_F - logsumexp(fitted logits) + logsumexp(generic logits))."""
+        if not self.split:
+            return self.flat.b, self.flat.image, self.flat.text
+        base, image, text = np.zeros(len(self.labels)), self.gen.image.copy(), self.gen.text.copy()
+        g = self.gen.logits([risk])
+        z = self.fit.logits([risk])
+        mass = _softmax(g)[0, self.f].sum()
+        shift = np.log(mass) - _logsumexp(z)[0] + _logsumexp(g)[0]
+        base[self.f] = self.fit.b + shift
+        image[self.f] = self.fit.image
+        text[self.f] = self.fit.text
+        return base, image, text
 
 
 def _centre(x: np.ndarray) -> np.ndarray:
@@ -336,7 +400,7 @@ def alarm_variants(risk: RiskFactors) -> list[RiskFactors]:
 
 
 def _factor_contributions(
-    parts: _Parts, risk: RiskFactors, from_text: frozenset[str]
+    parts: _Block, risk: RiskFactors, from_text: frozenset[str]
 ) -> tuple[list[FactorContribution], np.ndarray, np.ndarray]:
     """Per-factor centred effects, plus the summed (C,) risk and symptoms terms."""
     factors: list[FactorContribution] = []
@@ -408,19 +472,20 @@ def fuse(
     merged = apply_findings(risk, findings)
     from_text = findings_provenance(risk, findings)
     parts = _Parts(model, priors, image_probs, symptom_text_sims)
-    factors, risk_term, text_risk_term = _factor_contributions(parts, merged, from_text)
+    factors, risk_term, text_risk_term = _factor_contributions(parts.flat, merged, from_text)
 
     variants = alarm_variants(merged)
     post = parts.posteriors(variants)  # row 0 is `merged` itself (all kept)
     posterior, upper = post[0], post.max(0)
     log_p = np.log(np.clip(posterior, 1e-300, None))
+    base, image, text = parts.terms(merged)
     contributions: dict[Modality, np.ndarray] = {
-        "baseline": _centre(parts.b),
-        "image": _centre(parts.image),
-        "symptoms": _centre(parts.text + text_risk_term),
+        "baseline": _centre(base),
+        "image": _centre(image),
+        "symptoms": _centre(text + text_risk_term),
         "risk_factors": _centre(risk_term),
     }
-    moved = parts.lit @ priors.indicators(merged) != 0
+    moved = parts.flat.lit @ priors.indicators(merged) != 0
 
     def as_dict(x: np.ndarray) -> dict[str, float]:
         return dict(zip(parts.labels, (float(v) for v in x), strict=True))
@@ -431,9 +496,9 @@ def fuse(
         contributions={k: as_dict(v) for k, v in contributions.items()},
         factors=factors,
         posterior_upper=as_dict(upper),
-        fitted_conditions=[c for c in parts.labels if c in model.intercepts],
+        fitted_conditions=[c for c in parts.labels if c in parts.model.intercepts],
         prior_conditions=[c for c, m in zip(parts.labels, moved, strict=True) if m],
-        fusion_model=model.name,
+        fusion_model=parts.model.name,
         risk=merged,
         from_text=sorted(from_text),
         findings=findings,

@@ -8,15 +8,21 @@ zero-shot classifier guards its caches with a lock.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from explain.gradcam import explain_differentials
+from explain.risk_shap import explain_urgency
+from explain.risk_shap import warm_up as warm_up_shap
 from models.backends.base import ImageTextModel
+from models.fusion import FusionResult, fuse, fusion_for_model, symptom_text_sims
+from models.risk_priors import load_priors
 from models.symptoms import extract_findings
 from models.taxonomy import Condition, Taxonomy, UnknownLabelError
+from models.urgency import UrgencyThresholds, assess_urgency, default_thresholds
 from models.zeroshot import LabelSet, ZeroShotClassifier
 from service.images import DecodedImage
 from service.schemas import (
@@ -36,17 +42,47 @@ class ScoredLabels:
     labels: LabelSet
     conditions: list[Condition | None]
 
+    @property
+    def keys(self) -> list[str]:
+        """One key per label for fusion and urgency: the condition id where the label resolved to a
+        condition (once), else the label itself, so the fitted weights and cited priors apply."""
+        keys: list[str] = []
+        for label, cond in zip(self.labels.ids, self.conditions, strict=True):
+            key = cond.id if cond is not None else label
+            keys.append(key if key not in keys else label)
+        return keys
+
 
 class TriageEngine:
-    def __init__(self, model: ImageTextModel, taxonomy: Taxonomy, cache_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        model: ImageTextModel,
+        taxonomy: Taxonomy,
+        cache_dir: Path | None = None,
+        thresholds: UrgencyThresholds | None = None,
+    ) -> None:
         self.model = model
         self.taxonomy = taxonomy
         self.classifier = ZeroShotClassifier(model, taxonomy, cache_dir)
+        self.fusion = fusion_for_model(model)  # fitted for the embedded model, generic (cited priors) otherwise
+        self.priors = load_priors()
+        self.thresholds = thresholds or default_thresholds()
 
     @property
     def model_ref(self) -> ModelRef:
         card = self.model.card
         return ModelRef(name=card.name, version=card.version, card_url=card.card_url or f"/v1/models/{card.name}")
+
+    def preprocess(self, image: DecodedImage) -> torch.Tensor:
+        """The model's own preprocessing of one photo: a (3, H, W) tensor on the CPU."""
+        return self.model.preprocessing.batch([image.image])[0]
+
+    def embed(self, images: Sequence[DecodedImage] | torch.Tensor) -> torch.Tensor:
+        """Photos (or a stack of :meth:`preprocess` outputs) -> (B, D) image embeddings in one forward pass."""
+        if isinstance(images, torch.Tensor):
+            return self.model.encode_image(images.to(self.model.device))
+        pixels = self.model.preprocessing.batch([i.image for i in images])
+        return self.model.encode_image(pixels.to(self.model.device))
 
     def warm_up(self) -> None:
         """Compute the condition embeddings and run one forward pass, so the first request is not slow."""
@@ -54,6 +90,8 @@ class TriageEngine:
             self.classifier.condition_set(modality)
         size = self.model.preprocessing.image_size
         self.model.encode_image(torch.zeros(1, 3, size, size, device=self.model.device))
+        self.model.encode_text(["warm up"])
+        warm_up_shap()
 
     def _labels(self, options: TriageOptions) -> ScoredLabels:
         if not options.candidate_labels:
@@ -78,9 +116,22 @@ class TriageEngine:
             custom = LabelSet(custom.ids, torch.stack(rows))
         return ScoredLabels(custom, conditions)
 
-    def _differential(self, rank: int, label: str, prob: float, cond: Condition | None) -> Differential:
+    def _differential(
+        self,
+        rank: int,
+        label: str,
+        prob: float,
+        cond: Condition | None,
+        fused: FusionResult,
+        key: str,
+        image_prob: float,
+    ) -> Differential:
+        extra = {
+            "image_probability": round(image_prob, 6),
+            "contributions": {m: round(v[key], 4) for m, v in fused.contributions.items()},
+        }
         if cond is None:
-            return Differential(rank=rank, label=label, condition_id=None, name=label, probability=prob)
+            return Differential(rank=rank, label=label, condition_id=None, name=label, probability=prob, **extra)
         codes = [CodeOut(system="http://hl7.org/fhir/sid/icd-10-cm", code=cond.icd10.code, display=cond.icd10.display)]
         if cond.snomed_ct is not None:
             codes.insert(
@@ -99,6 +150,7 @@ class TriageEngine:
             malignant=cond.malignant,
             look_alikes=look_alikes,
             validated_for_model=self.model.card.name in cond.validated_models,
+            **extra,
         )
 
     def triage(
@@ -110,15 +162,43 @@ class TriageEngine:
         request_id: str,
         decode_ms: float = 0.0,
         queue_ms: float = 0.0,
+        image_features: torch.Tensor | None = None,
     ) -> TriageResult:
+        """``image_features`` (a (1, D) row of :meth:`embed`) skips the image tower: the service batches it."""
         t0 = time.perf_counter()
         clinical = clinical or ClinicalInput()
         scored = self._labels(options)
-        pixels = self.model.preprocessing.batch([image.image]).to(self.model.device)
-        probs = self.classifier.probabilities(self.model.encode_image(pixels), scored.labels)[0]
+        keys = scored.keys
+        if image_features is None:
+            image_features = self.embed([image])
+        image_probs = self.classifier.probabilities(image_features, scored.labels)[0]
+        findings = extract_findings(clinical.symptoms) if clinical.symptoms else None
+        sims = symptom_text_sims(self.model, scored.labels.embeddings, keys, clinical.symptoms)
+        image_evidence = dict(zip(keys, image_probs.tolist(), strict=True))
+        fused = fuse(image_evidence, sims, clinical.risk_factors, findings, model=self.fusion, priors=self.priors)
+        urgency = assess_urgency(fused, self.thresholds, self.taxonomy)
+        shap_values = explain_urgency(
+            image_evidence,
+            sims,
+            clinical.risk_factors,
+            findings,
+            model=self.fusion,
+            priors=self.priors,
+            thresholds=self.thresholds,
+            taxonomy=self.taxonomy,
+        )
+        probs = torch.tensor([fused.posterior[k] for k in keys])
         order = probs.argsort(descending=True)[: options.top_k].tolist()
         differentials = [
-            self._differential(rank + 1, scored.labels.ids[i], round(float(probs[i]), 6), scored.conditions[i])
+            self._differential(
+                rank + 1,
+                scored.labels.ids[i],
+                round(float(probs[i]), 6),
+                scored.conditions[i],
+                fused,
+                keys[i],
+                image_evidence[keys[i]],
+            )
             for rank, i in enumerate(order)
         ]
         inference_ms = (time.perf_counter() - t0) * 1000
@@ -145,6 +225,9 @@ class TriageEngine:
                 total_ms=round(decode_ms + queue_ms + inference_ms + heatmap_ms, 2),
             ),
             heatmaps=heatmaps,
-            findings=extract_findings(clinical.symptoms) if clinical.symptoms else None,
+            findings=findings,
             risk_factors=clinical.risk_factors,
+            fusion_model=fused.fusion_model,
+            urgency=urgency,
+            urgency_shap=shap_values,
         )

@@ -25,10 +25,10 @@ MAX_SYMPTOMS_CHARS = 2000
 
 
 class ClinicalInput(BaseModel):
-    """The patient's own words and risk factors: optional, validated, parsed.
+    """The patient's own words and risk factors: optional, validated, fused with the photo.
 
-    Until the fusion lands in the engine (issue 4) they are validated and the symptoms are parsed
-    into findings, which the answer returns; they do not yet change the differentials.
+    The symptoms count twice: through the model's text tower (similarity to each condition) and as
+    structured findings (negations and durations kept) that fill risk factors the caller left unknown.
     """
 
     model_config = ConfigDict(extra="forbid")

@@ -138,3 +138,24 @@ def test_fusion_for_model_checks_name_and_weights(fitted: FusionModel) -> None:
     assert fusion_for_model(same).fitted
     assert not fusion_for_model(other_weights).fitted
     assert not fusion_for_model(other_model).fitted
+
+
+def test_fit_shares_out_its_group_mass_over_the_full_taxonomy(fitted: FusionModel) -> None:
+    """Over 53 labels, the generic form decides the fitted group's mass and the other labels; the fit,
+    applied exactly as on its 6 classes, shares the group's mass out. A confident BCC stays on top."""
+    image = dict.fromkeys(TAX.ids, 0.08 / (len(TAX.ids) - 1))
+    image["basal_cell_carcinoma"] = 0.92
+    risk = RiskFactors(age=70, body_site="nose", bleeding=True)
+    full = fuse(image, None, risk, None, model=fitted)
+    generic = fuse(image, None, risk, None, model=fitted.generic())
+    within = fuse({c: image[c] / sum(image[p] for p in PAD) for c in PAD}, None, risk, None, model=fitted)
+    mass = sum(generic.posterior[c] for c in PAD)
+    for c in TAX.ids:
+        expected = mass * within.posterior[c] if c in PAD else generic.posterior[c]
+        assert full.posterior[c] == pytest.approx(expected, rel=1e-9)
+    assert max(full.posterior, key=full.posterior.get) == "basal_cell_carcinoma"
+    assert full.posterior["basal_cell_carcinoma"] > 0.5
+    assert sorted(full.fitted_conditions) == PAD and full.fusion_model == fitted.name
+    # labels the fit never saw: the generic form, not a fit tempered over the wrong label set
+    custom = fuse({"a rash": 0.7, "a mole": 0.3}, None, None, None, model=fitted)
+    assert custom.posterior["a rash"] == pytest.approx(0.7) and custom.fusion_model == "generic"

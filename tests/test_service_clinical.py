@@ -22,7 +22,7 @@ RISK = {"age": 67, "fitzpatrick": 2, "diameter_mm": 8, "family_history_melanoma"
 
 @pytest.fixture(scope="module")
 def client() -> Iterator[TestClient]:
-    with TestClient(create_app(Settings(cache_dir=TEXT_CACHE))) as c:
+    with TestClient(create_app(Settings(auth_disabled=True, cache_dir=TEXT_CACHE))) as c:
         wait_ready(c)
         yield c
 
@@ -116,3 +116,32 @@ def test_heatmaps_on_request(client: TestClient, photo: bytes) -> None:
         assert m["photo_width"] == 640 and m["photo_height"] == 400
         grid = m["grid"]
         assert grid and all(0.0 <= v <= 1.0 for row in grid for v in row)
+
+
+def test_answer_is_fused_with_urgency_and_shap(client: TestClient, photo: bytes) -> None:
+    """The differentials are the fused posterior; urgency and its SHAP values come with every answer."""
+    image = base64.b64encode(photo).decode()
+    plain = client.post("/v1/triage", json={"image": image, "options": {"top_k": 20}}).json()
+    alarm = client.post(
+        "/v1/triage", json={"image": image, "symptoms": SYMPTOMS, "risk_factors": RISK, "options": {"top_k": 20}}
+    ).json()
+    for body in (plain, alarm):
+        probs = [d["probability"] for d in body["differentials"]]
+        assert 0.5 < sum(probs) <= 1.0 + 1e-6 and probs == sorted(probs, reverse=True)
+        assert all(
+            set(d["contributions"]) == {"baseline", "image", "symptoms", "risk_factors"} for d in body["differentials"]
+        )
+        assert body["fusion_model"].startswith("fitted:embedded-pad-lite0")
+        shap = body["urgency_shap"]
+        assert shap["base_value"] + sum(shap["values"].values()) == pytest.approx(body["urgency"]["score"], abs=1e-6)
+        assert body["urgency"]["next_step"]
+    # the photo is the same, so the image evidence is too; the words and risk factors moved the posterior
+    image_p = {d["condition_id"]: d["image_probability"] for d in plain["differentials"]}
+    shared = [d for d in alarm["differentials"] if d["condition_id"] in image_p]
+    assert shared and all(image_p[d["condition_id"]] == pytest.approx(d["image_probability"]) for d in shared)
+    post = {d["condition_id"]: d["probability"] for d in alarm["differentials"]}
+    assert any(abs(post.get(d["condition_id"], 0.0) - d["probability"]) > 1e-3 for d in plain["differentials"])
+    # a bleeding, growing 8 mm lesion with a family history of melanoma is never less urgent than the photo alone
+    assert alarm["urgency"]["score"] >= plain["urgency"]["score"]
+    assert "bleeding" in alarm["urgency"]["red_flags"] and alarm["urgency"]["ng12"]["points"] >= 3
+    assert {"image", "symptoms"} <= set(alarm["urgency_shap"]["values"])
