@@ -13,6 +13,7 @@ from safetensors.torch import save_file
 from models.backends.base import ModelCard, ModelUnavailableError, Preprocessing
 from models.backends.open_clip_backend import OpenClipBackend
 from models.embedded.architecture import TEXT_TRANSFORMER_PREFIX, build_model, load_config
+from models.embedded.domain import FrozenFeatureTap, ImageNetTop, first_tuned_block
 
 if TYPE_CHECKING:
     from models.registry import ModelSpec
@@ -30,6 +31,8 @@ class EmbeddedBackend(OpenClipBackend):
 
     tta_flips: bool = False
     text_cache_dir: Path = TEXT_CACHE_DIR
+    imagenet_top: ImageNetTop | None = None
+    tuned_blocks: int = 0
 
     def encode_image(self, pixels: torch.Tensor, *, grad: bool = False) -> torch.Tensor:
         if grad or not self.tta_flips:
@@ -38,6 +41,19 @@ class EmbeddedBackend(OpenClipBackend):
         views = torch.cat([pixels, pixels.flip(-1), pixels.flip(-2), pixels.flip(-1).flip(-2)])
         emb = super().encode_image(views).view(4, b, -1).mean(0)
         return torch.nn.functional.normalize(emb, dim=-1)
+
+    @torch.inference_mode()
+    def encode_image_with_domain(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Embeddings, plus the untouched ImageNet network's (B, 1000) probabilities of each photo
+        (models/embedded/domain.py), from the frozen features of the same forward pass."""
+        if self.imagenet_top is None:
+            return self.encode_image(pixels), None
+        block = first_tuned_block(self.model.visual.trunk, self.tuned_blocks)
+        with FrozenFeatureTap(block) as tap:
+            emb = self.encode_image(pixels)
+        assert tap.features is not None, "the frozen-feature tap saw no forward"
+        probs = torch.softmax(self.imagenet_top(tap.features[: pixels.shape[0]].float()), dim=-1)
+        return emb, probs
 
 
 def save_weights(state_dict: dict[str, torch.Tensor], path: Path = WEIGHTS_PATH) -> str:
@@ -73,5 +89,8 @@ def load_embedded(spec: ModelSpec | None = None, device: str | torch.device = "c
     pre = Preprocessing(**{k: tuple(v) if isinstance(v, list) else v for k, v in config["preprocess_cfg"].items()})
     backend = EmbeddedBackend.from_model(model, tokenizer, card=card, preprocessing=pre, device=device)
     backend.tta_flips = bool(card.inference.get("tta_flips", False))
+    backend.tuned_blocks = int(card.inference.get("train_unfrozen_blocks", 0))
+    if backend.tuned_blocks:
+        backend.imagenet_top = ImageNetTop(backend.tuned_blocks).to(device)
     backend.fingerprint = f"{card.name}@{card.version}#{hashlib.sha256(blob).hexdigest()[:12]}"
     return backend

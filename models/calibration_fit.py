@@ -1,0 +1,266 @@
+"""`dermtriage calibrate` and the uncertainty block of `dermtriage evaluate`, on a labelled folder.
+
+Stages (models/calibration.py): `image`, the zero-shot softmax over the folder's conditions;
+`fused`, the posterior of the fitted fusion (PAD layout only, when the model has a fitted fusion).
+The embedded model was trained on the development photos, so its image probabilities there are
+its out-of-fold ones (patient-grouped CV) and the fused answers are cross-fitted (fusion refit per
+fold). Figures are cross-fitted once more for the calibration itself: temperature and conformal
+threshold fitted on 4 patient-grouped folds, judged on the 5th. The shipped file is then fitted on
+all rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from models.calibration import (
+    CalibrationFile,
+    apply_temperature,
+    coverage_report,
+    cross_fit_calibration,
+    expected_calibration_error,
+    fit_stage,
+    provenance,
+    reliability_bins,
+)
+from models.conformal import Method
+from models.taxonomy import Taxonomy
+
+__all__ = ["FolderAnswers", "calibrate_folder", "folder_answers", "stage_figures"]
+
+
+@dataclass
+class FolderAnswers:
+    items: list[Any]
+    class_ids: list[str]
+    y: np.ndarray
+    groups: np.ndarray
+    fitzpatrick: list[int | None]
+    stages: dict[str, np.ndarray]  # stage -> (N, C) uncalibrated probabilities
+    source: str  # image probabilities: out-of-fold | model
+
+
+def folder_answers(
+    model: Any, taxonomy: Taxonomy, data_dir: str | Path, modality: str = "clinical", progress: bool = False
+) -> FolderAnswers:
+    """Uncalibrated answers of each stage on the folder, honest for a model trained on it."""
+    from models.datasets import load_labelled_folder
+    from models.evaluation import _out_of_fold, embed_images
+    from models.zeroshot import ZeroShotClassifier
+
+    items = load_labelled_folder(data_dir, taxonomy)
+    clf = ZeroShotClassifier(model, taxonomy)
+    present = sorted({i.condition_id for i in items})
+    labels = clf.subset(present, modality)  # type: ignore[arg-type]
+    y = np.array([labels.ids.index(i.condition_id) for i in items])
+    overlap = len({i.stem for i in items} & set(model.card.training_image_ids))
+    image = _out_of_fold(model, items, labels.ids) if overlap else None
+    source = "out-of-fold"
+    if image is None:
+        if overlap:
+            raise ValueError(
+                f"{model.card.name} was trained on {overlap} of these photos and has no out-of-fold probabilities "
+                "for them: calibrating on its in-sample scores would be optimistic"
+            )
+        image, source = clf.probabilities(embed_images(model, items, progress=progress), labels).numpy(), "model"
+    stages = {"image": image}
+    if (Path(data_dir) / "metadata.csv").exists():
+        from models.fusion import fusion_for_model
+        from models.fusion_fit import cross_fit, pad_fusion_data
+
+        if fusion_for_model(model).fitted:
+            data = pad_fusion_data(items, labels.ids, image, model, labels.embeddings)
+            stages["fused"], _ = cross_fit(data)
+    return FolderAnswers(
+        items=list(items),
+        class_ids=list(labels.ids),
+        y=y,
+        groups=np.array([i.group for i in items]),
+        fitzpatrick=[i.fitzpatrick for i in items],
+        stages=stages,
+        source=source,
+    )
+
+
+def stage_figures(
+    answers: FolderAnswers, probs: np.ndarray, coverage: float, method: Method, lam: float, k_reg: int, cc: bool
+) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
+    """Cross-fitted figures of one stage, plus its cross-fitted calibrated answers and set membership."""
+    cf = cross_fit_calibration(
+        probs, answers.y, answers.groups, coverage=coverage, method=method, lam=lam, k_reg=k_reg, class_conditional=cc
+    )
+    rep = coverage_report(cf, answers.y, answers.class_ids, answers.fitzpatrick)
+    figures = {
+        "n": len(answers.y),
+        "ece_uncalibrated": expected_calibration_error(probs, answers.y),
+        "ece": expected_calibration_error(cf.calibrated, answers.y),
+        "nominal_coverage": coverage,
+        **rep,
+        "fold_temperatures": cf.temperatures,
+        "reliability_uncalibrated": reliability_bins(probs, answers.y),
+        "reliability": reliability_bins(cf.calibrated, answers.y),
+    }
+    return figures, cf.calibrated, cf.member
+
+
+def calibrate_folder(
+    model: Any,
+    taxonomy: Taxonomy,
+    data_dir: str | Path,
+    *,
+    coverage: float = 0.9,
+    method: Method = "aps",
+    lam: float = 0.01,
+    k_reg: int = 2,
+    class_conditional: bool = True,
+    modality: str = "clinical",
+) -> tuple[CalibrationFile, dict[str, Any]]:
+    """The calibration file for `model` fitted on the folder, and its cross-fitted figures per stage."""
+    from models.zeroshot import model_identity
+
+    answers = folder_answers(model, taxonomy, data_dir, modality)
+    stages, figures = {}, {}
+    for name, probs in answers.stages.items():
+        figs, _, _ = stage_figures(answers, probs, coverage, method, lam, k_reg, class_conditional)
+        summary = {k: v for k, v in figs.items() if not k.startswith("reliability")}
+        stages[name] = fit_stage(
+            probs,
+            answers.y,
+            answers.class_ids,
+            method=method,
+            lam=lam,
+            k_reg=k_reg,
+            class_conditional=class_conditional,
+            figures=summary,
+        )
+        figures[name] = figs
+    cal = CalibrationFile(
+        model={"name": model.card.name, "version": model.card.version, "fingerprint": model_identity(model)},
+        taxonomy={"version": taxonomy.version, "fingerprint": taxonomy.fingerprint},
+        stages=stages,
+        fit=provenance(
+            str(Path(data_dir).name),
+            "temperature (NLL) then split-conformal "
+            + ("class-conditional " if class_conditional else "")
+            + f"{method.upper()} on all rows; figures: patient-grouped 5-fold cross-fitting of the calibration",
+            n=len(answers.y),
+            image_probabilities=answers.source,
+            fused="cross-fitted (fusion refit per patient-grouped fold)" if "fused" in answers.stages else None,
+            classes=answers.class_ids,
+        ),
+    )
+    return cal, figures
+
+
+def apply_stage(cal: CalibrationFile, stage: str, probs: np.ndarray) -> np.ndarray:
+    return apply_temperature(probs, cal.stages[stage].temperature)  # type: ignore[index]
+
+
+def ood_rates(model: Any, items: Sequence[Any]) -> dict[str, Any] | None:
+    """OOD flag rate on the folder's photos (cross-fitted) and on the non-skin set, with the shipped thresholds."""
+    from models.ood import DEFAULT_OOD_PATH, OodStats, mahalanobis_sq, skin_pixel_fraction
+    from models.ood_data import non_skin_images
+    from models.ood_fit import cross_fitted_distances, dev_embeddings, non_skin_embeddings
+    from models.zeroshot import model_identity
+
+    if not DEFAULT_OOD_PATH.exists():
+        return None
+    stats = OodStats.load(DEFAULT_OOD_PATH)
+    if stats.model_fingerprint != model_identity(model):
+        return None
+    from models.evaluation import load_rgb
+    from models.ood import OodDetector
+
+    det = OodDetector(model, stats)
+    emb = dev_embeddings(model, items)
+    trained = {i.stem for i in items} & set(model.card.training_image_ids)
+    dist = cross_fitted_distances(emb, [i.group for i in items]) if trained else det.distance(emb)
+    pix = np.array([skin_pixel_fraction(load_rgb(i.path)) for i in items])
+    skin = (dist > stats.distance_threshold) | (det.skin_probability(emb) < stats.skin_probability_threshold)
+    skin |= pix < stats.skin_pixel_threshold
+    _, ns_emb = non_skin_embeddings(model)
+    ns_pix = np.array([skin_pixel_fraction(im) for _, im in non_skin_images()])
+    ns = (mahalanobis_sq(ns_emb, stats.mean, stats.precision) > stats.distance_threshold) | (
+        det.skin_probability(ns_emb) < stats.skin_probability_threshold
+    )
+    ns |= ns_pix < stats.skin_pixel_threshold
+    return {
+        "skin": float(skin.mean()),
+        "non_skin": float(ns.mean()),
+        "n_skin": len(items),
+        "n_non_skin": len(ns),
+        "protocol": "skin: distance to a Gaussian fitted without the photo's patient (when the model saw the photos)",
+    }
+
+
+def uncertainty_report(
+    model: Any,
+    taxonomy: Taxonomy,
+    data_dir: str | Path,
+    *,
+    coverage: float = 0.9,
+    modality: str = "clinical",
+    ood: bool = True,
+) -> dict[str, Any]:
+    """The uncertainty keys of `dermtriage evaluate`: cross-fitted ECE, coverage, set size, gate rates.
+
+    Uses the method of the shipped calibration when there is one for this model, class-conditional
+    APS otherwise. Top-level keys describe the stage the service answers with (`fused` when fitted).
+    """
+    from models.calibration import DEFAULT_CALIBRATION_PATH, load_calibration
+    from models.gates import GateThresholds
+
+    answers = folder_answers(model, taxonomy, data_dir, modality)
+    method, lam, k_reg, cc = "aps", 0.0, 0, True
+    if DEFAULT_CALIBRATION_PATH.exists():
+        shipped = next(iter(load_calibration(DEFAULT_CALIBRATION_PATH).stages.values()))
+        method, lam, k_reg, cc = shipped.method, shipped.lam, shipped.k_reg, shipped.class_conditional
+    stages: dict[str, Any] = {}
+    main = "fused" if "fused" in answers.stages else "image"
+    t = GateThresholds()
+    for name, probs in answers.stages.items():
+        figs, calibrated, member = stage_figures(answers, probs, coverage, method, lam, k_reg, cc)  # type: ignore[arg-type]
+        figs["confusion"] = _confusion(calibrated.argmax(1), answers.y, len(answers.class_ids))
+        figs["gate_rates"] = {
+            "low_confidence": float((calibrated.max(1) < t.low_confidence).mean()),
+            "ambiguous": float((member.sum(1) > t.max_set_size).mean()),
+        }
+        stages[name] = figs
+    top = stages[main]
+    under = set(getattr(model.card, "underrepresented_fitzpatrick", []) or [])
+    gate_rates = dict(top["gate_rates"])
+    gate_rates["underrepresented_skin_type"] = float(np.mean([f in under for f in answers.fitzpatrick]))
+    validated = set(getattr(model.card, "validated_conditions", []) or [])
+    calibrated_top = [answers.class_ids[k] for k in answers.stages[main].argmax(1)]
+    gate_rates["unvalidated_condition"] = float(np.mean([c not in validated for c in calibrated_top]))
+    rates = ood_rates(model, answers.items) if ood else None
+    if rates is not None:
+        gate_rates["out_of_distribution"] = rates["skin"]
+    return {
+        "uncertainty_stage": main,
+        "calibration_method": ("class-conditional " if cc else "") + method,
+        "nominal_coverage": coverage,
+        "ece": top["ece"],
+        "ece_uncalibrated": top["ece_uncalibrated"],
+        "coverage": top["coverage"],
+        "mean_set_size": top["mean_set_size"],
+        "per_class_coverage": {c: v["coverage"] for c, v in top["per_class"].items()},
+        "per_fitzpatrick_coverage": top["per_fitzpatrick"],
+        "gate_rates": gate_rates,
+        "ood_flag_rate": None if rates is None else rates["skin"],
+        "ood_flag_rate_non_skin": None if rates is None else rates["non_skin"],
+        "ood": rates,
+        "calibration": stages,
+        "class_ids": answers.class_ids,
+    }
+
+
+def _confusion(pred: np.ndarray, y: np.ndarray, c: int) -> list[list[int]]:
+    m = np.zeros((c, c), dtype=int)
+    np.add.at(m, (y, pred), 1)
+    return m.tolist()

@@ -1,0 +1,319 @@
+"""Gates: turn measured numbers into the flags of `Uncertainty` (models/uncertainty.py).
+
+Pure functions over numbers the engine already has (calibrated probabilities, the conformal set,
+the out-of-distribution score, the photo's quality measures, the model card); no I/O here.
+Every flag carries the value measured and the threshold crossed. Quality thresholds sit below
+what the development photos show (their 1st percentiles: Laplacian variance 1.9, brightness 0.35,
+shorter side 300 px), so a clean phone photo passes and a broken capture does not.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from models.ood import OodScore
+from models.uncertainty import Flag, Uncertainty
+
+__all__ = ["GateThresholds", "UncertaintyGate", "assess", "entropy", "ood_flags", "quality_flags", "top2_margin"]
+
+
+class GateThresholds(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    min_laplacian_var: float = Field(default=1.0, description="below: blurred (dev photos' minimum 1.16)")
+    min_brightness: float = Field(default=0.15, description="mean luminance below: under-exposed")
+    max_brightness: float = Field(default=0.92, description="mean luminance above: over-exposed")
+    max_dark_fraction: float = Field(default=0.5, description="share of near-black pixels above: under-exposed")
+    max_bright_fraction: float = Field(default=0.5, description="share of blown-out pixels above: over-exposed")
+    min_side: int = Field(default=150, description="shorter side in pixels below: too small to judge")
+    low_confidence: float = Field(default=0.4, description="calibrated top probability below: low confidence")
+    max_set_size: int = Field(default=3, description="conformal set larger than this: ambiguous")
+
+
+def entropy(p: np.ndarray) -> float:
+    """Shannon entropy in nats."""
+    q = np.clip(np.asarray(p, dtype=float), 1e-300, 1.0)
+    return float(max(0.0, -(q * np.log(q)).sum()))
+
+
+def top2_margin(p: np.ndarray) -> float:
+    s = np.sort(np.asarray(p, dtype=float))[::-1]
+    return float(min(1.0, max(0.0, s[0] - (s[1] if len(s) > 1 else 0.0))))
+
+
+def quality_flags(quality: Mapping[str, float], t: GateThresholds) -> list[Flag]:
+    """`quality` keys as service ImageQuality: blur_laplacian_var, mean_brightness, dark_fraction,
+    bright_fraction, min_side. One `poor_quality` flag per failed check."""
+    checks = [
+        ("blur_laplacian_var", "<", t.min_laplacian_var, "The photo is blurred; retake it in focus."),
+        ("mean_brightness", "<", t.min_brightness, "The photo is too dark; retake it in better light."),
+        ("dark_fraction", ">", t.max_dark_fraction, "Much of the photo is black; retake it in better light."),
+        ("mean_brightness", ">", t.max_brightness, "The photo is over-exposed; avoid flash glare."),
+        ("bright_fraction", ">", t.max_bright_fraction, "Much of the photo is blown out; avoid flash glare."),
+        ("min_side", "<", t.min_side, "The photo is too small to judge; send a larger one."),
+    ]
+    flags = []
+    for key, op, threshold, message in checks:
+        value = quality.get(key)
+        if value is None:
+            continue
+        if (value < threshold) if op == "<" else (value > threshold):
+            flags.append(
+                Flag(
+                    name="poor_quality",
+                    measure=key,
+                    value=round(float(value), 4),
+                    threshold=threshold,
+                    requires_review=True,
+                    message=message,
+                )
+            )
+    return flags
+
+
+def ood_flags(score: OodScore) -> list[Flag]:
+    flags = []
+    if score.far:
+        flags.append(
+            Flag(
+                name="out_of_distribution",
+                measure="mahalanobis_sq_distance",
+                value=round(float(score.distance or 0.0), 2),
+                threshold=score.distance_threshold,
+                requires_review=True,
+                message="This does not look like the skin photos the model was validated on.",
+            )
+        )
+    if score.not_skin_by_prompts:
+        flags.append(
+            Flag(
+                name="out_of_distribution",
+                measure="skin_prompt_probability",
+                value=round(score.skin_probability, 4),
+                threshold=score.skin_probability_threshold,
+                requires_review=True,
+                message="The model reads this photo as something other than skin.",
+            )
+        )
+    if score.few_skin_pixels:
+        flags.append(
+            Flag(
+                name="out_of_distribution",
+                measure="skin_pixel_fraction",
+                value=round(float(score.skin_pixels or 0.0), 4),
+                threshold=score.skin_pixel_threshold,
+                requires_review=True,
+                message="Almost no skin-coloured pixels: this may not be a photo of skin.",
+            )
+        )
+    if score.not_skin_by_imagenet:
+        flags.append(
+            Flag(
+                name="out_of_distribution",
+                measure="imagenet_skin_class_log_mass",
+                value=round(float(score.imagenet_log_mass or 0.0), 3),
+                threshold=round(score.imagenet_threshold, 3),
+                requires_review=True,
+                message="A general image network sees an object or scene here, not a skin close-up.",
+            )
+        )
+    return flags
+
+
+def assess(
+    labels: Sequence[str],
+    calibrated: np.ndarray,
+    member: np.ndarray | None,
+    *,
+    calibrated_ok: bool,
+    calibration_id: str | None = None,
+    temperature: float | None = None,
+    coverage: float | None = None,
+    ood: OodScore | None = None,
+    quality: Mapping[str, float] | None = None,
+    top_validated: bool | None = None,
+    fitzpatrick: int | None = None,
+    underrepresented: Sequence[int] = (),
+    thresholds: GateThresholds | None = None,
+) -> Uncertainty:
+    """The uncertainty block for one answer over `labels` (probabilities already calibrated)."""
+    t = thresholds or GateThresholds()
+    p = np.asarray(calibrated, dtype=float)
+    order = np.argsort(-p, kind="stable")
+    flags: list[Flag] = []
+    if ood is not None:
+        flags += ood_flags(ood)
+    if quality is not None:
+        flags += quality_flags(quality, t)
+    top = float(p[order[0]])
+    if top < t.low_confidence:
+        flags.append(
+            Flag(
+                name="low_confidence",
+                measure="top_probability",
+                value=round(top, 4),
+                threshold=t.low_confidence,
+                requires_review=True,
+                message=f"The most likely condition has only {top:.0%} probability.",
+            )
+        )
+    prediction_set = [labels[i] for i in order if member is not None and member[i]]
+    if member is not None and len(prediction_set) > t.max_set_size:
+        flags.append(
+            Flag(
+                name="ambiguous",
+                measure="prediction_set_size",
+                value=float(len(prediction_set)),
+                threshold=float(t.max_set_size),
+                requires_review=False,
+                message=f"{len(prediction_set)} conditions are needed to reach the set's coverage.",
+            )
+        )
+    if top_validated is False:
+        flags.append(
+            Flag(
+                name="unvalidated_condition",
+                measure="top_condition",
+                value=labels[order[0]],
+                threshold="validated_for_model",
+                requires_review=True,
+                message=f"The top condition ({labels[order[0]]}) was never validated for this model.",
+            )
+        )
+    if fitzpatrick is not None and fitzpatrick in set(underrepresented):
+        flags.append(
+            Flag(
+                name="underrepresented_skin_type",
+                measure="fitzpatrick",
+                value=float(fitzpatrick),
+                threshold=",".join(map(str, sorted(underrepresented))),
+                requires_review=True,
+                message=f"Fitzpatrick type {fitzpatrick} has too few validation photos for this model.",
+            )
+        )
+    if not calibrated_ok:
+        flags.append(
+            Flag(
+                name="uncalibrated",
+                measure="calibration_file",
+                value=None,
+                threshold=None,
+                requires_review=False,
+                message="No calibration was fitted for this model: probabilities are raw zero-shot scores.",
+            )
+        )
+    reasons = list(dict.fromkeys(f.message for f in flags if f.requires_review))
+    return Uncertainty(
+        calibrated=calibrated_ok,
+        calibration_id=calibration_id,
+        temperature=temperature,
+        prediction_set=prediction_set,
+        coverage=coverage if member is not None else None,
+        entropy=round(entropy(p), 6),
+        top2_margin=round(top2_margin(p), 6),
+        flags=flags,
+        needs_review=bool(reasons),
+        review_reasons=reasons,
+    )
+
+
+class UncertaintyGate:
+    """Everything the engine needs, loaded and checked once at start-up.
+
+    `calibration_path=None` uses the shipped file when it was made for this model, and runs
+    uncalibrated (with an `uncalibrated` flag) otherwise; an explicit path made for another model,
+    other weights or another taxonomy raises CalibrationMismatchError.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        taxonomy: Any,
+        calibration_path: Path | None = None,
+        coverage: float = 0.9,
+        thresholds: GateThresholds | None = None,
+        ood_path: Path | None = None,
+    ) -> None:
+        from models.calibration import DEFAULT_CALIBRATION_PATH, Calibrator, check_calibration, load_calibration
+        from models.ood import DEFAULT_OOD_PATH, OodDetector, OodStats
+        from models.zeroshot import model_identity
+
+        self.thresholds = thresholds or GateThresholds()
+        self.coverage = coverage
+        fingerprint = model_identity(model)
+        name = model.card.name
+        self.calibrator: Calibrator | None = None
+        path = Path(calibration_path) if calibration_path else DEFAULT_CALIBRATION_PATH
+        if path.exists():
+            cal = load_calibration(path)
+            if calibration_path is not None or cal.model.get("name") == name:
+                check_calibration(
+                    cal,
+                    model_name=name,
+                    model_fingerprint=fingerprint,
+                    taxonomy_fingerprint=taxonomy.fingerprint,
+                    source=str(path),
+                )
+                self.calibrator = Calibrator(cal, coverage)
+        elif calibration_path is not None:
+            raise FileNotFoundError(f"calibration file {path} does not exist")
+        stats = None
+        ood_file = Path(ood_path) if ood_path else DEFAULT_OOD_PATH
+        if ood_file.exists():
+            loaded = OodStats.load(ood_file)
+            stats = loaded if loaded.model_fingerprint == fingerprint else None
+        self.ood = OodDetector(model, stats)
+        self.underrepresented = list(getattr(model.card, "underrepresented_fitzpatrick", []) or [])
+
+    @property
+    def calibrated(self) -> bool:
+        return self.calibrator is not None
+
+    def calibrate(self, probs: np.ndarray, stage: str = "image") -> np.ndarray:
+        """Temperature-scaled probabilities (unchanged without a calibration); ranking is preserved."""
+        if self.calibrator is None:
+            return np.asarray(probs, dtype=float)
+        return self.calibrator.calibrate(probs, stage)  # type: ignore[arg-type]
+
+    def assess(
+        self,
+        labels: Sequence[str],
+        calibrated: np.ndarray,
+        *,
+        stage: str = "image",
+        embedding: Any = None,
+        image: Any = None,
+        imagenet_probs: Any = None,
+        quality: Mapping[str, float] | None = None,
+        top_validated: bool | None = None,
+        fitzpatrick: int | None = None,
+    ) -> Uncertainty:
+        """The Uncertainty block for one answer; `embedding` is the (1, D) or (D,) image embedding already computed."""
+        member = None
+        temperature = None
+        if self.calibrator is not None:
+            member = self.calibrator.prediction_set(np.asarray(calibrated, dtype=float), labels, stage)  # type: ignore[arg-type]
+            temperature = self.calibrator.temperature(stage)  # type: ignore[arg-type]
+        ood = None
+        if embedding is not None:
+            ood = self.ood.score(embedding, [image] if image is not None else None, imagenet_probs)[0]
+        return assess(
+            labels,
+            calibrated,
+            member,
+            calibrated_ok=self.calibrator is not None,
+            calibration_id=self.calibrator.id if self.calibrator else None,
+            temperature=temperature,
+            coverage=self.coverage,
+            ood=ood,
+            quality=quality,
+            top_validated=top_validated,
+            fitzpatrick=fitzpatrick,
+            underrepresented=self.underrepresented,
+            thresholds=self.thresholds,
+        )

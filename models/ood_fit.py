@@ -1,0 +1,244 @@
+"""Fit and judge the out-of-distribution gate of a model on the development photos.
+
+    python -m models.ood_fit                 # embedded model: writes models/embedded/ood_stats.npz, prints figures
+    python -m models.ood_fit --dry-run       # figures only
+
+Thresholds are quantiles of the skin photos' own scores (distance: Gaussian fitted on the other
+patients' photos, patient-grouped 5-fold), so the skin false-flag rate is a held-out figure; the
+non-skin set (models/ood_data.py) is only scored, never fitted on.
+
+Caveat measured here, not hidden: the embedded model was trained on these same photos, so their
+embeddings are in-sample for the image tower; new skin photos may sit a little farther from the
+mean than these do, and their false-flag rate may be higher than the held-out figure printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from models.ood import (
+    DEFAULT_OOD_PATH,
+    OodDetector,
+    OodStats,
+    fit_gaussian,
+    grouped_quantile_threshold,
+    imagenet_log_mass,
+    mahalanobis_sq,
+    skin_pixel_fraction,
+    skin_typical_classes,
+)
+
+CACHE_DIR = Path(".cache") / "uncertainty"
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "pad-ufes-20"
+DISTANCE_QUANTILE = 0.99  # skin photos beyond the 99th percentile of skin distances are flagged
+SKIN_PROB_QUANTILE = 0.99  # ... and below the 1st percentile of skin-prompt mass
+SKIN_PIXEL_QUANTILE = 0.99  # ... and below the 1st percentile of the share of skin-coloured pixels
+IMAGENET_QUANTILE = 0.99  # ... and below the 1st percentile of the ImageNet mass on skin-typical classes
+IMAGENET_CLASS_SHARE = 0.01  # skin-typical: classes with >= 1% of the mean ImageNet probability of skin photos
+
+
+@torch.inference_mode()
+def embed_pil(model: Any, images: Sequence[Image.Image], batch_size: int = 16) -> np.ndarray:
+    """(N, D) unit image embeddings through the model's own preprocessing (and its test-time views)."""
+    out = []
+    for i in range(0, len(images), batch_size):
+        pixels = model.preprocessing.batch(list(images[i : i + batch_size])).to(model.device)
+        out.append(model.encode_image(pixels).float().cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, 0))
+
+
+def cached_embeddings(model: Any, key: str, load: Any, n: int, cache_dir: Path = CACHE_DIR) -> np.ndarray:
+    """Embeddings of n images (load(i) -> PIL image), cached under a key of the model and the image list."""
+    from models.zeroshot import model_identity
+
+    digest = hashlib.sha256(f"{model_identity(model)}|{key}".encode()).hexdigest()[:16]
+    path = cache_dir / f"embeddings-{digest}.npy"
+    if path.exists():
+        return np.load(path)
+    emb = np.concatenate([embed_pil(model, [load(j) for j in range(i, min(i + 16, n))]) for i in range(0, n, 16)])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.save(path, emb)
+    return emb
+
+
+@torch.inference_mode()
+def cached_imagenet_probs(model: Any, key: str, load: Any, n: int, cache_dir: Path = CACHE_DIR) -> np.ndarray | None:
+    """(n, 1000) frozen-ImageNet probabilities for models that offer them (`encode_image_with_domain`), cached."""
+    from models.zeroshot import model_identity
+
+    if getattr(model, "imagenet_top", None) is None:
+        return None
+    digest = hashlib.sha256(f"{model_identity(model)}|imagenet|{key}".encode()).hexdigest()[:16]
+    path = cache_dir / f"imagenet-{digest}.npy"
+    if path.exists():
+        return np.load(path)
+    out = []
+    for i in range(0, n, 16):
+        pixels = model.preprocessing.batch([load(j) for j in range(i, min(i + 16, n))]).to(model.device)
+        out.append(model.encode_image_with_domain(pixels)[1].float().cpu().numpy())
+    probs = np.concatenate(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.save(path, probs)
+    return probs
+
+
+def cross_fitted_imagenet_mass(probs: np.ndarray, groups: Sequence[str], folds: int = 5, seed: int = 0) -> np.ndarray:
+    """Each photo's log mass on the skin-typical classes chosen without its patient."""
+    from sklearn.model_selection import GroupKFold
+
+    out = np.zeros(len(probs))
+    for tr, te in GroupKFold(n_splits=folds, shuffle=True, random_state=seed).split(probs, groups=groups):
+        out[te] = imagenet_log_mass(probs[te], skin_typical_classes(probs[tr], IMAGENET_CLASS_SHARE))
+    return out
+
+
+def dev_embeddings(model: Any, items: Sequence[Any]) -> np.ndarray:
+    from models.evaluation import load_rgb
+
+    return cached_embeddings(model, "|".join(i.stem for i in items), lambda j: load_rgb(items[j].path), len(items))
+
+
+def non_skin_embeddings(model: Any) -> tuple[list[str], np.ndarray]:
+    from models.ood_data import non_skin_images
+
+    images = non_skin_images()
+    names = [n for n, _ in images]
+    return names, cached_embeddings(model, "non-skin|" + "|".join(names), lambda j: images[j][1], len(images))
+
+
+def cross_fitted_distances(emb: np.ndarray, groups: Sequence[str], folds: int = 5, seed: int = 0) -> np.ndarray:
+    """Each photo's squared distance to a Gaussian fitted without its patient."""
+    from sklearn.model_selection import GroupKFold
+
+    out = np.zeros(len(emb))
+    for tr, te in GroupKFold(n_splits=folds, shuffle=True, random_state=seed).split(emb, groups=groups):
+        mean, precision = fit_gaussian(emb[tr])
+        out[te] = mahalanobis_sq(emb[te], mean, precision)
+    return out
+
+
+def fit_ood(model: Any, items: Sequence[Any], prompts: bool = True) -> tuple[OodStats, dict[str, Any]]:
+    """Statistics on all development photos, thresholds and held-out figures (skin and non-skin)."""
+    from models.evaluation import load_rgb
+    from models.ood_data import non_skin_images
+    from models.zeroshot import model_identity
+
+    emb = dev_embeddings(model, items)
+    groups = [i.group for i in items]
+    detector = OodDetector(model)
+    skin_prob = detector.skin_probability(emb)
+    dist_cf = cross_fitted_distances(emb, groups)
+    # threshold on cross-fitted distances: the final Gaussian's in-sample distances would be too small
+    t_dist, far_cf = grouped_quantile_threshold(dist_cf, groups, DISTANCE_QUANTILE, upper=True)
+    t_prob, low_cf = grouped_quantile_threshold(skin_prob, groups, SKIN_PROB_QUANTILE, upper=False)
+    if not prompts:  # measured useless for the embedded model (its text projection saw only diagnoses)
+        t_prob, low_cf = 0.0, np.zeros(len(items), dtype=bool)
+    pix = np.array([skin_pixel_fraction(load_rgb(i.path)) for i in items])
+    t_pix, pix_cf = grouped_quantile_threshold(pix, groups, SKIN_PIXEL_QUANTILE, upper=False)
+    mean, precision = fit_gaussian(emb)
+    names, ns_emb = non_skin_embeddings(model)
+    ns_dist = mahalanobis_sq(ns_emb, mean, precision)
+    ns_prob = detector.skin_probability(ns_emb)
+    ns_pix = np.array([skin_pixel_fraction(im) for _, im in non_skin_images()])
+    ns_flag = (ns_dist > t_dist) | (ns_prob < t_prob) | (ns_pix < t_pix)
+    inet_classes, t_inet = None, float("-inf")
+    inet_cf = np.zeros(len(items), dtype=bool)
+    ns_inet = np.zeros(len(names), dtype=bool)
+    inet = cached_imagenet_probs(model, "|".join(i.stem for i in items), lambda j: load_rgb(items[j].path), len(items))
+    if inet is not None:
+        # classes chosen and threshold set on skin photos only; cross-fitted by patient for the skin figure
+        _, inet_cf = grouped_quantile_threshold(
+            cross_fitted_imagenet_mass(inet, groups), groups, IMAGENET_QUANTILE, upper=False
+        )
+        inet_classes = skin_typical_classes(inet, IMAGENET_CLASS_SHARE)
+        t_inet = float(np.quantile(imagenet_log_mass(inet, inet_classes), 1 - IMAGENET_QUANTILE))
+        ns_images = non_skin_images()
+        ns_probs = cached_imagenet_probs(model, "non-skin|" + "|".join(names), lambda j: ns_images[j][1], len(names))
+        assert ns_probs is not None
+        ns_inet = imagenet_log_mass(ns_probs, inet_classes) < t_inet
+        ns_flag |= ns_inet
+    kinds = sorted({_kind(n) for n in names})
+    figures = {
+        "skin_photos": len(items),
+        "skin_flag_rate": float((far_cf | low_cf | pix_cf | inet_cf).mean()),
+        "skin_flag_rate_distance": float(far_cf.mean()),
+        "skin_flag_rate_prompts": float(low_cf.mean()),
+        "skin_flag_rate_skin_pixels": float(pix_cf.mean()),
+        "skin_flag_rate_imagenet": float(inet_cf.mean()),
+        "non_skin_images": len(names),
+        "non_skin_flag_rate": float(ns_flag.mean()),
+        "non_skin_flag_rate_distance": float((ns_dist > t_dist).mean()),
+        "non_skin_flag_rate_prompts": float((ns_prob < t_prob).mean()),
+        "non_skin_flag_rate_skin_pixels": float((ns_pix < t_pix).mean()),
+        "non_skin_flag_rate_imagenet": float(ns_inet.mean()),
+        "non_skin_per_kind": {k: float(ns_flag[[_kind(n) == k for n in names]].mean()) for k in kinds},
+        "missed": [n for n, f in zip(names, ns_flag, strict=True) if not f],
+        "protocol": "skin: thresholds and Gaussian fitted on 4 patient-grouped folds, judged on the 5th; "
+        "non-skin: scored against the statistics fitted on all development photos",
+    }
+    stats = OodStats(
+        model_fingerprint=model_identity(model),
+        mean=mean,
+        precision=precision,
+        distance_threshold=round(t_dist, 4),
+        skin_probability_threshold=round(t_prob, 6),
+        skin_pixel_threshold=round(t_pix, 6),
+        imagenet_classes=inet_classes,
+        imagenet_threshold=round(t_inet, 6) if inet is not None else float("-inf"),
+        info={
+            "data": "PAD-UFES-20 development subset",
+            "n": len(items),
+            "distance": f"squared Mahalanobis, Ledoit-Wolf; threshold = {DISTANCE_QUANTILE} quantile of cross-fitted",
+            "skin_probability": f"skin-prompt softmax mass; threshold = {1 - SKIN_PROB_QUANTILE:.2f} quantile"
+            + ("" if prompts else " (off: no separation measured for this model)"),
+            "skin_pixels": f"YCbCr skin-range pixel share; threshold = {1 - SKIN_PIXEL_QUANTILE:.2f} quantile",
+            "imagenet": f"log frozen-ImageNet mass on classes with >= {IMAGENET_CLASS_SHARE:.0%} of the skin photos' "
+            f"mean mass; threshold = {1 - IMAGENET_QUANTILE:.2f} quantile"
+            + ("" if inet is not None else " (off: the model has no frozen ImageNet trunk)"),
+            "figures": {k: v for k, v in figures.items() if k != "missed"},
+        },
+    )
+    return stats, figures
+
+
+def _kind(name: str) -> str:
+    return name.split(":")[1] if name.startswith("synthetic:") else "package_photo"
+
+
+def main(argv: list[str] | None = None) -> int:
+    from models.datasets import load_labelled_folder
+    from models.registry import DEFAULT_MODEL, load_model
+    from models.taxonomy import load_taxonomy
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default=DEFAULT_MODEL)
+    ap.add_argument("--data", default=os.environ.get("DERMTRIAGE_DATA", str(DEFAULT_DATA)))
+    ap.add_argument("--out", default=None, help=f"default: {DEFAULT_OOD_PATH} for the embedded model")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--dry-run", action="store_true")
+    ap.add_argument("--no-prompts", action="store_true", help="turn the skin-prompt rule off (embedded model)")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    model = load_model(args.model)
+    items = load_labelled_folder(args.data, load_taxonomy())
+    stats, figures = fit_ood(model, items, prompts=not args.no_prompts)
+    print(json.dumps(figures, indent=1))
+    if not args.dry_run:
+        out = Path(args.out) if args.out else DEFAULT_OOD_PATH
+        stats.save(out)
+        print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
