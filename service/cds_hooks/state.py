@@ -1,0 +1,120 @@
+"""What the CDS Hooks service keeps between calls: photo results (for repeat calls on the same photo),
+issued cards, and card feedback behind an interface a persistent store can implement later."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from service.cds_hooks.prefetch import FhirFetcher, fetch_fhir
+from service.schemas import ClinicalInput, TriageOptions, TriageResult
+
+
+def photo_key(image: bytes, options: TriageOptions, clinical: ClinicalInput) -> str:
+    """Same photo, same options, same clinical input -> same answer."""
+    h = hashlib.sha256(image)
+    h.update(json.dumps(options.model_dump(mode="json"), sort_keys=True).encode())
+    h.update(json.dumps(clinical.model_dump(mode="json", exclude_none=True), sort_keys=True).encode())
+    return h.hexdigest()
+
+
+class PhotoResultCache:
+    """LRU with a time limit; holds patient data in memory only."""
+
+    def __init__(self, max_items: int = 256, ttl_s: float = 900.0, clock: Callable[[], float] = time.monotonic):
+        self.max_items = max_items
+        self.ttl_s = ttl_s
+        self._clock = clock
+        self._items: OrderedDict[str, tuple[float, TriageResult]] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: str) -> TriageResult | None:
+        with self._lock:
+            item = self._items.get(key)
+            if item is None or self._clock() - item[0] > self.ttl_s:
+                self._items.pop(key, None)
+                self.misses += 1
+                return None
+            self._items.move_to_end(key)
+            self.hits += 1
+            return item[1]
+
+    def put(self, key: str, result: TriageResult) -> None:
+        if self.max_items <= 0:
+            return
+        with self._lock:
+            self._items[key] = (self._clock(), result)
+            self._items.move_to_end(key)
+            while len(self._items) > self.max_items:
+                self._items.popitem(last=False)
+
+
+@dataclass(frozen=True)
+class FeedbackRecord:
+    service_id: str
+    card: str
+    outcome: str  # accepted | overridden
+    outcome_timestamp: str
+    request_id: str | None  # the triage answer the card showed, when this process issued the card
+    override_reason: dict[str, Any] | None = None
+    accepted_suggestions: tuple[str, ...] = ()
+    received_at: float = field(default_factory=time.time)
+
+
+class FeedbackStore(Protocol):
+    def add(self, record: FeedbackRecord) -> None: ...
+
+    def list(self, service_id: str | None = None) -> list[FeedbackRecord]: ...
+
+
+class MemoryFeedbackStore:
+    """The last ``max_items`` feedback records, in memory."""
+
+    def __init__(self, max_items: int = 10_000) -> None:
+        self.max_items = max_items
+        self._items: list[FeedbackRecord] = []
+        self._lock = threading.Lock()
+
+    def add(self, record: FeedbackRecord) -> None:
+        with self._lock:
+            self._items.append(record)
+            del self._items[: max(0, len(self._items) - self.max_items)]
+
+    def list(self, service_id: str | None = None) -> list[FeedbackRecord]:
+        with self._lock:
+            return [r for r in self._items if service_id is None or r.service_id == service_id]
+
+
+class IssuedCards:
+    """card uuid -> request id, for the cards this process issued (bounded)."""
+
+    def __init__(self, max_items: int = 10_000) -> None:
+        self.max_items = max_items
+        self._items: OrderedDict[str, str] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def add(self, card: str, request_id: str) -> None:
+        with self._lock:
+            self._items[card] = request_id
+            while len(self._items) > self.max_items:
+                self._items.popitem(last=False)
+
+    def get(self, card: str) -> str | None:
+        with self._lock:
+            return self._items.get(card)
+
+
+@dataclass
+class CdsState:
+    cache: PhotoResultCache
+    feedback: FeedbackStore
+    cards: IssuedCards = field(default_factory=IssuedCards)
+    fhir_fetcher: FhirFetcher = fetch_fhir

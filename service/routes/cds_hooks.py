@@ -1,0 +1,230 @@
+"""HL7 CDS Hooks: ``GET /cds-services`` (discovery, open), ``POST /cds-services/{service_id}`` (cards) and
+``POST /cds-services/{service_id}/feedback``, both behind the EHR's signed JWT."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import anyio
+from litestar import Controller, Request, get, post
+from litestar.di import NamedDependency
+from litestar.openapi import ResponseSpec
+from litestar.openapi.spec import Example
+from litestar.params import Parameter
+from pydantic import ValidationError
+
+from service.auth.guard import CDS_JWT_SECURITY, auth_of
+from service.cds_hooks.cards import triage_card
+from service.cds_hooks.prefetch import gather, read_patient_data
+from service.cds_hooks.services import SERVICE_ID, CdsRequest, FeedbackRequest, discovery
+from service.cds_hooks.state import CdsState, FeedbackRecord, photo_key
+from service.openapi import problem_example, problem_responses
+from service.problems import Problem, request_id_of, validation_problem
+from service.runtime import InferenceRunner, ServiceState
+from service.schemas import TriageOptions
+
+CDS_OPTIONS = TriageOptions(top_k=5)
+CARDS_EXAMPLE = {
+    "cards": [
+        {
+            "uuid": "b1f5c7c2-3f0e-4a57-9d0e-0c1f6f6f2a11",
+            "summary": "Skin photo: urgent — melanoma 55% (AI)",
+            "indicator": "critical",
+            "detail": "**Urgency: urgent** (score 0.72). Refer on the suspected skin cancer pathway ...\n\n"
+            "| # | condition | probability | codes |\n|---|---|---|---|\n"
+            "| 1 | melanoma | 55% | SNOMED CT 372244006, ICD-10-CM C43.9 |",
+            "source": {
+                "label": "dermtriage (embedded-pad-lite0 1.0.0)",
+                "url": "https://dermtriage.example.org/v1/models/embedded-pad-lite0",
+            },
+            "links": [
+                {
+                    "label": "Open in the dermtriage viewer",
+                    "url": "https://dermtriage.example.org/viewer?result=3f2b9c1e-8a4d-4c7e-9b21-5d0c6e7f8a90",
+                    "type": "smart",
+                    "appContext": '{"result": "3f2b9c1e-8a4d-4c7e-9b21-5d0c6e7f8a90"}',
+                }
+            ],
+        }
+    ]
+}
+
+
+def cds_state(request: Request[Any, Any, Any]) -> CdsState:
+    return request.app.state.cds  # type: ignore[no-any-return]
+
+
+def _known_service(service_id: str) -> None:
+    if service_id != SERVICE_ID:
+        raise Problem("unknown-cds-service", 404, "No CDS service with this id; see GET /cds-services.")
+
+
+def _parse(model: type[Any], payload: Any) -> Any:
+    try:
+        return model.model_validate(payload)
+    except ValidationError as exc:
+        raise validation_problem(exc) from None
+
+
+async def _json(request: Request[Any, Any, Any]) -> Any:
+    body = await request.body()
+    try:
+        return json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise Problem("malformed-json", 400, "The body is not valid JSON.", title="Malformed JSON") from None
+
+
+_SERVICE_ID = Parameter(description="the CDS service id from discovery", examples=[Example(value=SERVICE_ID)])
+
+
+class CdsHooksController(Controller):
+    path = "/cds-services"
+    tags = ("cds-hooks",)
+
+    @get(
+        "/",
+        summary="CDS Hooks discovery",
+        description="The services offered, with their hooks and prefetch templates. Open (no patient data).",
+        opt={"auth": "open"},
+        responses={
+            200: ResponseSpec(
+                data_container=dict,
+                description="discovery document",
+                examples=[Example(summary="discovery", value=discovery())],
+                generate_examples=False,
+            )
+        },
+        sync_to_thread=False,
+    )
+    def discover(self) -> dict[str, Any]:
+        return discovery()
+
+    @post(
+        "/{service_id:str}",
+        status_code=200,
+        summary="CDS Hooks service call (patient-view): cards for the patient's latest skin photo",
+        description=(
+            "Needs `Authorization: Bearer <JWT>` signed by a configured EHR key (aud = this service's URL). Triages "
+            "the newest prefetched photo with the patient's age, sex, risk factors and symptoms, and answers one "
+            "card (none when there is no usable photo). A repeat call on the same photo reuses the result. 412 "
+            "when required prefetch is missing and cannot be fetched."
+        ),
+        opt={"auth": "cds_jwt"},
+        security=CDS_JWT_SECURITY,
+        responses={
+            200: ResponseSpec(
+                data_container=dict,
+                description="cards",
+                examples=[Example(summary="one card", value=CARDS_EXAMPLE)],
+                generate_examples=False,
+            ),
+            **problem_responses(
+                (
+                    401,
+                    problem_example(
+                        "unauthorized",
+                        401,
+                        "Missing or invalid credentials",
+                        "The JWT is not accepted: it has expired.",
+                    ),
+                ),
+                (
+                    404,
+                    problem_example(
+                        "unknown-cds-service",
+                        404,
+                        "Unknown cds service",
+                        "No CDS service with this id; see GET /cds-services.",
+                    ),
+                ),
+                (
+                    412,
+                    problem_example(
+                        "prefetch-missing",
+                        412,
+                        "Required data missing",
+                        "Required prefetch data is missing and could not be fetched: photos or photoDocuments.",
+                    ),
+                ),
+            ),
+        },
+    )
+    async def call(
+        self,
+        request: Request[Any, Any, Any],
+        runner: NamedDependency[InferenceRunner],
+        service: NamedDependency[ServiceState],
+        service_id: str = _SERVICE_ID,
+    ) -> dict[str, Any]:
+        _known_service(service_id)
+        call = _parse(CdsRequest, await _json(request))
+        if call.hook != "patient-view":
+            raise Problem("unsupported-hook", 400, f"This service answers patient-view, not {call.hook[:40]!r}.")
+        state = cds_state(request)
+        data, _ = await anyio.to_thread.run_sync(gather, call, state.fhir_fetcher)
+        patient = await anyio.to_thread.run_sync(read_patient_data, data)
+        if patient.image is None:
+            return {"cards": []}
+        key = photo_key(patient.image, CDS_OPTIONS, patient.clinical)
+        rid = request_id_of(request)
+        cached = state.cache.get(key)
+        if cached is not None:
+            result = cached.model_copy(update={"request_id": rid})
+        else:
+            engine = service.require_engine()
+            result = await runner.triage(engine, patient.image, CDS_OPTIONS, rid, patient.clinical)
+            state.cache.put(key, result)
+        service.results.put(result)
+        base = auth_of(request).base_url(request)
+        card = triage_card(result, base, photo_ref=patient.photo_ref, photo_taken=patient.photo_taken)
+        state.cards.add(card["uuid"], rid)
+        return {"cards": [card]}
+
+    @post(
+        "/{service_id:str}/feedback",
+        status_code=200,
+        summary="CDS Hooks feedback: which cards were accepted or overridden",
+        opt={"auth": "cds_jwt"},
+        security=CDS_JWT_SECURITY,
+        responses={
+            200: ResponseSpec(
+                data_container=dict,
+                description="feedback recorded",
+                examples=[Example(summary="recorded", value={"recorded": 1})],
+                generate_examples=False,
+            ),
+            **problem_responses(
+                (401, problem_example("unauthorized", 401, "Missing or invalid credentials", "No bearer JWT.")),
+                (
+                    404,
+                    problem_example(
+                        "unknown-cds-service",
+                        404,
+                        "Unknown cds service",
+                        "No CDS service with this id; see GET /cds-services.",
+                    ),
+                ),
+                (422, problem_example("validation-error", 422, "Invalid request fields", "See `errors`.")),
+            ),
+        },
+    )
+    async def feedback(self, request: Request[Any, Any, Any], service_id: str = _SERVICE_ID) -> dict[str, Any]:
+        _known_service(service_id)
+        parsed = _parse(FeedbackRequest, await _json(request))
+        state = cds_state(request)
+        for item in parsed.feedback:
+            state.feedback.add(
+                FeedbackRecord(
+                    service_id=service_id,
+                    card=item.card,
+                    outcome=item.outcome,
+                    outcome_timestamp=item.outcomeTimestamp,
+                    request_id=state.cards.get(item.card),
+                    override_reason=item.overrideReason.model_dump(exclude_none=True) if item.overrideReason else None,
+                    accepted_suggestions=tuple(str(s.get("id", "")) for s in item.acceptedSuggestions),
+                    received_at=time.time(),
+                )
+            )
+        return {"recorded": len(parsed.feedback)}
