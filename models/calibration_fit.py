@@ -165,7 +165,13 @@ def ood_rates(model: Any, items: Sequence[Any]) -> dict[str, Any] | None:
     """OOD flag rate on the folder's photos (cross-fitted) and on the non-skin set, with the shipped thresholds."""
     from models.ood import DEFAULT_OOD_PATH, OodStats, mahalanobis_sq, skin_pixel_fraction
     from models.ood_data import non_skin_images
-    from models.ood_fit import cross_fitted_distances, dev_embeddings, non_skin_embeddings
+    from models.ood_fit import (
+        cached_imagenet_probs,
+        cross_fitted_distances,
+        cross_fitted_imagenet_mass,
+        dev_embeddings,
+        non_skin_embeddings,
+    )
     from models.zeroshot import model_identity
 
     if not DEFAULT_OOD_PATH.exists():
@@ -189,6 +195,19 @@ def ood_rates(model: Any, items: Sequence[Any]) -> dict[str, Any] | None:
         det.skin_probability(ns_emb) < stats.skin_probability_threshold
     )
     ns |= ns_pix < stats.skin_pixel_threshold
+    if stats.imagenet_classes is not None:
+        groups = [i.group for i in items]
+        inet = cached_imagenet_probs(
+            model, "|".join(i.stem for i in items), lambda j: load_rgb(items[j].path), len(items)
+        )
+        if inet is not None:
+            mass = cross_fitted_imagenet_mass(inet, groups) if trained else stats.imagenet_log_mass(inet)
+            skin |= mass < stats.imagenet_threshold
+            ns_images = non_skin_images()
+            names = [n for n, _ in ns_images]
+            ns_inet = cached_imagenet_probs(model, "non-skin|" + "|".join(names), lambda j: ns_images[j][1], len(names))
+            if ns_inet is not None:
+                ns |= stats.imagenet_log_mass(ns_inet) < stats.imagenet_threshold
     return {
         "skin": float(skin.mean()),
         "non_skin": float(ns.mean()),

@@ -19,9 +19,12 @@ from litestar.datastructures import ResponseHeader, State
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 
+from service.auth.guard import SECURITY_COMPONENTS, build_auth, require_credentials
+from service.cds_hooks.state import CdsState, MemoryFeedbackStore, PhotoResultCache
 from service.engine import TriageEngine
 from service.metrics import Metrics
 from service.middleware import RequestContextMiddleware
+from service.openapi import finish_openapi
 from service.problems import EXCEPTION_HANDLERS
 from service.results import MemoryResultStore
 from service.routes import CONTROLLERS
@@ -38,6 +41,7 @@ def _load(service: ServiceState) -> TriageEngine:
     """Blocking: build (unless injected) and warm up the engine, read the registry."""
     engine = service.engine if service.engine is not None else build_engine(service.settings)
     engine.warm_up()
+    service.runner.warm_up(engine)  # the micro-batch path too, in the serving precision
     service.specs, service.cards = registry_catalog()
     service.cards[engine.model.card.name] = engine.model.card
     return engine
@@ -79,13 +83,7 @@ def create_app(settings: Settings | None = None, engine: TriageEngine | None = N
     """Build the app. ``settings`` default to the environment; ``engine`` skips model loading (tests)."""
     settings = settings or Settings()
     metrics = Metrics()
-    runner = InferenceRunner(
-        settings.image_limits(),
-        settings.inference_workers,
-        settings.decode_workers,
-        settings.request_timeout_s,
-        metrics,
-    )
+    runner = InferenceRunner.from_settings(settings, metrics)
     service = ServiceState(
         settings=settings,
         metrics=metrics,
@@ -93,6 +91,7 @@ def create_app(settings: Settings | None = None, engine: TriageEngine | None = N
         engine=engine,
         results=MemoryResultStore(settings.result_store_size, settings.result_ttl_s),
     )
+    cds = CdsState(PhotoResultCache(settings.cds_cache_size, settings.cds_cache_ttl_s), MemoryFeedbackStore())
     cors = (
         CORSConfig(allow_origins=settings.cors_origins, allow_methods=["GET", "POST"], expose_headers=["X-Request-ID"])
         if settings.cors_origins
@@ -101,7 +100,8 @@ def create_app(settings: Settings | None = None, engine: TriageEngine | None = N
     app = Litestar(
         route_handlers=CONTROLLERS,
         lifespan=[_lifespan(service)],
-        state=State({"service": service}),
+        state=State({"service": service, "auth": build_auth(settings), "cds": cds}),
+        guards=[require_credentials],
         dependencies={
             "service": Provide(provide_service, sync_to_thread=False),
             "engine": Provide(provide_engine, sync_to_thread=False),
@@ -120,9 +120,11 @@ def create_app(settings: Settings | None = None, engine: TriageEngine | None = N
             title="dermtriage",
             version=API_VERSION,
             description="Dermatology triage: decision support for clinicians, not a diagnosis.",
+            components=SECURITY_COMPONENTS,
         ),
         logging_config=None,
     )
     # Outermost, so 404s and errors raised before routing get a request id, a log line and metrics too.
     app.asgi_handler = RequestContextMiddleware(app.asgi_handler, metrics)
+    finish_openapi(app.openapi_schema)  # corrections found by fuzzing (service/openapi.py)
     return app

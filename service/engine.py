@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from explain.gradcam import explain_differentials
@@ -19,6 +20,7 @@ from explain.risk_shap import explain_urgency
 from explain.risk_shap import warm_up as warm_up_shap
 from models.backends.base import ImageTextModel
 from models.fusion import FusionResult, fuse, fusion_for_model, symptom_text_sims
+from models.gates import UncertaintyGate
 from models.risk_priors import load_priors
 from models.symptoms import extract_findings
 from models.taxonomy import Condition, Taxonomy, UnknownLabelError
@@ -60,6 +62,8 @@ class TriageEngine:
         taxonomy: Taxonomy,
         cache_dir: Path | None = None,
         thresholds: UrgencyThresholds | None = None,
+        calibration_path: Path | None = None,
+        coverage: float = 0.9,
     ) -> None:
         self.model = model
         self.taxonomy = taxonomy
@@ -67,6 +71,17 @@ class TriageEngine:
         self.fusion = fusion_for_model(model)  # fitted for the embedded model, generic (cited priors) otherwise
         self.priors = load_priors()
         self.thresholds = thresholds or default_thresholds()
+        # calibration (checked against model + taxonomy: a mismatch fails start-up), OOD statistics, gates
+        self.uncertainty = UncertaintyGate(model, taxonomy, calibration_path, coverage)
+        # the OOD gate's ImageNet rule reads the frozen trunk's ImageNet view of the photo, computed in
+        # the same forward as the embedding where the backend offers it (models/embedded/domain.py)
+        stats = self.uncertainty.ood.stats
+        self.with_domain = (
+            getattr(model, "imagenet_top", None) is not None
+            and stats is not None
+            and stats.imagenet_classes is not None
+        )
+        self.embed_dim = int(model.encode_text(["skin"]).shape[-1])
 
     @property
     def model_ref(self) -> ModelRef:
@@ -78,11 +93,25 @@ class TriageEngine:
         return self.model.preprocessing.batch([image.image])[0]
 
     def embed(self, images: Sequence[DecodedImage] | torch.Tensor) -> torch.Tensor:
-        """Photos (or a stack of :meth:`preprocess` outputs) -> (B, D) image embeddings in one forward pass."""
+        """Photos (or a stack of :meth:`preprocess` outputs) -> (B, F) image features in one forward pass.
+
+        A row is the (D,) image embedding, followed, when the OOD gate uses it, by the frozen
+        trunk's (1000,) ImageNet probabilities of the same photo: one opaque row per photo for the
+        batcher; `_split` takes it apart."""
         if isinstance(images, torch.Tensor):
-            return self.model.encode_image(images.to(self.model.device))
-        pixels = self.model.preprocessing.batch([i.image for i in images])
-        return self.model.encode_image(pixels.to(self.model.device))
+            pixels = images.to(self.model.device)
+        else:
+            pixels = self.model.preprocessing.batch([i.image for i in images]).to(self.model.device)
+        if self.with_domain:
+            emb, probs = self.model.encode_image_with_domain(pixels)  # type: ignore[attr-defined]
+            return torch.cat([emb, probs.to(emb.dtype)], dim=1)
+        return self.model.encode_image(pixels)
+
+    def _split(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(B, F) features -> (B, D) embeddings and (B, 1000) ImageNet probabilities or None."""
+        if features.shape[-1] > self.embed_dim:
+            return features[:, : self.embed_dim], features[:, self.embed_dim :]
+        return features, None
 
     def warm_up(self) -> None:
         """Compute the condition embeddings and run one forward pass, so the first request is not slow."""
@@ -171,6 +200,7 @@ class TriageEngine:
         keys = scored.keys
         if image_features is None:
             image_features = self.embed([image])
+        image_features, imagenet_probs = self._split(image_features)
         image_probs = self.classifier.probabilities(image_features, scored.labels)[0]
         findings = extract_findings(clinical.symptoms) if clinical.symptoms else None
         sims = symptom_text_sims(self.model, scored.labels.embeddings, keys, clinical.symptoms)
@@ -187,7 +217,9 @@ class TriageEngine:
             thresholds=self.thresholds,
             taxonomy=self.taxonomy,
         )
-        probs = torch.tensor([fused.posterior[k] for k in keys])
+        stage = "fused" if self.fusion.fitted else "image"
+        calibrated = self.uncertainty.calibrate(np.array([fused.posterior[k] for k in keys]), stage)
+        probs = torch.from_numpy(calibrated)  # calibrated before ranking (temperature keeps the order)
         order = probs.argsort(descending=True)[: options.top_k].tolist()
         differentials = [
             self._differential(
@@ -201,6 +233,17 @@ class TriageEngine:
             )
             for rank, i in enumerate(order)
         ]
+        uncertainty = self.uncertainty.assess(
+            keys,
+            calibrated,
+            stage=stage,
+            embedding=image_features,
+            image=image.image,
+            imagenet_probs=imagenet_probs,
+            quality=image.info.quality.model_dump(),
+            top_validated=differentials[0].validated_for_model if differentials[0].condition_id else None,
+            fitzpatrick=clinical.risk_factors.fitzpatrick if clinical.risk_factors else None,
+        )
         inference_ms = (time.perf_counter() - t0) * 1000
         heatmaps, heatmap_ms = None, 0.0
         if options.explain:
@@ -230,4 +273,5 @@ class TriageEngine:
             fusion_model=fused.fusion_model,
             urgency=urgency,
             urgency_shap=shap_values,
+            uncertainty=uncertainty,
         )

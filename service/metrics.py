@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 
 @dataclass
@@ -33,12 +34,33 @@ class Metrics:
             registry=r,
         )
         self.inference = Histogram(
-            "dermtriage_inference_seconds", "Model time per photo", buckets=LATENCY_BUCKETS, registry=r
+            "dermtriage_inference_seconds",
+            "Model time per photo (its share of the batch plus scoring)",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.queue = Histogram(
-            "dermtriage_queue_seconds", "Wait for a decode or inference thread", buckets=LATENCY_BUCKETS, registry=r
+            "dermtriage_queue_seconds",
+            "Wait for a decode thread and for the image tower (batching included)",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.in_flight = Gauge("dermtriage_triage_in_flight", "Triage requests being decoded or scored", registry=r)
+        self.queue_depth = Gauge(
+            "dermtriage_batch_queue_depth", "Photos decoded and waiting for the image tower", registry=r
+        )
+        self.batch_size = Histogram(
+            "dermtriage_batch_size", "Photos per image-tower forward pass", buckets=BATCH_BUCKETS, registry=r
+        )
+        self.batch_inference = Histogram(
+            "dermtriage_batch_inference_seconds",
+            "Image-tower time per batch (preprocessed pixels to embeddings)",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.rejected = Counter(
+            "dermtriage_triage_rejected", "Triage requests answered 503 by back-pressure", ["reason"], registry=r
+        )
         self.ready = Gauge("dermtriage_ready", "1 once the model is loaded and warmed up", registry=r)
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from litestar.openapi import ResponseSpec
-from litestar.openapi.spec import Example, OpenAPIMediaType, Operation, RequestBody, Schema
+from litestar.openapi.spec import Example, OpenAPI, OpenAPIMediaType, Operation, Reference, RequestBody, Schema
 from pydantic import BaseModel, Field
 
 from service.problems import PROBLEM_BASE, PROBLEM_MEDIA_TYPE
@@ -260,6 +260,24 @@ TRIAGE_PROBLEMS = problem_responses(
         ),
     ),
     NOT_READY,
+    (
+        503,
+        problem_example(
+            "overloaded",
+            503,
+            "Service overloaded",
+            "The service is at capacity (64 photos in progress); retry shortly.",
+        ),
+    ),
+    (
+        503,
+        problem_example(
+            "inference-timeout",
+            503,
+            "Inference timed out",
+            "The photo was not scored within 30 s (the service is busy); retry shortly.",
+        ),
+    ),
 )
 
 
@@ -350,3 +368,64 @@ class TriageOperation(Operation):
 
     def __post_init__(self) -> None:
         self.request_body = _triage_request_body()
+
+
+def _types(schema: Any) -> set[str]:
+    kind = getattr(schema, "type", None)
+    kinds = kind if isinstance(kind, list | tuple) else [kind]
+    return {getattr(k, "value", k) for k in kinds if k is not None}
+
+
+def relax_overlapping_one_of(node: Any, seen: set[int] | None = None) -> None:
+    """Turn ``oneOf`` into ``anyOf`` where the branches overlap (an integer is also a number).
+
+    Litestar writes ``int | float`` as ``oneOf: [integer, number]``, which no integer satisfies
+    (it matches both); schemathesis found it on ``/v1/models``. Works in place on the spec objects.
+    """
+    seen = set() if seen is None else seen
+    if id(node) in seen:
+        return
+    seen.add(id(node))
+    if isinstance(node, Schema) and node.one_of:
+        kinds = [_types(branch) for branch in node.one_of]
+        if any("integer" in k for k in kinds) and any("number" in k for k in kinds):
+            node.any_of, node.one_of = [*(node.any_of or []), *node.one_of], None
+    if isinstance(node, dict):
+        children: Any = node.values()
+    elif isinstance(node, list | tuple):
+        children = node
+    elif hasattr(node, "__dataclass_fields__"):
+        children = [getattr(node, name) for name in node.__dataclass_fields__]
+    else:
+        return
+    for child in children:
+        relax_overlapping_one_of(child, seen)
+
+
+def document_problem_errors(openapi: OpenAPI) -> None:
+    """Litestar documents a default 400 as ``application/json`` on routes with parameters; this
+    service answers every error as ``application/problem+json`` (schemathesis found the mismatch).
+    Re-document such responses with the problem media type and schema, in place."""
+    problem = (
+        Reference(ref="#/components/schemas/ProblemDetail")
+        if openapi.components and openapi.components.schemas and "ProblemDetail" in openapi.components.schemas
+        else None
+    )
+    methods = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
+    for item in (openapi.paths or {}).values():
+        for method in methods:
+            operation = getattr(item, method, None)
+            for status, response in ((operation.responses or {}) if operation else {}).items():
+                content = getattr(response, "content", None)
+                if not str(status).startswith(("4", "5")) or not content or "application/json" not in content:
+                    continue
+                media = content.pop("application/json")
+                if problem is not None:
+                    media.schema = problem
+                content[PROBLEM_MEDIA_TYPE] = media
+
+
+def finish_openapi(openapi: OpenAPI) -> None:
+    """Corrections to the generated document, found by fuzzing it against the service."""
+    relax_overlapping_one_of(openapi)
+    document_problem_errors(openapi)

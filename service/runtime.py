@@ -1,16 +1,22 @@
-"""What the app holds at run time: the engine, its readiness, and the thread pools that keep
-decoding and inference off the event loop."""
+"""What the app holds at run time: the engine, its readiness, and the threads that keep decoding and
+inference off the event loop (decode pool, micro-batcher, scoring pool)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+import torch
+
 from models.backends.base import ModelCard
 from models.registry import ModelSpec
+from service.batching import BatcherClosed, BatchInfo, MicroBatcher, QueueFull, bf16_supported
 from service.engine import TriageEngine
 from service.images import DecodedImage, ImageLimits, decode_image
 from service.metrics import Metrics
@@ -20,46 +26,156 @@ from service.schemas import ClinicalInput, TriageOptions, TriageResult
 from service.settings import Settings
 
 log = logging.getLogger("dermtriage.service")
+GIL_SWITCH_INTERVAL_S = 0.0005
+
+
+def configure_torch(settings: Settings) -> int:
+    """Set torch's intra-op threads on purpose: the setting, else the usable CPU cores less one.
+
+    The spare core decodes, scores (fusion, SHAP) and runs the event loop while the batcher runs the
+    tower. Measured on the 2-core development machine: with 2 torch threads, a forward stalled for
+    about a scheduler slice per parallel region whenever anything else held a core (1.9 s instead
+    of 0.1 s per photo); 1 thread did not. Returns the count.
+    """
+    import torch
+
+    threads = settings.inference_threads or max(1, len(os.sched_getaffinity(0)) - 1)
+    torch.set_num_threads(threads)
+    return threads
 
 
 def build_engine(settings: Settings) -> TriageEngine:
     """Load model and taxonomy (blocking, seconds): run it in a worker thread."""
-    import torch
-
     from models.registry import load_model
     from models.taxonomy import load_taxonomy
 
-    if settings.inference_threads:
-        torch.set_num_threads(settings.inference_threads)
+    configure_torch(settings)
     model = load_model(settings.model, settings.device)
-    return TriageEngine(model, load_taxonomy(), settings.cache_dir)
+    return TriageEngine(
+        model, load_taxonomy(), settings.cache_dir, calibration_path=settings.calibration, coverage=settings.coverage
+    )
+
+
+def _overloaded(why: str) -> Problem:
+    return Problem(
+        "overloaded",
+        503,
+        f"The service is at capacity ({why}); retry shortly.",
+        title="Service overloaded",
+        headers={"Retry-After": "1"},
+    )
 
 
 class InferenceRunner:
-    """Decode in one pool, score in another (size ``inference_workers``), with queue time measured.
+    """Decode (and preprocess) in one pool, batch the image tower in one thread, score in another pool.
 
-    Each stage runs via ``loop.run_in_executor``; the event loop only awaits. A request waiting
-    longer than ``timeout_s`` gets a 503; a job not yet started is then cancelled.
+    ``decode pool -> MicroBatcher (one forward per batch) -> inference pool (size inference_workers:
+    labels, fusion, urgency, heatmaps)``. The event loop only awaits. At most ``max_queue_size``
+    requests are admitted at once; more get a 503 ``overloaded`` at once (back-pressure). A request
+    not answered within ``timeout_s`` gets a 503 ``inference-timeout``; its work is cancelled if it
+    has not started.
     """
 
     def __init__(
-        self, limits: ImageLimits, inference_workers: int, decode_workers: int, timeout_s: float, metrics: Metrics
+        self,
+        limits: ImageLimits,
+        inference_workers: int,
+        decode_workers: int,
+        timeout_s: float,
+        metrics: Metrics,
+        *,
+        max_batch_size: int = 1,
+        max_batch_wait_ms: float = 5.0,
+        max_queue_size: int = 64,
+        precision: str = "bfloat16",
     ) -> None:
         self.limits = limits
         self.timeout_s = timeout_s
         self.metrics = metrics
+        self.max_batch_size = max_batch_size
+        self.max_batch_wait_ms = max_batch_wait_ms
+        self.max_queue_size = max_queue_size
+        self.precision = precision
         self._decode = ThreadPoolExecutor(decode_workers, thread_name_prefix="dermtriage-decode")
         self._infer = ThreadPoolExecutor(inference_workers, thread_name_prefix="dermtriage-infer")
+        self._batcher: MicroBatcher | None = None
+        self._engine: TriageEngine | None = None
+        self._lock = threading.Lock()
+        self._admitted = 0  # event-loop thread only
+        self._decoding = 0  # read by the batcher thread: more photos are on their way
 
-    def _decode_job(self, data: bytes, submitted: float) -> tuple[DecodedImage, float, float]:
+    @classmethod
+    def from_settings(cls, settings: Settings, metrics: Metrics) -> InferenceRunner:
+        return cls(
+            settings.image_limits(),
+            settings.inference_workers,
+            settings.decode_workers,
+            settings.request_timeout_s,
+            metrics,
+            max_batch_size=settings.max_batch_size or (16 if settings.device == "cuda" else 1),
+            max_batch_wait_ms=settings.max_batch_wait_ms,
+            max_queue_size=settings.max_queue_size,
+            precision=settings.precision,
+        )
+
+    def batcher(self, engine: TriageEngine) -> MicroBatcher:
+        """The batcher over ``engine`` (started on first use; a new engine gets a new batcher)."""
+        with self._lock:
+            if self._batcher is None or self._engine is not engine:
+                if self._batcher is not None:
+                    self._batcher.close(timeout=0)
+                autocast = None
+                if self.precision == "bfloat16":
+                    if bf16_supported(engine.model.device):
+                        autocast = torch.bfloat16
+                    else:
+                        log.info("bfloat16 has no fast kernels on this device; the image tower runs float32")
+                self._batcher = MicroBatcher(
+                    engine.embed,
+                    max_batch_size=self.max_batch_size,
+                    max_wait_ms=self.max_batch_wait_ms,
+                    queue_size=self.max_queue_size,
+                    metrics=self.metrics,
+                    arrivals=lambda: self._decoding,
+                    autocast=autocast,
+                    device_type=engine.model.device.type,
+                )
+                self._engine = engine
+            return self._batcher
+
+    def warm_up(self, engine: TriageEngine) -> None:
+        """Blocking: run the batch path at batch 1 and at the largest batch, in the serving precision.
+
+        Also shortens the GIL switch interval: the batcher thread needs the GIL between torch ops, and
+        with the default 5 ms a Python-heavy scoring thread (fusion, SHAP) held it long enough to
+        stall the image tower under load.
+        """
+        sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
+        batcher = self.batcher(engine)
+        size = engine.model.preprocessing.image_size
+        for n in sorted({1, self.max_batch_size}):
+            batcher.forward(torch.zeros(n, 3, size, size))
+
+    def check_capacity(self) -> None:
+        """Raise the 503 now if no request could be admitted (cheap; call before reading a large body)."""
+        if self._admitted >= self.max_queue_size:
+            self.metrics.rejected.labels("queue_full").inc()
+            raise _overloaded(f"{self.max_queue_size} photos in progress")
+
+    def _decode_job(
+        self, engine: TriageEngine, data: bytes, submitted: float
+    ) -> tuple[DecodedImage, torch.Tensor, float, float]:
         start = time.perf_counter()
         decoded = decode_image(data, self.limits)
-        return decoded, (time.perf_counter() - start) * 1000, (start - submitted) * 1000
+        pixels = engine.preprocess(decoded)
+        return decoded, pixels, (time.perf_counter() - start) * 1000, (start - submitted) * 1000
 
-    def _infer_job(
+    def _score_job(
         self,
         engine: TriageEngine,
         decoded: DecodedImage,
+        features: torch.Tensor,
+        info: BatchInfo,
         options: TriageOptions,
         clinical: ClinicalInput,
         request_id: str,
@@ -67,13 +183,27 @@ class InferenceRunner:
         waited_ms: float,
         submitted: float,
     ) -> TriageResult:
-        queue_ms = waited_ms + (time.perf_counter() - submitted) * 1000
+        queue_ms = waited_ms + info.wait_ms + (time.perf_counter() - submitted) * 1000
         self.metrics.queue.observe(queue_ms / 1000)
         result = engine.triage(
-            decoded, options, clinical, request_id=request_id, decode_ms=decode_ms, queue_ms=queue_ms
+            decoded,
+            options,
+            clinical,
+            request_id=request_id,
+            decode_ms=decode_ms,
+            queue_ms=queue_ms,
+            image_features=features,
         )
-        self.metrics.inference.observe(result.timings.inference_ms / 1000)
-        return result
+        t = result.timings
+        inference_ms = t.inference_ms + info.forward_ms
+        self.metrics.inference.observe((t.inference_ms + info.forward_ms / info.size) / 1000)
+        timings = t.model_copy(
+            update={
+                "inference_ms": round(inference_ms, 2),
+                "total_ms": round(t.decode_ms + t.queue_ms + inference_ms + t.heatmap_ms, 2),
+            }
+        )
+        return result.model_copy(update={"timings": timings})
 
     async def triage(
         self,
@@ -83,19 +213,33 @@ class InferenceRunner:
         request_id: str,
         clinical: ClinicalInput | None = None,
     ) -> TriageResult:
+        self.check_capacity()
         loop = asyncio.get_running_loop()
+        self._admitted += 1
         self.metrics.in_flight.inc()
         try:
             async with asyncio.timeout(self.timeout_s):
-                decoded, decode_ms, waited_ms = await loop.run_in_executor(
-                    self._decode, self._decode_job, data, time.perf_counter()
-                )
-                del data
+                self._decoding += 1  # until submitted: the batcher may wait for this photo
+                try:
+                    decoded, pixels, decode_ms, waited_ms = await loop.run_in_executor(
+                        self._decode, self._decode_job, engine, data, time.perf_counter()
+                    )
+                    del data
+                    future = self.batcher(engine).submit(pixels)
+                except QueueFull:
+                    self.metrics.rejected.labels("queue_full").inc()
+                    raise _overloaded(f"{self.max_queue_size} photos wait for the model") from None
+                finally:
+                    self._decoding -= 1
+                del pixels
+                features, info = await asyncio.wrap_future(future)
                 return await loop.run_in_executor(
                     self._infer,
-                    self._infer_job,
+                    self._score_job,
                     engine,
                     decoded,
+                    features,
+                    info,
                     options,
                     clinical or ClinicalInput(),
                     request_id,
@@ -104,6 +248,7 @@ class InferenceRunner:
                     time.perf_counter(),
                 )
         except TimeoutError:
+            self.metrics.rejected.labels("timeout").inc()
             raise Problem(
                 "inference-timeout",
                 503,
@@ -111,10 +256,17 @@ class InferenceRunner:
                 title="Inference timed out",
                 headers={"Retry-After": "5"},
             ) from None
+        except BatcherClosed:
+            raise _overloaded("shutting down") from None
         finally:
+            self._admitted -= 1
             self.metrics.in_flight.dec()
 
     def close(self) -> None:
+        """After uvicorn drained the requests: finish queued photos, then stop the threads."""
+        with self._lock:
+            if self._batcher is not None:
+                self._batcher.close()
         for pool in (self._decode, self._infer):
             pool.shutdown(wait=False, cancel_futures=True)
 

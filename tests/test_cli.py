@@ -37,7 +37,9 @@ def test_predict_json(pad_small: Path, capsys: pytest.CaptureFixture[str]) -> No
     probs = [r["probability"] for r in rows]
     assert probs == sorted(probs, reverse=True) and sum(probs) <= 1.0001
     ids = set(load_taxonomy().ids)
-    assert all(r["id"] in ids for r in rows)
+    assert all(r["condition_id"] in ids for r in rows)
+    u = out["uncertainty"]  # the full answer: calibrated, with its set and flags
+    assert u["calibrated"] and u["coverage"] == 0.9 and u["prediction_set"] and isinstance(u["flags"], list)
 
 
 def test_predict_text_and_custom_labels(pad_small: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -47,7 +49,7 @@ def test_predict_text_and_custom_labels(pad_small: Path, capsys: pytest.CaptureF
     assert "embedded-pad-lite0" in text and "not a diagnosis" in text
     assert main(["predict", photo, "--labels", "a mole,a scar,a tattoo", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)["differentials"]
-    assert {r["id"] for r in rows} == {"a mole", "a scar", "a tattoo"}
+    assert {r["label"] for r in rows} == {"a mole", "a scar", "a tattoo"}
 
 
 def test_predict_refuses_a_broken_photo(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

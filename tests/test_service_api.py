@@ -48,7 +48,7 @@ def wait_ready(client: TestClient, timeout: float = 600.0) -> None:  # cold star
 
 @pytest.fixture(scope="module")
 def client() -> Iterator[TestClient]:
-    app = create_app(Settings(inference_workers=2, cache_dir=TEXT_CACHE))
+    app = create_app(Settings(auth_disabled=True, inference_workers=2, cache_dir=TEXT_CACHE))
     with TestClient(app) as c:
         wait_ready(c)
         yield c

@@ -59,7 +59,7 @@ def _wait_status(client: TestClient, path: str, status: int, timeout: float = 60
 @pytest.fixture
 def gated(tiny_clip: Any) -> Iterator[tuple[TestClient, GatedEngine]]:
     engine = GatedEngine(tiny_clip)
-    with TestClient(create_app(Settings(request_timeout_s=20), engine=engine)) as client:
+    with TestClient(create_app(Settings(auth_disabled=True, request_timeout_s=20), engine=engine)) as client:
         _wait_status(client, "/health/ready", 200)
         yield client, engine
         engine.gate.set()
@@ -89,7 +89,7 @@ def test_live_answers_while_inference_is_busy(gated: tuple[TestClient, GatedEngi
 def test_not_ready_until_warmed_up(tiny_clip: Any, photo: bytes) -> None:
     engine = GatedEngine(tiny_clip, gate_warm_up=True)
     engine.gate.set()
-    with TestClient(create_app(Settings(), engine=engine)) as client:
+    with TestClient(create_app(Settings(auth_disabled=True), engine=engine)) as client:
         assert client.get("/health/live").status_code == 200
         r = client.get("/health/ready")
         assert r.status_code == 503 and r.json()["type"].endswith("/not-ready") and r.headers["retry-after"]
@@ -101,7 +101,7 @@ def test_not_ready_until_warmed_up(tiny_clip: Any, photo: bytes) -> None:
 
 
 def test_model_that_cannot_load_is_reported(photo: bytes) -> None:
-    with TestClient(create_app(Settings(model="no-such-model"))) as client:
+    with TestClient(create_app(Settings(auth_disabled=True, model="no-such-model"))) as client:
         deadline = time.monotonic() + 30
         while "failed to load" not in (detail := client.get("/health/ready").json()["detail"]):
             assert time.monotonic() < deadline
@@ -112,7 +112,7 @@ def test_model_that_cannot_load_is_reported(photo: bytes) -> None:
 
 def test_timeout_gives_503(tiny_clip: Any, photo: bytes) -> None:
     engine = GatedEngine(tiny_clip)
-    with TestClient(create_app(Settings(request_timeout_s=0.3), engine=engine)) as client:
+    with TestClient(create_app(Settings(auth_disabled=True, request_timeout_s=0.3), engine=engine)) as client:
         _wait_status(client, "/health/ready", 200)
         r = client.post("/v1/triage", files={"image": ("p.jpg", photo, "image/jpeg")})
         engine.gate.set()
@@ -120,7 +120,9 @@ def test_timeout_gives_503(tiny_clip: Any, photo: bytes) -> None:
 
 
 def test_small_body_limit_and_cors(tiny_clip: Any) -> None:
-    settings = Settings(max_body_bytes=4096, cors_origins="https://clinic.example, https://b.example")
+    settings = Settings(
+        auth_disabled=True, max_body_bytes=4096, cors_origins="https://clinic.example, https://b.example"
+    )
     assert settings.cors_origins == ["https://clinic.example", "https://b.example"]
     engine = TriageEngine(tiny_clip, load_taxonomy())
     big = jpeg_bytes(lesion_photo(6, (640, 480)))
@@ -173,7 +175,9 @@ class BrokenEngine(TriageEngine):
 def test_unexpected_error_is_a_bare_500(tiny_clip: Any, photo: bytes, caplog: pytest.LogCaptureFixture) -> None:
     from service.logs import JsonFormatter
 
-    with TestClient(create_app(Settings(), engine=BrokenEngine(tiny_clip, load_taxonomy()))) as client:
+    with TestClient(
+        create_app(Settings(auth_disabled=True), engine=BrokenEngine(tiny_clip, load_taxonomy()))
+    ) as client:
         _wait_status(client, "/health/ready", 200)
         with caplog.at_level(logging.INFO):
             r = client.post("/v1/triage", files={"image": ("p.jpg", photo, "image/jpeg")})

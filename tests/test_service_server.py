@@ -14,6 +14,8 @@ from pathlib import Path
 import httpx
 from service_photos import jpeg_bytes, lesion_photo
 
+from service.auth.api_keys import generate_api_key
+
 REPO = Path(__file__).resolve().parents[1]
 TEXT_CACHE = REPO / ".cache" / "text-embeddings"  # shared with test_service_api
 
@@ -43,15 +45,23 @@ def test_real_server_process(tmp_path: Path) -> None:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     log = tmp_path / "server.log"
-    env = {**os.environ, "DERMTRIAGE_CACHE_DIR": str(TEXT_CACHE), "PYTHONUNBUFFERED": "1"}
+    key, record = generate_api_key("server-test")  # auth stays on: the key is configured hashed, as in production
+    env = {
+        **os.environ,
+        "DERMTRIAGE_CACHE_DIR": str(TEXT_CACHE),
+        "PYTHONUNBUFFERED": "1",
+        "DERMTRIAGE_API_KEYS": record.line(),
+        "DERMTRIAGE_AUTH_DISABLED": "0",
+    }
     cmd = [sys.executable, "-m", "service.cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
     with log.open("wb") as out:
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
         wait_ready(base, proc, log)
         photo = jpeg_bytes(lesion_photo(11), with_gps=True)
-        with httpx.Client(base_url=base, timeout=60) as http:
+        with httpx.Client(base_url=base, timeout=60, headers={"X-API-Key": key}) as http:
             assert http.get("/health/live").status_code == 200
+            assert httpx.get(f"{base}/v1/conditions").status_code == 401  # no key
             first = http.post(
                 "/v1/triage",
                 files={"image": ("lesion.jpg", photo, "image/jpeg")},

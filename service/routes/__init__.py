@@ -1,11 +1,23 @@
 """HTTP controllers, one module per resource."""
 
+from service.routes.cds_hooks import CdsHooksController
 from service.routes.conditions import ConditionsController
+from service.routes.fhir import FhirController
 from service.routes.health import HealthController
 from service.routes.metrics import MetricsController
 from service.routes.model_cards import ModelsController
 from service.routes.triage import TriageController
+from service.routes.viewer import VIEWER_HANDLERS
 
-CONTROLLERS = [TriageController, ConditionsController, ModelsController, HealthController, MetricsController]
+CONTROLLERS = [
+    TriageController,
+    ConditionsController,
+    ModelsController,
+    HealthController,
+    MetricsController,
+    FhirController,
+    CdsHooksController,
+    *VIEWER_HANDLERS,
+]
 
 __all__ = ["CONTROLLERS"]

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from litestar import Controller, Request, get, post
+from litestar import Controller, Request, Response, get, post
 from litestar.di import NamedDependency
 from litestar.openapi import ResponseSpec
 from litestar.openapi.spec import Example
 from litestar.params import Parameter
 
 from service.engine import TriageEngine
+from service.fhir.negotiate import FormatQuery, fhir_response, wants_fhir
 from service.intake import read_triage_input
 from service.openapi import TRIAGE_PROBLEMS, TRIAGE_RESULT_EXAMPLE, TriageOperation
 from service.problems import Problem, request_id_of
@@ -49,13 +50,15 @@ class TriageController(Controller):
         engine: NamedDependency[TriageEngine],
         runner: NamedDependency[InferenceRunner],
         service: NamedDependency[ServiceState],
-    ) -> TriageResult:
+        output_format: FormatQuery = None,
+    ) -> TriageResult | Response[bytes]:
+        runner.check_capacity()  # back-pressure before reading a body of up to max_body_bytes
         received = await read_triage_input(request)
         result = await runner.triage(
             engine, received.image, received.options, request_id_of(request), received.clinical
         )
         service.results.put(result)
-        return result
+        return fhir_response(request, result) if wants_fhir(request, output_format) else result
 
     @get(
         "/{request_id:str}",
@@ -78,11 +81,13 @@ class TriageController(Controller):
     )
     async def get_result(
         self,
+        request: Request[Any, Any, Any],
         service: NamedDependency[ServiceState],
         request_id: str = Parameter(
             description="the X-Request-ID of the triage answer", examples=[Example(value="5f0c2a9e4b7d4c1e")]
         ),
-    ) -> TriageResult:
+        output_format: FormatQuery = None,
+    ) -> TriageResult | Response[bytes]:
         result = service.results.get(request_id)
         if result is None:
             raise Problem(
@@ -91,4 +96,4 @@ class TriageController(Controller):
                 "No answer with this id is held: it never existed, expired, or was evicted. Triage the photo again.",
                 title="Result not found",
             )
-        return result
+        return fhir_response(request, result) if wants_fhir(request, output_format) else result
