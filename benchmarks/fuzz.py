@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
-import sys
+import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -34,7 +32,10 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from service.bench import start_server
+
 REPO = Path(__file__).resolve().parents[1]
+
 CHECKS = [
     not_a_server_error,
     status_code_conformance,
@@ -94,36 +95,6 @@ def fuzz(schema: Any, max_examples: int, *, base_url: str | None = None, seed: i
     return report
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _start_server() -> tuple[subprocess.Popen[bytes], str]:
-    import httpx
-
-    port = _free_port()
-    base = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "DERMTRIAGE_AUTH_DISABLED": "1", "DERMTRIAGE_LOG_LEVEL": "warning"}
-    cmd = [sys.executable, "-m", "service.cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit("server exited early")
-        try:
-            if httpx.get(f"{base}/health/ready", timeout=2).status_code == 200:
-                return proc, base
-        except httpx.TransportError:
-            pass
-        time.sleep(0.25)
-    proc.kill()
-    raise SystemExit("server never got ready")
-
-
 def main() -> int:
     import schemathesis
 
@@ -134,8 +105,9 @@ def main() -> int:
     args = ap.parse_args()
     proc = None
     base = args.url
+    log_dir = tempfile.TemporaryDirectory()
     if base is None:
-        proc, base = _start_server()
+        proc, base = start_server({}, Path(log_dir.name) / "server.log")
     try:
         started = time.perf_counter()
         schema = schemathesis.openapi.from_url(f"{base}/schema/openapi.json")
@@ -145,6 +117,7 @@ def main() -> int:
         if proc is not None:
             proc.terminate()
             proc.wait(60)
+        log_dir.cleanup()
     print(json.dumps(out, indent=2))
     return 1 if report.failures else 0
 

@@ -77,52 +77,30 @@ def quality_flags(quality: Mapping[str, float], t: GateThresholds) -> list[Flag]
 
 
 def ood_flags(score: OodScore) -> list[Flag]:
-    flags = []
-    if score.far:
-        flags.append(
-            Flag(
-                name="out_of_distribution",
-                measure="mahalanobis_sq_distance",
-                value=round(float(score.distance or 0.0), 2),
-                threshold=score.distance_threshold,
-                requires_review=True,
-                message="This does not look like the skin photos the model was validated on.",
-            )
+    """One `out_of_distribution` flag per OOD rule that fired, each with its own measure."""
+    rules = (
+        (score.far, "mahalanobis_sq_distance", score.distance, 2, score.distance_threshold,
+         "This does not look like the skin photos the model was validated on."),
+        (score.not_skin_by_prompts, "skin_prompt_probability", score.skin_probability, 4,
+         score.skin_probability_threshold, "The model reads this photo as something other than skin."),
+        (score.few_skin_pixels, "skin_pixel_fraction", score.skin_pixels, 4, score.skin_pixel_threshold,
+         "Almost no skin-coloured pixels: this may not be a photo of skin."),
+        (score.not_skin_by_imagenet, "imagenet_skin_class_log_mass", score.imagenet_log_mass, 3,
+         round(score.imagenet_threshold, 3),
+         "A general image network sees an object or scene here, not a skin close-up."),
+    )  # fmt: skip
+    return [
+        Flag(
+            name="out_of_distribution",
+            measure=measure,
+            value=round(float(value or 0.0), digits),
+            threshold=threshold,
+            requires_review=True,
+            message=message,
         )
-    if score.not_skin_by_prompts:
-        flags.append(
-            Flag(
-                name="out_of_distribution",
-                measure="skin_prompt_probability",
-                value=round(score.skin_probability, 4),
-                threshold=score.skin_probability_threshold,
-                requires_review=True,
-                message="The model reads this photo as something other than skin.",
-            )
-        )
-    if score.few_skin_pixels:
-        flags.append(
-            Flag(
-                name="out_of_distribution",
-                measure="skin_pixel_fraction",
-                value=round(float(score.skin_pixels or 0.0), 4),
-                threshold=score.skin_pixel_threshold,
-                requires_review=True,
-                message="Almost no skin-coloured pixels: this may not be a photo of skin.",
-            )
-        )
-    if score.not_skin_by_imagenet:
-        flags.append(
-            Flag(
-                name="out_of_distribution",
-                measure="imagenet_skin_class_log_mass",
-                value=round(float(score.imagenet_log_mass or 0.0), 3),
-                threshold=round(score.imagenet_threshold, 3),
-                requires_review=True,
-                message="A general image network sees an object or scene here, not a skin close-up.",
-            )
-        )
-    return flags
+        for fired, measure, value, digits, threshold, message in rules
+        if fired
+    ]
 
 
 def assess(
