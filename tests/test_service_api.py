@@ -197,6 +197,11 @@ def test_openapi_has_examples_for_every_route(client: TestClient) -> None:
     assert paths["/v1/triage"]["post"]["responses"]["422"]["content"]["application/problem+json"]["examples"]
     name_param = paths["/v1/models/{name}"]["get"]["parameters"][0]
     assert name_param["examples"]
+    # every /v1 route declares the API-key scheme the auth guard enforces
+    assert "apiKey" in doc["components"]["securitySchemes"]
+    for path, item in paths.items():
+        if path.startswith("/v1/"):
+            assert all(op.get("security") == [{"apiKey": []}] for op in item.values()), path
 
 
 def test_unknown_route_is_a_problem(client: TestClient) -> None:

@@ -9,6 +9,7 @@ from litestar.openapi.spec import Example
 from pydantic import BaseModel
 
 from models.taxonomy import Condition
+from service.auth.guard import API_KEY_SECURITY
 from service.engine import TriageEngine
 from service.openapi import NOT_READY, problem_responses
 from service.schemas import CodeOut
@@ -83,6 +84,7 @@ _EXAMPLE = {
 class ConditionsController(Controller):
     path = "/v1/conditions"
     tags = ("taxonomy",)
+    security = API_KEY_SECURITY  # OpenAPI: every /v1 route needs an API key unless auth is off
 
     @get(
         "/",

@@ -11,6 +11,7 @@ from pydantic import BaseModel
 
 from models.backends.base import ModelCard
 from models.registry import ModelSpec
+from service.auth.guard import API_KEY_SECURITY
 from service.engine import TriageEngine
 from service.openapi import NOT_READY, problem_example, problem_responses
 from service.problems import Problem
@@ -77,6 +78,7 @@ def _spec_out(spec: ModelSpec, service: NamedDependency[ServiceState], loaded_na
 class ModelsController(Controller):
     path = "/v1/models"
     tags = ("models",)
+    security = API_KEY_SECURITY  # OpenAPI: every /v1 route needs an API key unless auth is off
 
     @get(
         "/",

@@ -10,6 +10,7 @@ from litestar.openapi import ResponseSpec
 from litestar.openapi.spec import Example
 from litestar.params import Parameter
 
+from service.auth.guard import API_KEY_SECURITY
 from service.engine import TriageEngine
 from service.fhir.negotiate import FormatQuery, fhir_response, wants_fhir
 from service.intake import read_triage_input
@@ -22,6 +23,7 @@ from service.schemas import TriageResult
 class TriageController(Controller):
     path = "/v1/triage"
     tags = ("triage",)
+    security = API_KEY_SECURITY  # OpenAPI: every /v1 route needs an API key unless auth is off
 
     @post(
         "/",
