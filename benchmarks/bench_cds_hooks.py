@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import time
@@ -20,7 +19,6 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
-DATA = Path(os.environ.get("DERMTRIAGE_DATA", REPO.parent / "shared/data/pad-ufes-20"))
 
 
 def main() -> None:
@@ -35,11 +33,13 @@ def main() -> None:
     from service_photos import jpeg_bytes, lesion_photo
 
     from service.app import create_app
+    from service.bench import percentile
+    from service.cli import DEFAULT_DATA
     from service.settings import Settings
 
     if args.photo:
         photo = Path(args.photo).read_bytes()
-    elif photos := sorted((DATA / "images").glob("*.[jp][pn]g")):
+    elif photos := sorted((DEFAULT_DATA / "images").glob("*.[jp][pn]g")):
         photo = photos[0].read_bytes()
     else:
         photo = jpeg_bytes(lesion_photo(0, (1024, 768)))
@@ -72,7 +72,7 @@ def main() -> None:
         "photo_bytes": len(photo),
         "first_call_ms": round(first, 1),
         "cached_p50_ms": round(statistics.median(repeats), 1),
-        "cached_p95_ms": round(repeats[int(0.95 * (len(repeats) - 1))], 1),
+        "cached_p95_ms": round(percentile(repeats, 95), 1),
         "cached_max_ms": round(repeats[-1], 1),
         "repeats": args.repeats,
     }

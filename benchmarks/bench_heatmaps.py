@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import time
 from collections.abc import Callable
@@ -20,8 +19,6 @@ from pathlib import Path
 
 import torch
 from PIL import Image
-
-DATA = Path(os.environ.get("DERMTRIAGE_DATA", Path(__file__).resolve().parents[2] / "shared/data/pad-ufes-20"))
 
 
 def median_ms(fn: Callable[[], object], repeats: int) -> float:
@@ -50,12 +47,13 @@ def main() -> None:
     from models.registry import load_model
     from models.taxonomy import load_taxonomy
     from models.zeroshot import ZeroShotClassifier
+    from service.cli import DEFAULT_DATA
 
     method = args.method or DEFAULT_METHOD
     model = load_model("embedded-pad-lite0")
     clf = ZeroShotClassifier(model, load_taxonomy(), Path(".cache/zeroshot"))
     labels = clf.condition_set("clinical")
-    photos = sorted((DATA / "images").glob("*.jpg"))
+    photos = sorted((DEFAULT_DATA / "images").glob("*.jpg"))
     path = Path(args.photo) if args.photo else (photos[0] if photos else None)
     photo = Image.open(path).convert("RGB") if path else Image.new("RGB", (640, 480), (200, 150, 120))
     pixels = model.preprocessing.batch([photo])

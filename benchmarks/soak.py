@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from service.bench import DEFAULT_DATA, RISK_FACTORS, SYMPTOMS, _rss_mb, sample_photos, start_server
+from service.bench import DEFAULT_DATA, RISK_FACTORS, SYMPTOMS, _rss_mb, percentile, sample_photos, start_server
 
 
 def _gif() -> bytes:
@@ -114,7 +114,6 @@ async def soak(
     rss_end = rss[-1][1] if rss else float("nan")
     growth = (rss_end - rss_start) / rss_start * 100 if after_warmup else float("nan")
     server_errors = sum(v for k, v in statuses.items() if k >= 500)
-    lat = sorted(latencies)
     out = {
         "clients": clients,
         "seconds": round(elapsed, 1),
@@ -125,8 +124,8 @@ async def soak(
         "server_errors_5xx": server_errors,
         "dropped_connections": dropped,
         "unexpected": dict(wrong),
-        "p50_ms": round(lat[len(lat) // 2], 1) if lat else None,
-        "p99_ms": round(lat[int(len(lat) * 0.99)], 1) if lat else None,
+        "p50_ms": round(percentile(latencies, 50), 1) if latencies else None,
+        "p99_ms": round(percentile(latencies, 99), 1) if latencies else None,
         "rss_mb": {
             "after_warmup": round(rss_start, 1),
             "end": round(rss_end, 1),

@@ -20,7 +20,6 @@ import numpy as np
 
 from models.calibration import (
     CalibrationFile,
-    apply_temperature,
     coverage_report,
     cross_fit_calibration,
     expected_calibration_error,
@@ -157,20 +156,16 @@ def calibrate_folder(
     return cal, figures
 
 
-def apply_stage(cal: CalibrationFile, stage: str, probs: np.ndarray) -> np.ndarray:
-    return apply_temperature(probs, cal.stages[stage].temperature)  # type: ignore[index]
-
-
 def ood_rates(model: Any, items: Sequence[Any]) -> dict[str, Any] | None:
     """OOD flag rate on the folder's photos (cross-fitted) and on the non-skin set, with the shipped thresholds."""
-    from models.ood import DEFAULT_OOD_PATH, OodStats, mahalanobis_sq, skin_pixel_fraction
-    from models.ood_data import non_skin_images
+    from models.ood import DEFAULT_OOD_PATH, OodDetector, OodStats
     from models.ood_fit import (
-        cached_imagenet_probs,
         cross_fitted_distances,
         cross_fitted_imagenet_mass,
-        dev_embeddings,
-        non_skin_embeddings,
+        dev_photos,
+        non_skin_photos,
+        rule_flags,
+        set_flags,
     )
     from models.zeroshot import model_identity
 
@@ -179,35 +174,18 @@ def ood_rates(model: Any, items: Sequence[Any]) -> dict[str, Any] | None:
     stats = OodStats.load(DEFAULT_OOD_PATH)
     if stats.model_fingerprint != model_identity(model):
         return None
-    from models.evaluation import load_rgb
-    from models.ood import OodDetector
-
     det = OodDetector(model, stats)
-    emb = dev_embeddings(model, items)
+    dev = dev_photos(model, items)
     trained = {i.stem for i in items} & set(model.card.training_image_ids)
-    dist = cross_fitted_distances(emb, [i.group for i in items]) if trained else det.distance(emb)
-    pix = np.array([skin_pixel_fraction(load_rgb(i.path)) for i in items])
-    skin = (dist > stats.distance_threshold) | (det.skin_probability(emb) < stats.skin_probability_threshold)
-    skin |= pix < stats.skin_pixel_threshold
-    _, ns_emb = non_skin_embeddings(model)
-    ns_pix = np.array([skin_pixel_fraction(im) for _, im in non_skin_images()])
-    ns = (mahalanobis_sq(ns_emb, stats.mean, stats.precision) > stats.distance_threshold) | (
-        det.skin_probability(ns_emb) < stats.skin_probability_threshold
+    groups = [i.group for i in items]
+    dist = cross_fitted_distances(dev.embeddings, groups) if trained else det.distance(dev.embeddings)
+    mass = None
+    if dev.imagenet is not None and stats.imagenet_classes is not None:
+        mass = cross_fitted_imagenet_mass(dev.imagenet, groups) if trained else stats.imagenet_log_mass(dev.imagenet)
+    skin = np.logical_or.reduce(
+        list(rule_flags(stats, dist, det.skin_probability(dev.embeddings), dev.skin_pixels, mass).values())
     )
-    ns |= ns_pix < stats.skin_pixel_threshold
-    if stats.imagenet_classes is not None:
-        groups = [i.group for i in items]
-        inet = cached_imagenet_probs(
-            model, "|".join(i.stem for i in items), lambda j: load_rgb(items[j].path), len(items)
-        )
-        if inet is not None:
-            mass = cross_fitted_imagenet_mass(inet, groups) if trained else stats.imagenet_log_mass(inet)
-            skin |= mass < stats.imagenet_threshold
-            ns_images = non_skin_images()
-            names = [n for n, _ in ns_images]
-            ns_inet = cached_imagenet_probs(model, "non-skin|" + "|".join(names), lambda j: ns_images[j][1], len(names))
-            if ns_inet is not None:
-                ns |= stats.imagenet_log_mass(ns_inet) < stats.imagenet_threshold
+    ns = np.logical_or.reduce(list(set_flags(non_skin_photos(model), det, stats).values()))
     return {
         "skin": float(skin.mean()),
         "non_skin": float(ns.mean()),

@@ -249,6 +249,12 @@ class UncertaintyGate:
         self.underrepresented = list(getattr(model.card, "underrepresented_fitzpatrick", []) or [])
 
     @property
+    def uses_imagenet_view(self) -> bool:
+        """The OOD statistics for this model carry the ImageNet rule (see models/ood.py)."""
+        stats = self.ood.stats
+        return stats is not None and stats.imagenet_classes is not None
+
+    @property
     def calibrated(self) -> bool:
         return self.calibrator is not None
 

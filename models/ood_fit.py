@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -102,18 +103,69 @@ def cross_fitted_imagenet_mass(probs: np.ndarray, groups: Sequence[str], folds: 
     return out
 
 
-def dev_embeddings(model: Any, items: Sequence[Any]) -> np.ndarray:
+@dataclass
+class PhotoSet:
+    """What the OOD rules read of a set of photos, each photo loaded once per set."""
+
+    names: list[str]
+    embeddings: np.ndarray
+    skin_pixels: np.ndarray
+    imagenet: np.ndarray | None  # (N, 1000) frozen-ImageNet probabilities; None: the model has no such trunk
+
+
+def _photo_set(model: Any, key: str, names: list[str], load: Any) -> PhotoSet:
+    n = len(names)
+    return PhotoSet(
+        names=names,
+        embeddings=cached_embeddings(model, key, load, n),
+        skin_pixels=np.array([skin_pixel_fraction(load(j)) for j in range(n)]),
+        imagenet=cached_imagenet_probs(model, key, load, n),
+    )
+
+
+def dev_photos(model: Any, items: Sequence[Any]) -> PhotoSet:
     from models.evaluation import load_rgb
 
-    return cached_embeddings(model, "|".join(i.stem for i in items), lambda j: load_rgb(items[j].path), len(items))
+    names = [i.stem for i in items]
+    return _photo_set(model, "|".join(names), names, lambda j: load_rgb(items[j].path))
 
 
-def non_skin_embeddings(model: Any) -> tuple[list[str], np.ndarray]:
+def non_skin_photos(model: Any) -> PhotoSet:
+    """The non-skin set (models/ood_data.py), generated once."""
     from models.ood_data import non_skin_images
 
     images = non_skin_images()
     names = [n for n, _ in images]
-    return names, cached_embeddings(model, "non-skin|" + "|".join(names), lambda j: images[j][1], len(images))
+    return _photo_set(model, "non-skin|" + "|".join(names), names, lambda j: images[j][1])
+
+
+def rule_flags(
+    stats: OodStats,
+    distance: np.ndarray,
+    skin_probability: np.ndarray,
+    skin_pixels: np.ndarray,
+    imagenet_mass: np.ndarray | None,
+) -> dict[str, np.ndarray]:
+    """Per-rule flags against `stats` (the rules of OodScore, vectorised); imagenet_mass None: that rule off."""
+    off = np.zeros(len(skin_pixels), dtype=bool)
+    return {
+        "distance": distance > stats.distance_threshold,
+        "prompts": skin_probability < stats.skin_probability_threshold,
+        "skin_pixels": skin_pixels < stats.skin_pixel_threshold,
+        "imagenet": off if imagenet_mass is None else imagenet_mass < stats.imagenet_threshold,
+    }
+
+
+def set_flags(photos: PhotoSet, detector: OodDetector, stats: OodStats) -> dict[str, np.ndarray]:
+    """Per-rule flags of a photo set scored against the Gaussian and thresholds of `stats`."""
+    mass = None if photos.imagenet is None else stats.imagenet_log_mass(photos.imagenet)
+    return rule_flags(
+        stats,
+        mahalanobis_sq(photos.embeddings, stats.mean, stats.precision),
+        detector.skin_probability(photos.embeddings),
+        photos.skin_pixels,
+        mass,
+    )
 
 
 def cross_fitted_distances(emb: np.ndarray, groups: Sequence[str], folds: int = 5, seed: int = 0) -> np.ndarray:
@@ -129,11 +181,10 @@ def cross_fitted_distances(emb: np.ndarray, groups: Sequence[str], folds: int = 
 
 def fit_ood(model: Any, items: Sequence[Any], prompts: bool = True) -> tuple[OodStats, dict[str, Any]]:
     """Statistics on all development photos, thresholds and held-out figures (skin and non-skin)."""
-    from models.evaluation import load_rgb
-    from models.ood_data import non_skin_images
     from models.zeroshot import model_identity
 
-    emb = dev_embeddings(model, items)
+    dev = dev_photos(model, items)
+    emb, inet = dev.embeddings, dev.imagenet
     groups = [i.group for i in items]
     detector = OodDetector(model)
     skin_prob = detector.skin_probability(emb)
@@ -143,18 +194,10 @@ def fit_ood(model: Any, items: Sequence[Any], prompts: bool = True) -> tuple[Ood
     t_prob, low_cf = grouped_quantile_threshold(skin_prob, groups, SKIN_PROB_QUANTILE, upper=False)
     if not prompts:  # measured useless for the embedded model (its text projection saw only diagnoses)
         t_prob, low_cf = 0.0, np.zeros(len(items), dtype=bool)
-    pix = np.array([skin_pixel_fraction(load_rgb(i.path)) for i in items])
-    t_pix, pix_cf = grouped_quantile_threshold(pix, groups, SKIN_PIXEL_QUANTILE, upper=False)
+    t_pix, pix_cf = grouped_quantile_threshold(dev.skin_pixels, groups, SKIN_PIXEL_QUANTILE, upper=False)
     mean, precision = fit_gaussian(emb)
-    names, ns_emb = non_skin_embeddings(model)
-    ns_dist = mahalanobis_sq(ns_emb, mean, precision)
-    ns_prob = detector.skin_probability(ns_emb)
-    ns_pix = np.array([skin_pixel_fraction(im) for _, im in non_skin_images()])
-    ns_flag = (ns_dist > t_dist) | (ns_prob < t_prob) | (ns_pix < t_pix)
     inet_classes, t_inet = None, float("-inf")
     inet_cf = np.zeros(len(items), dtype=bool)
-    ns_inet = np.zeros(len(names), dtype=bool)
-    inet = cached_imagenet_probs(model, "|".join(i.stem for i in items), lambda j: load_rgb(items[j].path), len(items))
     if inet is not None:
         # classes chosen and threshold set on skin photos only; cross-fitted by patient for the skin figure
         _, inet_cf = grouped_quantile_threshold(
@@ -162,11 +205,20 @@ def fit_ood(model: Any, items: Sequence[Any], prompts: bool = True) -> tuple[Ood
         )
         inet_classes = skin_typical_classes(inet, IMAGENET_CLASS_SHARE)
         t_inet = float(np.quantile(imagenet_log_mass(inet, inet_classes), 1 - IMAGENET_QUANTILE))
-        ns_images = non_skin_images()
-        ns_probs = cached_imagenet_probs(model, "non-skin|" + "|".join(names), lambda j: ns_images[j][1], len(names))
-        assert ns_probs is not None
-        ns_inet = imagenet_log_mass(ns_probs, inet_classes) < t_inet
-        ns_flag |= ns_inet
+    fitted = OodStats(  # unrounded thresholds: the figures; the shipped file rounds them below
+        model_fingerprint=model_identity(model),
+        mean=mean,
+        precision=precision,
+        distance_threshold=t_dist,
+        skin_probability_threshold=t_prob,
+        skin_pixel_threshold=t_pix,
+        imagenet_classes=inet_classes,
+        imagenet_threshold=t_inet,
+    )
+    ns = non_skin_photos(model)
+    names = ns.names
+    ns_rules = set_flags(ns, detector, fitted)
+    ns_flag = np.logical_or.reduce(list(ns_rules.values()))
     kinds = sorted({_kind(n) for n in names})
     figures = {
         "skin_photos": len(items),
@@ -177,23 +229,20 @@ def fit_ood(model: Any, items: Sequence[Any], prompts: bool = True) -> tuple[Ood
         "skin_flag_rate_imagenet": float(inet_cf.mean()),
         "non_skin_images": len(names),
         "non_skin_flag_rate": float(ns_flag.mean()),
-        "non_skin_flag_rate_distance": float((ns_dist > t_dist).mean()),
-        "non_skin_flag_rate_prompts": float((ns_prob < t_prob).mean()),
-        "non_skin_flag_rate_skin_pixels": float((ns_pix < t_pix).mean()),
-        "non_skin_flag_rate_imagenet": float(ns_inet.mean()),
+        "non_skin_flag_rate_distance": float(ns_rules["distance"].mean()),
+        "non_skin_flag_rate_prompts": float(ns_rules["prompts"].mean()),
+        "non_skin_flag_rate_skin_pixels": float(ns_rules["skin_pixels"].mean()),
+        "non_skin_flag_rate_imagenet": float(ns_rules["imagenet"].mean()),
         "non_skin_per_kind": {k: float(ns_flag[[_kind(n) == k for n in names]].mean()) for k in kinds},
         "missed": [n for n, f in zip(names, ns_flag, strict=True) if not f],
         "protocol": "skin: thresholds and Gaussian fitted on 4 patient-grouped folds, judged on the 5th; "
         "non-skin: scored against the statistics fitted on all development photos",
     }
-    stats = OodStats(
-        model_fingerprint=model_identity(model),
-        mean=mean,
-        precision=precision,
+    stats = replace(
+        fitted,
         distance_threshold=round(t_dist, 4),
         skin_probability_threshold=round(t_prob, 6),
         skin_pixel_threshold=round(t_pix, 6),
-        imagenet_classes=inet_classes,
         imagenet_threshold=round(t_inet, 6) if inet is not None else float("-inf"),
         info={
             "data": "PAD-UFES-20 development subset",

@@ -62,6 +62,16 @@ def bf16_supported(device: torch.device) -> bool:
         return False
 
 
+def serving_autocast(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for the image tower: bfloat16 when asked and fast here, else None (float32)."""
+    if precision != "bfloat16":
+        return None
+    if bf16_supported(device):
+        return torch.bfloat16
+    log.info("bfloat16 has no fast kernels on this device; the image tower runs float32")
+    return None
+
+
 class MicroBatcher:
     """Collects photos from a bounded queue into batches for ``embed`` ((B, 3, H, W) -> (B, D))."""
 

@@ -22,8 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from service.cli import DEFAULT_DATA
+
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = Path(os.environ.get("DERMTRIAGE_DATA", REPO.parent / "shared" / "data" / "pad-ufes-20"))
 RISK_FACTORS = json.dumps({"age": 64, "fitzpatrick": 2, "diameter_mm": 7, "changed_size": True})
 SYMPTOMS = "mole getting bigger and itchy for 3 months, no bleeding"
 
@@ -77,24 +78,28 @@ def floor(cfg: BenchConfig, photos: list[bytes]) -> dict[str, Any]:
     """In-process: the image tower alone (photos/s by batch size), decode and post-processing per photo."""
     import torch
 
-    from models.registry import load_model
     from models.risk_factors import RiskFactors
-    from models.taxonomy import load_taxonomy
-    from service.batching import MicroBatcher, bf16_supported
-    from service.engine import TriageEngine
+    from service.batching import MicroBatcher, serving_autocast
     from service.images import ImageLimits, decode_image
     from service.metrics import Metrics
-    from service.runtime import configure_torch
+    from service.runtime import build_engine
     from service.schemas import ClinicalInput, TriageOptions
     from service.settings import Settings
 
     settings = Settings(**{k: v for k, v in (("inference_threads", cfg.threads), ("precision", cfg.precision)) if v})
-    threads = configure_torch(settings)
-    engine = TriageEngine(load_model(settings.model, settings.device), load_taxonomy(), settings.cache_dir)
+    engine = build_engine(settings)  # the served engine: threads, device, calibration as configured
+    threads = torch.get_num_threads()
     engine.warm_up()
-    autocast = torch.bfloat16 if settings.precision == "bfloat16" and bf16_supported(engine.model.device) else None
-    batcher = MicroBatcher(engine.embed, max_batch_size=1, max_wait_ms=0, queue_size=1, metrics=Metrics())
-    batcher.autocast = autocast
+    autocast = serving_autocast(settings.precision, engine.model.device)
+    batcher = MicroBatcher(
+        engine.embed,
+        max_batch_size=1,
+        max_wait_ms=0,
+        queue_size=1,
+        metrics=Metrics(),
+        autocast=autocast,
+        device_type=engine.model.device.type,
+    )
     decode_ms, pixels, decoded = [], [], []
     for data in photos:
         t0 = time.perf_counter()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ import torch
 from explain.gradcam import explain_differentials
 from explain.risk_shap import explain_urgency
 from explain.risk_shap import warm_up as warm_up_shap
-from models.backends.base import ImageTextModel
+from models.backends.base import ImageTextModel, encode_image_and_imagenet
 from models.fusion import FusionResult, fuse, fusion_for_model, symptom_text_sims
 from models.gates import UncertaintyGate
 from models.risk_priors import load_priors
@@ -29,13 +30,13 @@ from models.zeroshot import LabelSet, ZeroShotClassifier
 from service.images import DecodedImage
 from service.schemas import (
     ClinicalInput,
-    CodeOut,
     Differential,
     LookAlike,
     ModelRef,
     Timings,
     TriageOptions,
     TriageResult,
+    condition_codes,
 )
 
 
@@ -44,7 +45,7 @@ class ScoredLabels:
     labels: LabelSet
     conditions: list[Condition | None]
 
-    @property
+    @cached_property
     def keys(self) -> list[str]:
         """One key per label for fusion and urgency: the condition id where the label resolved to a
         condition (once), else the label itself, so the fitted weights and cited priors apply."""
@@ -75,13 +76,9 @@ class TriageEngine:
         self.uncertainty = UncertaintyGate(model, taxonomy, calibration_path, coverage)
         # the OOD gate's ImageNet rule reads the frozen trunk's ImageNet view of the photo, computed in
         # the same forward as the embedding where the backend offers it (models/embedded/domain.py)
-        stats = self.uncertainty.ood.stats
-        self.with_domain = (
-            getattr(model, "imagenet_top", None) is not None
-            and stats is not None
-            and stats.imagenet_classes is not None
-        )
+        self.with_domain = self.uncertainty.uses_imagenet_view
         self.embed_dim = int(model.encode_text(["skin"]).shape[-1])
+        self._taxonomy_labels: dict[str, ScoredLabels] = {}  # per modality: built once, with its keys
 
     @property
     def model_ref(self) -> ModelRef:
@@ -103,8 +100,10 @@ class TriageEngine:
         else:
             pixels = self.model.preprocessing.batch([i.image for i in images]).to(self.model.device)
         if self.with_domain:
-            emb, probs = self.model.encode_image_with_domain(pixels)  # type: ignore[attr-defined]
-            return torch.cat([emb, probs.to(emb.dtype)], dim=1)
+            emb, probs = encode_image_and_imagenet(self.model, pixels)
+            if probs is not None:
+                return torch.cat([emb, probs.to(emb.dtype)], dim=1)
+            return emb
         return self.model.encode_image(pixels)
 
     def _split(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -118,14 +117,17 @@ class TriageEngine:
         for modality in ("clinical", "dermoscopic"):
             self.classifier.condition_set(modality)
         size = self.model.preprocessing.image_size
-        self.model.encode_image(torch.zeros(1, 3, size, size, device=self.model.device))
-        self.model.encode_text(["warm up"])
+        self.embed(torch.zeros(1, 3, size, size))  # the served path (ImageNet view included)
         warm_up_shap()
 
     def _labels(self, options: TriageOptions) -> ScoredLabels:
         if not options.candidate_labels:
-            labels = self.classifier.condition_set(options.modality)
-            return ScoredLabels(labels, [self.taxonomy.get(i) for i in labels.ids])
+            scored = self._taxonomy_labels.get(options.modality)
+            if scored is None:
+                labels = self.classifier.condition_set(options.modality)
+                scored = ScoredLabels(labels, [self.taxonomy.get(i) for i in labels.ids])
+                self._taxonomy_labels[options.modality] = scored
+            return scored
         conditions: list[Condition | None] = []
         for label in options.candidate_labels:
             try:
@@ -161,11 +163,7 @@ class TriageEngine:
         }
         if cond is None:
             return Differential(rank=rank, label=label, condition_id=None, name=label, probability=prob, **extra)
-        codes = [CodeOut(system="http://hl7.org/fhir/sid/icd-10-cm", code=cond.icd10.code, display=cond.icd10.display)]
-        if cond.snomed_ct is not None:
-            codes.insert(
-                0, CodeOut(system="http://snomed.info/sct", code=cond.snomed_ct.code, display=cond.snomed_ct.display)
-            )
+        codes = condition_codes(cond)
         look_alikes = [
             LookAlike(condition_id=i, name=self.taxonomy.get(i).name) for i in cond.look_alikes if i in self.taxonomy
         ]

@@ -24,7 +24,7 @@ from litestar.exceptions.http_exceptions import RequestEntityTooLarge
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from models.risk_factors import RiskFactors
-from service.problems import ACCEPTED_MEDIA_TYPES, Problem, field_errors, validation_problem
+from service.problems import ACCEPTED_MEDIA_TYPES, Problem, field_errors, validated, validation_problem
 from service.schemas import MAX_SYMPTOMS_CHARS, ClinicalInput, TriageOptions
 
 FORM_OPTION_FIELDS = ("top_k", "modality", "candidate_labels", "explain", "heatmap_grid")
@@ -130,13 +130,6 @@ def _parse_json(data: bytes | str, where: str) -> Any:
         ) from None
 
 
-def _validate_options(raw: Any, prefix: tuple[str, ...]) -> TriageOptions:
-    try:
-        return TriageOptions.model_validate(raw)
-    except ValidationError as exc:
-        raise validation_problem(exc, prefix) from None
-
-
 async def _read_json(request: Request[Any, Any, Any]) -> TriageInput:
     body = await request.body()
     if not body.strip():
@@ -214,12 +207,12 @@ async def _read_options_part(form: FormMultiDict) -> TriageOptions:
     if len(parts) > 1:
         raise _field_problem("options", "Give one options part", "repeated")
     if not parts:
-        return _validate_options(_form_options(form), ())
+        return validated(TriageOptions, _form_options(form))
     if any(name in form for name in FORM_OPTION_FIELDS):
         raise _field_problem("options", "Give options either as one JSON part or as plain fields, not both", "conflict")
     part = parts[0]
     text = await part.read() if isinstance(part, UploadFile) else part
-    return _validate_options(_parse_json(text, "The `options` part"), ("options",))
+    return validated(TriageOptions, _parse_json(text, "The `options` part"), ("options",))
 
 
 async def _read_clinical(form: FormMultiDict) -> ClinicalInput:
@@ -233,10 +226,7 @@ async def _read_clinical(form: FormMultiDict) -> ClinicalInput:
             value = values[0]
             text = await value.read() if isinstance(value, UploadFile) else value
             raw[name] = _parse_json(text, "The `risk_factors` part") if name == "risk_factors" else text
-    try:
-        return ClinicalInput.model_validate(raw)
-    except ValidationError as exc:
-        raise validation_problem(exc, ()) from None
+    return validated(ClinicalInput, raw)
 
 
 async def _read_multipart(request: Request[Any, Any, Any]) -> TriageInput:

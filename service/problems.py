@@ -11,11 +11,11 @@ import json
 import logging
 import traceback
 from http import HTTPStatus
-from typing import Any
+from typing import Any, TypeVar
 
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from service.images import ImageError
 
@@ -24,6 +24,7 @@ PROBLEM_MEDIA_TYPE = "application/problem+json"
 ACCEPTED_MEDIA_TYPES = ("multipart/form-data", "application/json")
 
 log = logging.getLogger("dermtriage.errors")
+M = TypeVar("M", bound=BaseModel)
 
 
 class Problem(Exception):
@@ -67,6 +68,14 @@ def validation_problem(exc: ValidationError, prefix: tuple[str | int, ...] = ())
         title="Invalid request fields",
         errors=errors,
     )
+
+
+def validated(model: type[M], payload: Any, prefix: tuple[str | int, ...] = ()) -> M:
+    """``model.model_validate(payload)``, a 422 :func:`validation_problem` when it is invalid."""
+    try:
+        return model.model_validate(payload)
+    except ValidationError as exc:
+        raise validation_problem(exc, prefix) from None
 
 
 def request_id_of(request: Request[Any, Any, Any]) -> str:
@@ -132,8 +141,7 @@ def handle_http_exception(request: Request[Any, Any, Any], exc: HTTPException) -
     if status == 413:
         limit = request.route_handler.resolve_request_max_body_size() if "route_handler" in request.scope else None
         detail = detail.format(limit=limit or 0)
-    headers = {k: v for k, v in (exc.headers or {}).items()}
-    return problem_response(request, Problem(slug, status, detail, headers=headers))
+    return problem_response(request, Problem(slug, status, detail, headers=dict(exc.headers or {})))
 
 
 def handle_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:

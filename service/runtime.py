@@ -4,7 +4,6 @@ inference off the event loop (decode pool, micro-batcher, scoring pool)."""
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import sys
 import threading
@@ -16,7 +15,7 @@ import torch
 
 from models.backends.base import ModelCard
 from models.registry import ModelSpec
-from service.batching import BatcherClosed, BatchInfo, MicroBatcher, QueueFull, bf16_supported
+from service.batching import BatcherClosed, BatchInfo, MicroBatcher, QueueFull, serving_autocast
 from service.engine import TriageEngine
 from service.images import DecodedImage, ImageLimits, decode_image
 from service.metrics import Metrics
@@ -25,7 +24,6 @@ from service.results import MemoryResultStore, ResultStore
 from service.schemas import ClinicalInput, TriageOptions, TriageResult
 from service.settings import Settings
 
-log = logging.getLogger("dermtriage.service")
 GIL_SWITCH_INTERVAL_S = 0.0005
 
 
@@ -37,8 +35,6 @@ def configure_torch(settings: Settings) -> int:
     about a scheduler slice per parallel region whenever anything else held a core (1.9 s instead
     of 0.1 s per photo); 1 thread did not. Returns the count.
     """
-    import torch
-
     threads = settings.inference_threads or max(1, len(os.sched_getaffinity(0)) - 1)
     torch.set_num_threads(threads)
     return threads
@@ -124,12 +120,6 @@ class InferenceRunner:
             if self._batcher is None or self._engine is not engine:
                 if self._batcher is not None:
                     self._batcher.close(timeout=0)
-                autocast = None
-                if self.precision == "bfloat16":
-                    if bf16_supported(engine.model.device):
-                        autocast = torch.bfloat16
-                    else:
-                        log.info("bfloat16 has no fast kernels on this device; the image tower runs float32")
                 self._batcher = MicroBatcher(
                     engine.embed,
                     max_batch_size=self.max_batch_size,
@@ -137,7 +127,7 @@ class InferenceRunner:
                     queue_size=self.max_queue_size,
                     metrics=self.metrics,
                     arrivals=lambda: self._decoding,
-                    autocast=autocast,
+                    autocast=serving_autocast(self.precision, engine.model.device),
                     device_type=engine.model.device.type,
                 )
                 self._engine = engine
@@ -177,7 +167,7 @@ class InferenceRunner:
         features: torch.Tensor,
         info: BatchInfo,
         options: TriageOptions,
-        clinical: ClinicalInput,
+        clinical: ClinicalInput | None,
         request_id: str,
         decode_ms: float,
         waited_ms: float,
@@ -241,7 +231,7 @@ class InferenceRunner:
                     features,
                     info,
                     options,
-                    clinical or ClinicalInput(),
+                    clinical,
                     request_id,
                     decode_ms,
                     waited_ms,

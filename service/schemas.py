@@ -14,6 +14,7 @@ from explain.gradcam import Heatmap
 from explain.risk_shap import UrgencyShap
 from models.risk_factors import RiskFactors
 from models.symptoms import SymptomFindings
+from models.taxonomy import Condition
 from models.uncertainty import Uncertainty
 from models.urgency import UrgencyResult
 from service.images import ImageInfo
@@ -71,10 +72,22 @@ class TriageOptions(BaseModel):
         return cleaned
 
 
+SNOMED_CT = "http://snomed.info/sct"
+ICD10_CM = "http://hl7.org/fhir/sid/icd-10-cm"
+
+
 class CodeOut(BaseModel):
     system: str
     code: str
     display: str
+
+
+def condition_codes(cond: Condition) -> list[CodeOut]:
+    """A condition's codes, SNOMED CT first where the taxonomy has one, then ICD-10-CM."""
+    codes = [CodeOut(system=ICD10_CM, code=cond.icd10.code, display=cond.icd10.display)]
+    if cond.snomed_ct is not None:
+        codes.insert(0, CodeOut(system=SNOMED_CT, code=cond.snomed_ct.code, display=cond.snomed_ct.display))
+    return codes
 
 
 class LookAlike(BaseModel):

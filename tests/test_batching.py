@@ -16,6 +16,7 @@ import pytest
 import torch
 from litestar.testing import TestClient
 from service_photos import jpeg_bytes, lesion_photo
+from test_service_api import wait_ready
 
 from models.taxonomy import load_taxonomy
 from service.app import create_app
@@ -51,13 +52,6 @@ def _settings(**kw: Any) -> Settings:
     return Settings(auth_disabled=True, **kw)
 
 
-def _wait_ready(client: TestClient) -> None:
-    deadline = time.monotonic() + 120
-    while client.get("/health/ready").status_code != 200:
-        assert time.monotonic() < deadline, "never ready"
-        time.sleep(0.05)
-
-
 def _post(client: TestClient, photo: bytes, **data: str) -> Any:
     return client.post("/v1/triage", files={"image": ("p.jpg", photo, "image/jpeg")}, data=data)
 
@@ -90,7 +84,7 @@ def gated(tiny_clip: Any) -> Iterator[tuple[TestClient, GatedBatchEngine]]:
     engine = GatedBatchEngine(tiny_clip)
     settings = _settings(max_batch_size=8, max_batch_wait_ms=50, request_timeout_s=60, precision="float32")
     with TestClient(create_app(settings, engine=engine)) as client:
-        _wait_ready(client)
+        wait_ready(client)
         engine.armed = True
         yield client, engine
         engine.gate.set()
@@ -129,7 +123,7 @@ def test_concurrent_requests_are_batched_and_equal_unbatched(
 def test_full_queue_answers_503_at_once(tiny_clip: Any, photos: list[bytes]) -> None:
     engine = GatedBatchEngine(tiny_clip)
     with TestClient(create_app(_settings(max_queue_size=2, request_timeout_s=60), engine=engine)) as client:
-        _wait_ready(client)
+        wait_ready(client)
         engine.armed = True
         with ThreadPoolExecutor(2) as pool:
             held = [pool.submit(_post, client, photos[0])]
@@ -154,7 +148,7 @@ def test_full_queue_answers_503_at_once(tiny_clip: Any, photos: list[bytes]) -> 
 def test_wait_past_the_limit_is_503_with_retry_after(tiny_clip: Any, photos: list[bytes]) -> None:
     engine = GatedBatchEngine(tiny_clip)
     with TestClient(create_app(_settings(request_timeout_s=0.5), engine=engine)) as client:
-        _wait_ready(client)
+        wait_ready(client)
         engine.armed = True
         r = _post(client, photos[0])
         assert r.status_code == 503 and r.json()["type"].endswith("/inference-timeout")

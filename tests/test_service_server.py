@@ -41,21 +41,20 @@ def wait_ready(base: str, proc: subprocess.Popen[bytes], log: Path, timeout: flo
     raise AssertionError(f"not ready in {timeout} s:\n{log.read_text()[-3000:]}")
 
 
-def test_real_server_process(tmp_path: Path) -> None:
+def spawn_server(env_extra: dict[str, str], log: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """`dermtriage serve` on a free loopback port with the shared text cache; logs (info) go to `log`."""
     port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    log = tmp_path / "server.log"
-    key, record = generate_api_key("server-test")  # auth stays on: the key is configured hashed, as in production
-    env = {
-        **os.environ,
-        "DERMTRIAGE_CACHE_DIR": str(TEXT_CACHE),
-        "PYTHONUNBUFFERED": "1",
-        "DERMTRIAGE_API_KEYS": record.line(),
-        "DERMTRIAGE_AUTH_DISABLED": "0",
-    }
+    env = {**os.environ, "DERMTRIAGE_CACHE_DIR": str(TEXT_CACHE), "PYTHONUNBUFFERED": "1", **env_extra}
     cmd = [sys.executable, "-m", "service.cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
     with log.open("wb") as out:
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def test_real_server_process(tmp_path: Path) -> None:
+    log = tmp_path / "server.log"
+    key, record = generate_api_key("server-test")  # auth stays on: the key is configured hashed, as in production
+    proc, base = spawn_server({"DERMTRIAGE_API_KEYS": record.line(), "DERMTRIAGE_AUTH_DISABLED": "0"}, log)
     try:
         wait_ready(base, proc, log)
         photo = jpeg_bytes(lesion_photo(11), with_gps=True)

@@ -7,17 +7,14 @@ it busy for a while, SIGTERM arrives while they run, and every one must still co
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 from service_photos import jpeg_bytes, lesion_photo
-from test_service_server import REPO, TEXT_CACHE, free_port, wait_ready
+from test_service_server import spawn_server, wait_ready
 
 N_REQUESTS = 6
 
@@ -40,20 +37,9 @@ def _triage(base: str, photo: bytes, i: int) -> int:
 
 
 def test_sigterm_finishes_requests_in_flight(tmp_path: Path) -> None:
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
     log = tmp_path / "server.log"
-    env = {
-        **os.environ,
-        "DERMTRIAGE_CACHE_DIR": str(TEXT_CACHE),
-        "DERMTRIAGE_AUTH_DISABLED": "1",
-        "DERMTRIAGE_SHUTDOWN_GRACE_S": "120",
-        "DERMTRIAGE_INFERENCE_THREADS": "1",
-        "PYTHONUNBUFFERED": "1",
-    }
-    cmd = [sys.executable, "-m", "service.cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
-    with log.open("wb") as out:
-        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+    env = {"DERMTRIAGE_AUTH_DISABLED": "1", "DERMTRIAGE_SHUTDOWN_GRACE_S": "120", "DERMTRIAGE_INFERENCE_THREADS": "1"}
+    proc, base = spawn_server(env, log)
     try:
         wait_ready(base, proc, log)
         photos = [jpeg_bytes(lesion_photo(20 + i)) for i in range(N_REQUESTS)]

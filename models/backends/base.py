@@ -164,3 +164,12 @@ class ImageTextModel(Protocol):
     def spatial_target(self) -> SpatialTarget:
         """The layer the explain layer hooks, and how to read a spatial map from it."""
         ...
+
+
+def encode_image_and_imagenet(model: ImageTextModel, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Embeddings, plus the (B, 1000) ImageNet view of the same forward for backends with a frozen
+    ImageNet trunk (an optional capability, `encode_image_with_domain`); None for the others."""
+    with_domain = getattr(model, "encode_image_with_domain", None)
+    if with_domain is None:
+        return model.encode_image(pixels), None
+    return with_domain(pixels)

@@ -14,12 +14,12 @@ import uuid
 from typing import Any
 
 from service.fhir.bundle import CS_TRIAGE
-from service.schemas import TriageResult
+from service.schemas import ICD10_CM, SNOMED_CT, TriageResult
 
 SUMMARY_MAX = 139
 INDICATOR = {"emergency": "critical", "urgent": "critical", "soon": "warning", "routine": "info", "self_care": "info"}
 _ORDER = {"info": 0, "warning": 1, "critical": 2}
-_SYSTEMS = {"http://snomed.info/sct": "SNOMED CT", "http://hl7.org/fhir/sid/icd-10-cm": "ICD-10-CM"}
+_SYSTEMS = {SNOMED_CT: "SNOMED CT", ICD10_CM: "ICD-10-CM"}
 
 
 def _md(text: str) -> str:

@@ -13,7 +13,7 @@ import json
 import urllib.parse
 import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ValidationError
@@ -49,8 +49,6 @@ class PatientData:
     photo_ref: str | None
     photo_taken: str
     clinical: ClinicalInput
-    used: list[str] = field(default_factory=list)
-    fetched: list[str] = field(default_factory=list)
 
 
 def precondition_failed(missing: list[str]) -> Problem:
@@ -69,13 +67,12 @@ def _template_url(request: CdsRequest, key: str) -> str:
     return f"{request.fhirServer.rstrip('/')}/{path}"
 
 
-def gather(request: CdsRequest, fetcher: FhirFetcher) -> tuple[dict[str, Any], list[str]]:
+def gather(request: CdsRequest, fetcher: FhirFetcher) -> dict[str, Any]:
     """Prefetch plus whatever missing keys could be fetched; 412 if required ones stay missing.
 
     Blocking when it fetches: run in a worker thread.
     """
     data = {k: v for k, v in (request.prefetch or {}).items() if v is not None}
-    fetched: list[str] = []
     can_fetch = request.fhirServer is not None and request.fhirAuthorization is not None
     token = request.fhirAuthorization.access_token if request.fhirAuthorization else None
     wanted = [*REQUIRED_PREFETCH, "observations"]
@@ -86,13 +83,12 @@ def gather(request: CdsRequest, fetcher: FhirFetcher) -> tuple[dict[str, Any], l
             resource = fetcher(_template_url(request, key), token)
             if resource is not None:
                 data[key] = resource
-                fetched.append(key)
     missing = [k for k in REQUIRED_PREFETCH if k not in data]
     if not any(k in data for k in PHOTO_KEYS):
         missing.append(" or ".join(PHOTO_KEYS))
     if missing:
         raise precondition_failed(missing)
-    return data, fetched
+    return data
 
 
 def _resources(value: Any) -> list[Any]:
@@ -130,7 +126,7 @@ def read_patient_data(data: dict[str, Any]) -> PatientData:
     except ValidationError:
         raise Problem("invalid-prefetch", 400, "Prefetch data is not valid FHIR.", title="Invalid prefetch") from None
     if not photos:
-        return PatientData(None, None, "", clinical, reader.used)
+        return PatientData(None, None, "", clinical)
     taken, resource, image = max(photos, key=lambda p: p[0])
     ref = f"{resource.get_resource_type()}/{resource.id}" if resource.id else None
-    return PatientData(image, ref, taken, clinical, reader.used)
+    return PatientData(image, ref, taken, clinical)

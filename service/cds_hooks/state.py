@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from service.cds_hooks.prefetch import FhirFetcher, fetch_fhir
+from service.results import TtlCache
 from service.schemas import ClinicalInput, TriageOptions, TriageResult
 
 
@@ -24,37 +25,11 @@ def photo_key(image: bytes, options: TriageOptions, clinical: ClinicalInput) -> 
     return h.hexdigest()
 
 
-class PhotoResultCache:
-    """LRU with a time limit; holds patient data in memory only."""
+class PhotoResultCache(TtlCache[TriageResult]):
+    """Answers by photo key (`photo_key`): an LRU with a time limit; holds patient data in memory only."""
 
     def __init__(self, max_items: int = 256, ttl_s: float = 900.0, clock: Callable[[], float] = time.monotonic):
-        self.max_items = max_items
-        self.ttl_s = ttl_s
-        self._clock = clock
-        self._items: OrderedDict[str, tuple[float, TriageResult]] = OrderedDict()
-        self._lock = threading.Lock()
-        self.hits = 0
-        self.misses = 0
-
-    def get(self, key: str) -> TriageResult | None:
-        with self._lock:
-            item = self._items.get(key)
-            if item is None or self._clock() - item[0] > self.ttl_s:
-                self._items.pop(key, None)
-                self.misses += 1
-                return None
-            self._items.move_to_end(key)
-            self.hits += 1
-            return item[1]
-
-    def put(self, key: str, result: TriageResult) -> None:
-        if self.max_items <= 0:
-            return
-        with self._lock:
-            self._items[key] = (self._clock(), result)
-            self._items.move_to_end(key)
-            while len(self._items) > self.max_items:
-                self._items.popitem(last=False)
+        super().__init__(max_items, ttl_s, clock, refresh_on_get=True)
 
 
 @dataclass(frozen=True)

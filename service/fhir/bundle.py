@@ -35,7 +35,7 @@ from models.risk_factors import BODY_SITE_SNOMED, BodySite, RiskFactors
 from models.symptoms import SymptomFindings
 from models.uncertainty import Flag, Uncertainty
 from models.urgency import UrgencyResult
-from service.schemas import Differential, TriageResult
+from service.schemas import SNOMED_CT, Differential, TriageResult
 
 DT = "https://dermtriage.dev/fhir/CodeSystem/"
 CS_CONDITION = DT + "condition"
@@ -45,7 +45,7 @@ CS_TRIAGE = DT + "triage"
 CS_URGENCY = DT + "urgency-category"
 CS_FLAG = DT + "uncertainty-flag"
 REQUEST_ID_SYSTEM = "https://dermtriage.dev/fhir/request-id"
-SNOMED = "http://snomed.info/sct"
+
 LOINC = "http://loinc.org"
 UCUM = "http://unitsofmeasure.org"
 V3_OBS_VALUE = "http://terminology.hl7.org/CodeSystem/v3-ObservationValue"
@@ -60,6 +60,7 @@ AI_MODEL_CARD_EXT = AI_IG + "StructureDefinition/aitransparency.modelCardDescrip
 
 AI_ASSERTED = {"system": V3_OBS_VALUE, "code": "AIAST", "display": "Artificial Intelligence asserted"}
 AI_META = {"security": [AI_ASSERTED]}
+_SURVEY = {"coding": [{"system": OBS_CATEGORY, "code": "survey", "display": "Survey"}], "text": "Survey"}
 _NAMESPACE = uuid.UUID("6f1c2d3e-4b5a-5c6d-8e7f-9a0b1c2d3e4f")
 
 # urgency category -> (risk-probability code, display); the case's urgency, shown on every prediction
@@ -128,6 +129,18 @@ class _Builder:
         return url
 
 
+def _observation(status: str, code: dict[str, Any], subject: str, when: str, **fields: Any) -> dict[str, Any]:
+    """An Observation of ``subject`` at ``when``; ``fields`` add the value, category, device, notes ..."""
+    return {
+        "resourceType": "Observation",
+        "status": status,
+        "code": code,
+        "subject": {"reference": subject},
+        "effectiveDateTime": when,
+        **fields,
+    }
+
+
 def _patient(result: TriageResult) -> dict[str, Any]:
     patient: dict[str, Any] = {"resourceType": "Patient", "active": True}
     sex = result.risk_factors.sex if result.risk_factors else None
@@ -148,7 +161,7 @@ def _value(field: str, value: Any) -> dict[str, Any]:
         concept = _concept(CS_RISK_FACTOR + "/body-site", value.value, value.value.replace("_", " "))
         snomed = BODY_SITE_SNOMED.get(value)
         if snomed is not None:
-            concept["coding"].insert(0, {"system": SNOMED, "code": snomed.code, "display": snomed.display})
+            concept["coding"].insert(0, {"system": SNOMED_CT, "code": snomed.code, "display": snomed.display})
         return {"valueCodeableConcept": concept}
     if isinstance(value, Enum):
         return {"valueCodeableConcept": _concept(CS_RISK_FACTOR + "/" + field, str(value.value), str(value.value))}
@@ -159,21 +172,12 @@ def _value(field: str, value: Any) -> dict[str, Any]:
 
 def _risk_factor_observations(b: _Builder, risk: RiskFactors, subject: str, when: str) -> list[str]:
     refs = []
-    for field, value in risk.model_dump(exclude_none=True).items():
-        raw = getattr(risk, field)
+    for field in risk.model_dump(exclude_none=True):
         description = RiskFactors.model_fields[field].description or field
         code = _concept(CS_RISK_FACTOR, field, field.replace("_", " "), text=description.split(" True = ")[0])
         if field == "age":
             code["coding"].insert(0, {"system": LOINC, "code": "30525-0", "display": "Age"})
-        obs = {
-            "resourceType": "Observation",
-            "status": "final",
-            "category": [_concept(OBS_CATEGORY, "survey", "Survey")],
-            "code": code,
-            "subject": {"reference": subject},
-            "effectiveDateTime": when,
-            **_value(field, raw if raw is not None else value),
-        }
+        obs = _observation("final", code, subject, when, category=[_SURVEY], **_value(field, getattr(risk, field)))
         refs.append(b.add(f"risk-factor/{field}", obs, ai=False))
     return refs
 
@@ -183,16 +187,7 @@ def _finding_observations(b: _Builder, findings: SymptomFindings, subject: str, 
     refs = []
 
     def add(name: str, code: dict[str, Any], value: dict[str, Any]) -> None:
-        obs = {
-            "resourceType": "Observation",
-            "status": "preliminary",
-            "category": [_concept(OBS_CATEGORY, "survey", "Survey")],
-            "code": code,
-            "subject": {"reference": subject},
-            "effectiveDateTime": when,
-            "note": note,
-            **value,
-        }
+        obs = _observation("preliminary", code, subject, when, category=[_SURVEY], note=note, **value)
         refs.append(b.add(f"finding/{name}", obs))
 
     for concept in sorted(findings.present):
@@ -251,18 +246,17 @@ def _urgency_observation(
         ]
     notes = [{"text": f"{r.category.value}: {r.text}"} for r in urgency.reasons]
     notes.append({"text": f"Next step: {urgency.next_step}"})
-    obs = {
-        "resourceType": "Observation",
-        "status": "preliminary",
-        "code": _concept(CS_TRIAGE, "urgency-score", "triage urgency score", text="Triage urgency score (0-1)"),
-        "subject": {"reference": subject},
-        "effectiveDateTime": when,
-        "device": {"reference": device},
-        "valueQuantity": _quantity(urgency.score, "1", "1"),
-        "interpretation": [_concept(CS_URGENCY, urgency.category.value, urgency.category.value.replace("_", " "))],
-        "component": components,
-        "note": notes,
-    }
+    obs = _observation(
+        "preliminary",
+        _concept(CS_TRIAGE, "urgency-score", "triage urgency score", text="Triage urgency score (0-1)"),
+        subject,
+        when,
+        device={"reference": device},
+        valueQuantity=_quantity(urgency.score, "1", "1"),
+        interpretation=[_concept(CS_URGENCY, urgency.category.value, urgency.category.value.replace("_", " "))],
+        component=components,
+        note=notes,
+    )
     return b.add("urgency", obs)
 
 
@@ -300,39 +294,32 @@ def _uncertainty_observations(
         }
         for member in unc.prediction_set
     ]
-    summary = {
-        "resourceType": "Observation",
-        "status": "preliminary",
-        "code": _concept(CS_TRIAGE, "uncertainty", "triage uncertainty"),
-        "subject": {"reference": subject},
-        "effectiveDateTime": when,
-        "device": {"reference": device},
-        "valueBoolean": unc.needs_review,
-        "component": components,
-    }
+    summary = _observation(
+        "preliminary",
+        _concept(CS_TRIAGE, "uncertainty", "triage uncertainty"),
+        subject,
+        when,
+        device={"reference": device},
+        valueBoolean=unc.needs_review,
+        component=components,
+    )
     if unc.review_reasons:
         summary["note"] = [{"text": reason} for reason in unc.review_reasons]
     refs = [b.add("uncertainty", summary)]
     for i, flag in enumerate(unc.flags):
         threshold = "none" if flag.threshold is None else str(flag.threshold)
-        obs = {
-            "resourceType": "Observation",
-            "status": "preliminary",
-            "code": _concept(CS_FLAG, flag.name, flag.name.replace("_", " "), text=f"{flag.name} ({flag.measure})"),
-            "subject": {"reference": subject},
-            "effectiveDateTime": when,
-            "device": {"reference": device},
+        review = "requires-review" if flag.requires_review else "informational"
+        obs = _observation(
+            "preliminary",
+            _concept(CS_FLAG, flag.name, flag.name.replace("_", " "), text=f"{flag.name} ({flag.measure})"),
+            subject,
+            when,
+            device={"reference": device},
             **_flag_value(flag),
-            "referenceRange": [{"text": f"threshold {threshold}"}],
-            "interpretation": [
-                _concept(
-                    CS_TRIAGE,
-                    "requires-review" if flag.requires_review else "informational",
-                    "requires review" if flag.requires_review else "informational",
-                )
-            ],
-            "note": [{"text": flag.message}],
-        }
+            referenceRange=[{"text": f"threshold {threshold}"}],
+            interpretation=[_concept(CS_TRIAGE, review, review.replace("-", " "))],
+            note=[{"text": flag.message}],
+        )
         refs.append(b.add(f"uncertainty-flag/{i}/{flag.name}", obs))
     return refs
 

@@ -32,5 +32,6 @@ def wants_fhir(request: Request[Any, Any, Any], output_format: str | None) -> bo
     return FHIR_JSON in accept and request.accept.best_match([FHIR_JSON, "application/json"]) == FHIR_JSON
 
 
-def fhir_response(request: Request[Any, Any, Any], result: TriageResult) -> Response[bytes]:
-    return Response(bundle_json(result, auth_of(request).base_url(request)), media_type=FHIR_JSON)
+def fhir_response(request: Request[Any, Any, Any], result: TriageResult, **bundle_args: Any) -> Response[bytes]:
+    """The triage Bundle; ``bundle_args`` (subject, photo, inputs) go to :func:`bundle_json`."""
+    return Response(bundle_json(result, auth_of(request).base_url(request), **bundle_args), media_type=FHIR_JSON)

@@ -61,9 +61,8 @@ def operation_outcome(error: FhirError, request_id: str = "") -> dict[str, Any]:
     if error.expression:
         issue["expression"] = error.expression
     body: dict[str, Any] = {"resourceType": "OperationOutcome", "issue": [issue]}
-    if request_id:
-        body["id"] = request_id if len(request_id) <= 64 and request_id.replace("-", "").isalnum() else None
-        body = {k: v for k, v in body.items() if v is not None}
+    if request_id and len(request_id) <= 64 and request_id.replace("-", "").isalnum():
+        body["id"] = request_id
     return OperationOutcome.model_validate(body).model_dump(mode="json")
 
 

@@ -13,7 +13,6 @@ from litestar.di import NamedDependency
 from litestar.openapi import ResponseSpec
 from litestar.openapi.spec import Example
 from litestar.params import Parameter
-from pydantic import ValidationError
 
 from service.auth.guard import CDS_JWT_SECURITY, auth_of
 from service.cds_hooks.cards import triage_card
@@ -21,7 +20,7 @@ from service.cds_hooks.prefetch import gather, read_patient_data
 from service.cds_hooks.services import SERVICE_ID, CdsRequest, FeedbackRequest, discovery
 from service.cds_hooks.state import CdsState, FeedbackRecord, photo_key
 from service.openapi import problem_example, problem_responses
-from service.problems import Problem, request_id_of, validation_problem
+from service.problems import Problem, request_id_of, validated
 from service.runtime import InferenceRunner, ServiceState
 from service.schemas import TriageOptions
 
@@ -56,16 +55,13 @@ def cds_state(request: Request[Any, Any, Any]) -> CdsState:
     return request.app.state.cds  # type: ignore[no-any-return]
 
 
+_UNKNOWN_SERVICE_DETAIL = "No CDS service with this id; see GET /cds-services."
+UNKNOWN_SERVICE = (404, problem_example("unknown-cds-service", 404, "Unknown cds service", _UNKNOWN_SERVICE_DETAIL))
+
+
 def _known_service(service_id: str) -> None:
     if service_id != SERVICE_ID:
-        raise Problem("unknown-cds-service", 404, "No CDS service with this id; see GET /cds-services.")
-
-
-def _parse(model: type[Any], payload: Any) -> Any:
-    try:
-        return model.model_validate(payload)
-    except ValidationError as exc:
-        raise validation_problem(exc) from None
+        raise Problem("unknown-cds-service", 404, _UNKNOWN_SERVICE_DETAIL)
 
 
 async def _json(request: Request[Any, Any, Any]) -> Any:
@@ -130,15 +126,7 @@ class CdsHooksController(Controller):
                         "The JWT is not accepted: it has expired.",
                     ),
                 ),
-                (
-                    404,
-                    problem_example(
-                        "unknown-cds-service",
-                        404,
-                        "Unknown cds service",
-                        "No CDS service with this id; see GET /cds-services.",
-                    ),
-                ),
+                UNKNOWN_SERVICE,
                 (
                     412,
                     problem_example(
@@ -159,11 +147,11 @@ class CdsHooksController(Controller):
         service_id: str = _SERVICE_ID,
     ) -> dict[str, Any]:
         _known_service(service_id)
-        call = _parse(CdsRequest, await _json(request))
+        call = validated(CdsRequest, await _json(request))
         if call.hook != "patient-view":
             raise Problem("unsupported-hook", 400, f"This service answers patient-view, not {call.hook[:40]!r}.")
         state = cds_state(request)
-        data, _ = await anyio.to_thread.run_sync(gather, call, state.fhir_fetcher)
+        data = await anyio.to_thread.run_sync(gather, call, state.fhir_fetcher)
         patient = await anyio.to_thread.run_sync(read_patient_data, data)
         if patient.image is None:
             return {"cards": []}
@@ -197,22 +185,14 @@ class CdsHooksController(Controller):
             ),
             **problem_responses(
                 (401, problem_example("unauthorized", 401, "Missing or invalid credentials", "No bearer JWT.")),
-                (
-                    404,
-                    problem_example(
-                        "unknown-cds-service",
-                        404,
-                        "Unknown cds service",
-                        "No CDS service with this id; see GET /cds-services.",
-                    ),
-                ),
+                UNKNOWN_SERVICE,
                 (422, problem_example("validation-error", 422, "Invalid request fields", "See `errors`.")),
             ),
         },
     )
     async def feedback(self, request: Request[Any, Any, Any], service_id: str = _SERVICE_ID) -> dict[str, Any]:
         _known_service(service_id)
-        parsed = _parse(FeedbackRequest, await _json(request))
+        parsed = validated(FeedbackRequest, await _json(request))
         state = cds_state(request)
         for item in parsed.feedback:
             state.feedback.add(

@@ -12,10 +12,7 @@ from models.taxonomy import Condition
 from service.auth.guard import API_KEY_SECURITY
 from service.engine import TriageEngine
 from service.openapi import NOT_READY, problem_responses
-from service.schemas import CodeOut
-
-SNOMED = "http://snomed.info/sct"
-ICD10 = "http://hl7.org/fhir/sid/icd-10-cm"
+from service.schemas import ICD10_CM, SNOMED_CT, CodeOut, condition_codes
 
 
 class ConditionOut(BaseModel):
@@ -39,9 +36,7 @@ class ConditionList(BaseModel):
 
 
 def condition_out(cond: Condition, model_name: str) -> ConditionOut:
-    codes = [CodeOut(system=ICD10, code=cond.icd10.code, display=cond.icd10.display)]
-    if cond.snomed_ct is not None:
-        codes.insert(0, CodeOut(system=SNOMED, code=cond.snomed_ct.code, display=cond.snomed_ct.display))
+    codes = condition_codes(cond)
     return ConditionOut(
         id=cond.id,
         name=cond.name,
@@ -66,8 +61,8 @@ _EXAMPLE = {
             "name": "melanoma",
             "synonyms": ["malignant melanoma", "cutaneous melanoma"],
             "codes": [
-                {"system": SNOMED, "code": "372244006", "display": "Malignant melanoma"},
-                {"system": ICD10, "code": "C43.9", "display": "Malignant melanoma of skin, unspecified"},
+                {"system": SNOMED_CT, "code": "372244006", "display": "Malignant melanoma"},
+                {"system": ICD10_CM, "code": "C43.9", "display": "Malignant melanoma of skin, unspecified"},
             ],
             "malignant": True,
             "premalignant": False,

@@ -12,10 +12,10 @@ from litestar.openapi import ResponseSpec
 from litestar.openapi.spec import Example, OpenAPIMediaType, Operation, RequestBody, Schema
 from litestar.openapi.spec.enums import OpenAPIType
 
-from service.auth.guard import API_KEY_SECURITY, auth_of
+from service.auth.guard import API_KEY_SECURITY
 from service.engine import TriageEngine
-from service.fhir.bundle import bundle_json
 from service.fhir.intake import parse_json_body, read_fhir_triage
+from service.fhir.negotiate import fhir_response
 from service.fhir.outcome import FHIR_JSON, FhirError, handle_fhir_error, handle_problem_as_outcome, outcome_response
 from service.images import ImageError
 from service.problems import Problem, request_id_of
@@ -192,11 +192,4 @@ class FhirController(Controller):
             engine, received.image, received.options, request_id_of(request), received.clinical
         )
         service.results.put(result)
-        body = bundle_json(
-            result,
-            auth_of(request).base_url(request),
-            subject=received.subject,
-            photo=received.photo,
-            inputs=received.inputs,
-        )
-        return Response(body, media_type=FHIR_JSON)
+        return fhir_response(request, result, subject=received.subject, photo=received.photo, inputs=received.inputs)

@@ -65,13 +65,13 @@ _LIST_EXAMPLE = {
 }
 
 
-def _spec_out(spec: ModelSpec, service: NamedDependency[ServiceState], loaded_name: str) -> SpecOut:
+def _spec_out(spec: ModelSpec, cards: dict[str, ModelCard], loaded_name: str) -> SpecOut:
     return SpecOut(
         name=spec.name,
         backend=spec.backend,
         source=spec.source,
         loaded=spec.name == loaded_name,
-        card=service.cards.get(spec.name),
+        card=cards.get(spec.name),
     )
 
 
@@ -92,7 +92,7 @@ class ModelsController(Controller):
     def list_models(self, engine: NamedDependency[TriageEngine], service: NamedDependency[ServiceState]) -> ModelList:
         card = engine.model.card
         loaded = LoadedModel(ref=engine.model_ref, device=str(engine.model.device), card=card)
-        return ModelList(loaded=loaded, available=[_spec_out(s, service, card.name) for s in service.specs])
+        return ModelList(loaded=loaded, available=[_spec_out(s, service.cards, card.name) for s in service.specs])
 
     @get(
         "/{name:str}",
