@@ -45,6 +45,7 @@ class PreprocessingOverride(BaseModel):
     std: tuple[float, float, float] | None = None
     interpolation: Literal["bicubic", "bilinear", "nearest"] | None = None
     resize_mode: Literal["shortest", "squash"] | None = None
+    crop_pct: float | None = Field(default=None, gt=0.0, le=1.0)
 
     def apply(self, base: Preprocessing) -> Preprocessing:
         return dataclasses.replace(base, **self.model_dump(exclude_none=True))
@@ -52,7 +53,8 @@ class PreprocessingOverride(BaseModel):
     def complete(self) -> Preprocessing | None:
         """A whole `Preprocessing` when every field is given (the checkpoint's config is then not needed)."""
         fields = self.model_dump(exclude_none=True)
-        return Preprocessing(**fields) if len(fields) == len(type(self).model_fields) else None
+        required = set(type(self).model_fields) - {"crop_pct"}  # crop_pct has a default (1.0)
+        return Preprocessing(**fields) if required <= fields.keys() else None
 
 
 class ModelSpec(BaseModel):

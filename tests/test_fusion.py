@@ -118,8 +118,8 @@ def test_posterior_upper_bounds_posterior_and_alarm_fields(fitted: FusionModel) 
 def test_committed_cross_validated_figures_meet_targets(fitted: FusionModel) -> None:
     cv = fitted.fit["cross_fitted"]
     assert cv["fused"]["balanced_accuracy"] >= cv["image_only"]["balanced_accuracy"] + 0.08  # issue 4 target
-    # issue 4 asks for fused malignant AUROC >= 0.90; measured 0.899 (image only 0.837): guard the gain
-    assert cv["fused"]["malignant_auroc"] >= max(0.89, cv["image_only"]["malignant_auroc"] + 0.05)
+    assert cv["fused"]["malignant_auroc"] >= 0.90  # issue 4 target
+    assert cv["fused"]["malignant_auroc"] > cv["image_only"]["malignant_auroc"] + 0.03  # the risk factors add
 
 
 def test_fusion_json_is_small() -> None:

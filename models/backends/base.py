@@ -33,6 +33,9 @@ class Preprocessing:
 
     It travels with the model (timm's idea), so no caller can pair a model with the wrong
     mean/std. `geometry` tells the explain layer how a crop maps back onto the photo.
+    `crop_pct` (timm's name) < 1 resizes the shortest side to `image_size / crop_pct` first, so
+    the crop keeps the central `crop_pct` of it: a model trained on random zoomed crops sees
+    objects at its training scale (Touvron et al. 2019, "FixRes").
     """
 
     image_size: int
@@ -40,14 +43,20 @@ class Preprocessing:
     std: tuple[float, float, float]
     interpolation: Literal["bicubic", "bilinear", "nearest"] = "bicubic"
     resize_mode: Literal["shortest", "squash"] = "shortest"
+    crop_pct: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.crop_pct <= 1.0:
+            raise ValueError(f"crop_pct must be in (0, 1], got {self.crop_pct}")
 
     def transform(self) -> Callable[[Image.Image], torch.Tensor]:
         size = self.image_size
         interp = INTERPOLATIONS[self.interpolation]
+        scaled = round(size / self.crop_pct)
         resize = (
-            T.Resize(size, interpolation=interp, antialias=True)
+            T.Resize(scaled, interpolation=interp, antialias=True)
             if self.resize_mode == "shortest"
-            else T.Resize((size, size), interpolation=interp, antialias=True)
+            else T.Resize((scaled, scaled), interpolation=interp, antialias=True)
         )
         return T.Compose(
             [
@@ -69,11 +78,12 @@ class Preprocessing:
     def geometry(self, width: int, height: int) -> tuple[float, float, float, float]:
         """The crop box (left, top, right, bottom) in photo pixels that the model input covers."""
         if self.resize_mode == "squash":
-            return (0.0, 0.0, float(width), float(height))
-        side = float(min(width, height))
-        left = (width - side) / 2
-        top = (height - side) / 2
-        return (left, top, left + side, top + side)
+            w, h = width * self.crop_pct, height * self.crop_pct
+        else:
+            w = h = min(width, height) * self.crop_pct
+        left = (width - w) / 2
+        top = (height - h) / 2
+        return (left, top, left + w, top + h)
 
 
 @dataclass

@@ -19,6 +19,8 @@ import open_clip
 import torch
 from open_clip.tokenizer import HFTokenizer
 
+from models.backends.base import Preprocessing
+
 CONFIG_PATH = Path(__file__).with_name("config.json")
 TEXT_TRANSFORMER_PREFIX = "text.transformer."
 
@@ -42,6 +44,12 @@ def efficientnet_weights_path() -> Path:
 def load_config(path: Path = CONFIG_PATH) -> dict[str, Any]:
     raw = path.read_text().replace("{minilm}", str(minilm_dir()))
     return json.loads(raw)
+
+
+def load_preprocessing(config: dict[str, Any] | None = None) -> Preprocessing:
+    """The served preprocessing, from config.json (training's test-time views use the same)."""
+    cfg = (config or load_config())["preprocess_cfg"]
+    return Preprocessing(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()})
 
 
 @contextmanager

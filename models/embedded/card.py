@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from models.backends.base import ModelCard, ValidationRecord
+from models.embedded.architecture import load_preprocessing
 from models.embedded.model import CARD_PATH, MODEL_NAME
 
 PAD_CREDIT = (
@@ -26,7 +27,8 @@ LIMITATIONS = [
     "Fitzpatrick types IV-VI are scarce in the data; types with fewer than 10 photos are not validated.",
     "Melanoma (31 photos) and SCC (23) are rare: their recall has wide uncertainty.",
     "Clinical (smartphone) photos only; not validated on dermoscopy.",
-    "The training recipe (sampling, loss, dropout) was chosen among three configurations by this same "
+    "The training recipe (sampling, loss, dropout, the malignant auxiliary loss weight among 0 / 0.5 / 2) and "
+    "the test-time centre crop (crop_pct among 1.0 / 0.875 / 0.8 / 0.7) were chosen by this same "
     "cross-validation, so the figures may be slightly optimistic; no held-out test set exists yet.",
     "Decision support, not a diagnosis.",
 ]
@@ -82,6 +84,7 @@ def build_card(
         credits=[PAD_CREDIT, LITE0_CREDIT, MINILM_CREDIT],
         inference={
             "tta_flips": chosen == "flip4",
+            "crop_pct": load_preprocessing().crop_pct,
             "train_seconds": round(train_seconds, 1),
             "weights_sha256": weights_sha256,
             **{f"train_{k}": v for k, v in config.items() if isinstance(v, int | float | str)},

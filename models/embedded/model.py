@@ -10,9 +10,9 @@ import torch
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save_file
 
-from models.backends.base import ModelCard, ModelUnavailableError, Preprocessing
+from models.backends.base import ModelCard, ModelUnavailableError
 from models.backends.open_clip_backend import OpenClipBackend
-from models.embedded.architecture import TEXT_TRANSFORMER_PREFIX, build_model, load_config
+from models.embedded.architecture import TEXT_TRANSFORMER_PREFIX, build_model, load_config, load_preprocessing
 from models.embedded.domain import FrozenFeatureTap, ImageNetTop, first_tuned_block
 
 if TYPE_CHECKING:
@@ -86,7 +86,7 @@ def load_embedded(spec: ModelSpec | None = None, device: str | torch.device = "c
             f"{MODEL_NAME}: {weights} does not fit: missing={missing[:5]} unexpected={unexpected[:5]}"
         )
     card = spec.card if spec is not None and getattr(spec, "card", None) else load_card()
-    pre = Preprocessing(**{k: tuple(v) if isinstance(v, list) else v for k, v in config["preprocess_cfg"].items()})
+    pre = load_preprocessing(config)
     backend = EmbeddedBackend.from_model(model, tokenizer, card=card, preprocessing=pre, device=device)
     backend.tta_flips = bool(card.inference.get("tta_flips", False))
     backend.tuned_blocks = int(card.inference.get("train_unfrozen_blocks", 0))

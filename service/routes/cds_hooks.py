@@ -35,7 +35,7 @@ CARDS_EXAMPLE = {
             "| # | condition | probability | codes |\n|---|---|---|---|\n"
             "| 1 | melanoma | 55% | SNOMED CT 372244006, ICD-10-CM C43.9 |",
             "source": {
-                "label": "dermtriage (embedded-pad-lite0 1.0.0)",
+                "label": "dermtriage (embedded-pad-lite0 1.1.0)",
                 "url": "https://dermtriage.example.org/v1/models/embedded-pad-lite0",
             },
             "links": [

@@ -48,7 +48,7 @@ class HealthController(Controller):
                             "status": "ready",
                             "model": {
                                 "name": "embedded-pad-lite0",
-                                "version": "1.0.0",
+                                "version": "1.1.0",
                                 "card_url": "/v1/models/embedded-pad-lite0",
                             },
                         },

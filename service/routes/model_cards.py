@@ -40,7 +40,7 @@ class ModelList(BaseModel):
 
 _CARD_EXAMPLE = {
     "name": "embedded-pad-lite0",
-    "version": "1.0.0",
+    "version": "1.1.0",
     "family": "open_clip CustomTextCLIP: timm tf_efficientnet_lite0 + HF all-MiniLM-L6-v2 (mean pooled)",
     "source": "models/embedded",
     "license": "Apache-2.0",
@@ -49,7 +49,7 @@ _CARD_EXAMPLE = {
     "validated_conditions": ["melanoma", "basal_cell_carcinoma"],
     "limitations": ["Decision support, not a diagnosis."],
 }
-_REF_EXAMPLE = {"name": "embedded-pad-lite0", "version": "1.0.0", "card_url": "/v1/models/embedded-pad-lite0"}
+_REF_EXAMPLE = {"name": "embedded-pad-lite0", "version": "1.1.0", "card_url": "/v1/models/embedded-pad-lite0"}
 _LIST_EXAMPLE = {
     "loaded": {"ref": _REF_EXAMPLE, "device": "cpu", "card": _CARD_EXAMPLE},
     "available": [
