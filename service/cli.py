@@ -196,7 +196,12 @@ def _cmd_train_embedded(args: argparse.Namespace) -> int:
     cfg = TrainConfig(seed=args.seed, epochs=args.epochs, folds=args.folds, threads=args.threads)
     taxonomy = load_taxonomy()
     result = train_embedded(
-        Path(args.data), cfg, cache_dir=Path(args.cache_dir), taxonomy=taxonomy, cross_validate=True
+        Path(args.data),
+        cfg,
+        cache_dir=Path(args.cache_dir),
+        taxonomy=taxonomy,
+        cross_validate=True,
+        final_fit=not args.dry_run,  # the CV figures need no final fit
     )
     reports = {k: v for k, v in result.reports.items() if k != "config"}
     # Test-time views chosen by malignant AUROC: urgency reads the malignant mass, and AUROC is

@@ -138,6 +138,10 @@ def test_train_pipeline_runs_end_to_end(pad_small: Path, tmp_path: Path) -> None
     assert result.oof_probs["flip4"].shape == (30, 6)
     assert np.allclose(result.oof_probs["flip4"].sum(1), 1.0, atol=1e-5)
     assert list((tmp_path / "cache").glob("features-*.pt"))
+    # CV only (the train command's --dry-run): no final fit, and the fixed seed reproduces the figures
+    cv_only = train_embedded(pad_small, cfg, cache_dir=tmp_path / "cache", final_fit=False)
+    assert cv_only.state_dict is None
+    assert np.allclose(cv_only.oof_probs["flip4"], result.oof_probs["flip4"], atol=1e-6)
     weights = tmp_path / "w.safetensors"
     save_weights(result.state_dict, weights)
 
