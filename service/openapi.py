@@ -69,6 +69,19 @@ def problem_example(slug: str, status: int, title: str, detail: str, **extra: An
     return Example(summary=title, value=value)
 
 
+def example_response(
+    container: Any, description: str, summary: str, value: Any, media_type: str = "application/json"
+) -> ResponseSpec:
+    """A documented response with one hand-written example (Litestar's generated ones are off)."""
+    return ResponseSpec(
+        data_container=container,
+        media_type=media_type,
+        description=description,
+        examples=[Example(summary=summary, value=value)],
+        generate_examples=False,
+    )
+
+
 def problem_responses(*examples: tuple[int, Example]) -> dict[int, ResponseSpec]:
     """Group problem examples by status into ResponseSpecs."""
     by_status: dict[int, list[Example]] = {}

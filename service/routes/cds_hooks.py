@@ -10,7 +10,6 @@ from typing import Any
 import anyio
 from litestar import Controller, Request, get, post
 from litestar.di import NamedDependency
-from litestar.openapi import ResponseSpec
 from litestar.openapi.spec import Example
 from litestar.params import Parameter
 
@@ -19,7 +18,7 @@ from service.cds_hooks.cards import triage_card
 from service.cds_hooks.prefetch import gather, read_patient_data
 from service.cds_hooks.services import SERVICE_ID, CdsRequest, FeedbackRequest, discovery
 from service.cds_hooks.state import CdsState, FeedbackRecord, photo_key
-from service.openapi import problem_example, problem_responses
+from service.openapi import example_response, problem_example, problem_responses
 from service.problems import Problem, request_id_of, validated
 from service.runtime import InferenceRunner, ServiceState
 from service.schemas import TriageOptions
@@ -84,14 +83,7 @@ class CdsHooksController(Controller):
         summary="CDS Hooks discovery",
         description="The services offered, with their hooks and prefetch templates. Open (no patient data).",
         opt={"auth": "open"},
-        responses={
-            200: ResponseSpec(
-                data_container=dict,
-                description="discovery document",
-                examples=[Example(summary="discovery", value=discovery())],
-                generate_examples=False,
-            )
-        },
+        responses={200: example_response(dict, "discovery document", "discovery", discovery())},
         sync_to_thread=False,
     )
     def discover(self) -> dict[str, Any]:
@@ -110,12 +102,7 @@ class CdsHooksController(Controller):
         opt={"auth": "cds_jwt"},
         security=CDS_JWT_SECURITY,
         responses={
-            200: ResponseSpec(
-                data_container=dict,
-                description="cards",
-                examples=[Example(summary="one card", value=CARDS_EXAMPLE)],
-                generate_examples=False,
-            ),
+            200: example_response(dict, "cards", "one card", CARDS_EXAMPLE),
             **problem_responses(
                 (
                     401,
@@ -177,12 +164,7 @@ class CdsHooksController(Controller):
         opt={"auth": "cds_jwt"},
         security=CDS_JWT_SECURITY,
         responses={
-            200: ResponseSpec(
-                data_container=dict,
-                description="feedback recorded",
-                examples=[Example(summary="recorded", value={"recorded": 1})],
-                generate_examples=False,
-            ),
+            200: example_response(dict, "feedback recorded", "recorded", {"recorded": 1}),
             **problem_responses(
                 (401, problem_example("unauthorized", 401, "Missing or invalid credentials", "No bearer JWT.")),
                 UNKNOWN_SERVICE,

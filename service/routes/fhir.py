@@ -18,6 +18,7 @@ from service.fhir.intake import parse_json_body, read_fhir_triage
 from service.fhir.negotiate import fhir_response
 from service.fhir.outcome import FHIR_JSON, FhirError, handle_fhir_error, handle_problem_as_outcome, outcome_response
 from service.images import ImageError
+from service.openapi import example_response
 from service.problems import Problem, request_id_of
 from service.runtime import InferenceRunner, ServiceState
 
@@ -100,13 +101,7 @@ OUTCOME_EXAMPLE = {
 
 
 def _outcome_spec(description: str) -> ResponseSpec:
-    return ResponseSpec(
-        data_container=dict,
-        media_type=FHIR_JSON,
-        description=description,
-        examples=[Example(summary="OperationOutcome", value=OUTCOME_EXAMPLE)],
-        generate_examples=False,
-    )
+    return example_response(dict, description, "OperationOutcome", OUTCOME_EXAMPLE, FHIR_JSON)
 
 
 def handle_image_error(request: Request[Any, Any, Any], exc: ImageError) -> Response[bytes]:
@@ -160,12 +155,8 @@ class FhirController(Controller):
         operation_class=FhirTriageOperation,
         security=API_KEY_SECURITY,
         responses={
-            200: ResponseSpec(
-                data_container=dict,
-                media_type=FHIR_JSON,
-                description="the triage Bundle (collection)",
-                examples=[Example(summary="triage Bundle (abridged)", value=BUNDLE_EXAMPLE)],
-                generate_examples=False,
+            200: example_response(
+                dict, "the triage Bundle (collection)", "triage Bundle (abridged)", BUNDLE_EXAMPLE, FHIR_JSON
             ),
             400: _outcome_spec("malformed JSON or FHIR, or an undecodable photo"),
             401: _outcome_spec("no or invalid API key"),

@@ -14,7 +14,7 @@ from service.auth.guard import API_KEY_SECURITY
 from service.engine import TriageEngine
 from service.fhir.negotiate import FormatQuery, fhir_response, wants_fhir
 from service.intake import read_triage_input
-from service.openapi import TRIAGE_PROBLEMS, TRIAGE_RESULT_EXAMPLE, TriageOperation
+from service.openapi import TRIAGE_PROBLEMS, TRIAGE_RESULT_EXAMPLE, TriageOperation, example_response
 from service.problems import Problem, request_id_of
 from service.runtime import InferenceRunner, ServiceState
 from service.schemas import TriageResult
@@ -37,11 +37,11 @@ class TriageController(Controller):
         ),
         operation_class=TriageOperation,
         responses={
-            200: ResponseSpec(
-                data_container=TriageResult,
-                description="The differentials, the image's measured properties and timings",
-                examples=[Example(summary="taxonomy ranking", value=TRIAGE_RESULT_EXAMPLE)],
-                generate_examples=False,
+            200: example_response(
+                TriageResult,
+                "The differentials, the image's measured properties and timings",
+                "taxonomy ranking",
+                TRIAGE_RESULT_EXAMPLE,
             ),
             **TRIAGE_PROBLEMS,
         },
@@ -70,12 +70,7 @@ class TriageController(Controller):
             "(`DERMTRIAGE_RESULT_STORE_SIZE`); the viewer and CDS Hooks cards open them by id."
         ),
         responses={
-            200: ResponseSpec(
-                data_container=TriageResult,
-                description="the stored answer",
-                examples=[Example(summary="a stored answer", value=TRIAGE_RESULT_EXAMPLE)],
-                generate_examples=False,
-            ),
+            200: example_response(TriageResult, "the stored answer", "a stored answer", TRIAGE_RESULT_EXAMPLE),
             404: ResponseSpec(
                 data_container=dict, description="no answer with this id is held", media_type="application/problem+json"
             ),
