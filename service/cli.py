@@ -67,11 +67,12 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from models.taxonomy import load_taxonomy
 
     model = load_model(args.model)
+    taxonomy = load_taxonomy()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         report = evaluate(
             model,
-            load_taxonomy(),
+            taxonomy,
             args.data,
             label_scope=args.labels,
             modality=args.modality,
@@ -82,9 +83,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if args.labels == "dataset":
         from models.calibration_fit import uncertainty_report
 
-        report.update(
-            uncertainty_report(model, load_taxonomy(), args.data, coverage=args.coverage, ood=not args.no_ood)
-        )
+        report.update(uncertainty_report(model, taxonomy, args.data, coverage=args.coverage, ood=not args.no_ood))
     if args.report:
         from models.report import write_report
 
@@ -217,10 +216,7 @@ def _cmd_train_embedded(args: argparse.Namespace) -> int:
         return 0
     assert result.state_dict is not None
     sha = save_weights(result.state_dict)
-    from models.datasets import load_labelled_folder
-
-    ids = [i.stem for i in load_labelled_folder(args.data, taxonomy)]
-    card = build_card(args.version, reports, chosen, ids, result.seconds, result.reports["config"], sha)
+    card = build_card(args.version, reports, chosen, result.image_ids, result.seconds, result.reports["config"], sha)
     card.validated_conditions = result.class_ids
     write_card(card)
     write_oof_csv(result, chosen, OOF_PATH)
