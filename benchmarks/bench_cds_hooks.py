@@ -32,9 +32,9 @@ def main() -> None:
     from litestar.testing import TestClient
     from service_photos import jpeg_bytes, lesion_photo
 
+    from benchmarks.service_bench import percentile
+    from models.fitting.datasets import DEFAULT_DATA
     from service.app import create_app
-    from service.bench import percentile
-    from service.cli import DEFAULT_DATA
     from service.settings import Settings
 
     if args.photo:

@@ -44,10 +44,10 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     from explain import DEFAULT_METHOD, SimilarityTarget, explain_differentials, get_method
-    from models.registry import load_model
-    from models.taxonomy import load_taxonomy
-    from models.zeroshot import ZeroShotClassifier
-    from service.cli import DEFAULT_DATA
+    from models.backends.registry import load_model
+    from models.fitting.datasets import DEFAULT_DATA
+    from models.knowledge.taxonomy import load_taxonomy
+    from models.scoring.zeroshot import ZeroShotClassifier
 
     method = args.method or DEFAULT_METHOD
     model = load_model("embedded-pad-lite0")

@@ -40,7 +40,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
-    from models.registry import load_model
+    from models.backends.registry import load_model
 
     t0 = time.perf_counter()
     model = load_model("embedded-pad-lite0")

@@ -19,14 +19,12 @@ import numpy as np
 import torch
 from sklearn.metrics import balanced_accuracy_score
 
-from models.datasets import load_labelled_folder
-from models.evaluation import embed_images
-from models.registry import load_model
-from models.taxonomy import load_taxonomy
-from models.zeroshot import ZeroShotClassifier
+from models.backends.registry import load_model
+from models.fitting.datasets import DEFAULT_DATA, load_labelled_folder
+from models.fitting.evaluation import embed_images
+from models.knowledge.taxonomy import load_taxonomy
+from models.scoring.zeroshot import ZeroShotClassifier
 from service.batching import bf16_supported
-
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "pad-ufes-20"
 
 
 def main() -> None:

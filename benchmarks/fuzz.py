@@ -32,7 +32,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from service.bench import start_server
+from benchmarks.service_bench import start_server
 
 REPO = Path(__file__).resolve().parents[1]
 

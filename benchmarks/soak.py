@@ -28,7 +28,15 @@ from urllib.parse import urlsplit
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from service.bench import DEFAULT_DATA, RISK_FACTORS, SYMPTOMS, _rss_mb, percentile, sample_photos, start_server
+from benchmarks.service_bench import (
+    DEFAULT_DATA,
+    RISK_FACTORS,
+    SYMPTOMS,
+    _rss_mb,
+    percentile,
+    sample_photos,
+    start_server,
+)
 
 
 def _gif() -> bytes:

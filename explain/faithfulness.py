@@ -41,9 +41,9 @@ from torchvision.transforms.v2 import functional as TF
 
 from explain.gradcam import DEFAULT_METHOD, BaseCAM, SimilarityTarget, get_method
 from models.backends.base import ImageTextModel
-from models.datasets import LabelledImage, load_labelled_folder
-from models.taxonomy import Modality, Taxonomy
-from models.zeroshot import LabelSet, ensemble_embedding
+from models.fitting.datasets import LabelledImage, load_labelled_folder
+from models.knowledge.taxonomy import Modality, Taxonomy
+from models.scoring.zeroshot import LabelSet, ensemble_embedding
 
 REFERENCES = ("random", "center")
 Baseline = Literal["blur", "mean"]

@@ -20,12 +20,12 @@ import numpy as np
 import shap
 from pydantic import BaseModel, ConfigDict, Field
 
-from models.fusion import FusionModel, _Parts, alarm_variants, load_fusion
-from models.risk_factors import RiskFactors
-from models.risk_priors import LiteraturePriors, load_priors
-from models.symptoms import SymptomFindings, apply_findings
-from models.taxonomy import Taxonomy, load_taxonomy
-from models.urgency import UrgencyThresholds, _decide, _table, default_thresholds
+from models.knowledge.risk_factors import RiskFactors
+from models.knowledge.risk_priors import LiteraturePriors, load_priors
+from models.knowledge.symptoms import SymptomFindings, apply_findings
+from models.knowledge.taxonomy import Taxonomy, load_taxonomy
+from models.scoring.fusion import FusionModel, _Parts, alarm_variants, load_fusion
+from models.scoring.urgency import UrgencyThresholds, _decide, _table, default_thresholds
 
 __all__ = ["THEMES", "UrgencyShap", "explain_urgency", "warm_up"]
 
@@ -145,7 +145,7 @@ def explain_urgency(
 ) -> UrgencyShap:
     """Exact SHAP values (shap's Exact explainer) of the urgency score of one answer.
 
-    Same inputs as `models.fusion.fuse` (+ the urgency thresholds); the score it explains equals
+    Same inputs as `models.scoring.fusion.fuse` (+ the urgency thresholds); the score it explains equals
     `assess_urgency(fuse(...)).score` for those inputs.
     """
     risk = risk or RiskFactors()

@@ -5,20 +5,19 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 import warnings
 from pathlib import Path
 
-DEFAULT_DATA = Path(os.environ.get("DERMTRIAGE_DATA", Path(__file__).resolve().parents[2] / "shared/data/pad-ufes-20"))
+from models.fitting.datasets import DEFAULT_DATA
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
     """Photos through the same engine the HTTP service uses: the full answer, flags included."""
     from uuid import uuid4
 
-    from models.registry import load_model
-    from models.taxonomy import load_taxonomy
+    from models.backends.registry import load_model
+    from models.knowledge.taxonomy import load_taxonomy
     from service.engine import TriageEngine
     from service.images import ImageError, ImageLimits, decode_image
     from service.schemas import ClinicalInput, TriageOptions
@@ -62,9 +61,9 @@ def _print_result(photo: str, result, custom_labels: bool) -> None:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from models.evaluation import evaluate
-    from models.registry import load_model
-    from models.taxonomy import load_taxonomy
+    from models.backends.registry import load_model
+    from models.fitting.evaluation import evaluate
+    from models.knowledge.taxonomy import load_taxonomy
 
     model = load_model(args.model)
     taxonomy = load_taxonomy()
@@ -81,11 +80,11 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     for w in caught:
         print(f"warning: {w.message}", file=sys.stderr)
     if args.labels == "dataset":
-        from models.calibration_fit import uncertainty_report
+        from models.fitting.calibration_fit import uncertainty_report
 
         report.update(uncertainty_report(model, taxonomy, args.data, coverage=args.coverage, ood=not args.no_ood))
     if args.report:
-        from models.report import write_report
+        from models.fitting.report import write_report
 
         print(f"wrote {write_report(report, Path(args.report))}", file=sys.stderr)
     if args.json:
@@ -122,10 +121,10 @@ def _print_uncertainty(report: dict) -> None:
 
 def _cmd_calibrate(args: argparse.Namespace) -> int:
     """Fit temperature(s) and conformal scores on a labelled folder; write the file the service loads."""
-    from models.calibration import DEFAULT_CALIBRATION_PATH
-    from models.calibration_fit import calibrate_folder
-    from models.registry import load_model
-    from models.taxonomy import load_taxonomy
+    from models.backends.registry import load_model
+    from models.fitting.calibration_fit import calibrate_folder
+    from models.knowledge.taxonomy import load_taxonomy
+    from models.uncertainty.calibration import DEFAULT_CALIBRATION_PATH
 
     if args.threads:
         import torch
@@ -187,10 +186,10 @@ def _print_fused(report: dict) -> None:
 
 
 def _cmd_train_embedded(args: argparse.Namespace) -> int:
-    from models.embedded.card import build_card, write_card
     from models.embedded.model import OOF_PATH, save_weights
-    from models.embedded.train import TrainConfig, train_embedded, write_oof_csv
-    from models.taxonomy import load_taxonomy
+    from models.fitting.embedded_card import build_card, write_card
+    from models.fitting.train_embedded import TrainConfig, train_embedded, write_oof_csv
+    from models.knowledge.taxonomy import load_taxonomy
 
     cfg = TrainConfig(seed=args.seed, epochs=args.epochs, folds=args.folds, threads=args.threads)
     taxonomy = load_taxonomy()
@@ -226,9 +225,9 @@ def _cmd_train_embedded(args: argparse.Namespace) -> int:
 
 def _cmd_build_text_cache(args: argparse.Namespace) -> int:
     """Precompute the condition embeddings a model ships (both modalities), replacing stale files."""
-    from models.registry import load_model
-    from models.taxonomy import load_taxonomy
-    from models.zeroshot import ZeroShotClassifier
+    from models.backends.registry import load_model
+    from models.knowledge.taxonomy import load_taxonomy
+    from models.scoring.zeroshot import ZeroShotClassifier
 
     model = load_model(args.model)
     out = Path(args.out) if args.out else getattr(model, "text_cache_dir", None)
@@ -245,7 +244,7 @@ def _cmd_build_text_cache(args: argparse.Namespace) -> int:
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
-    from models.registry import list_specs
+    from models.backends.registry import list_specs
 
     for spec in list_specs():
         print(f"{spec.name:24s} {spec.backend:10s} {spec.source}")
@@ -253,8 +252,8 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    """Image-tower floor in-process, then the real service under load (see service/bench.py)."""
-    from service.bench import BenchConfig, print_report, run_bench
+    """Image-tower floor in-process, then the real service under load (see benchmarks/service_bench.py)."""
+    from benchmarks.service_bench import BenchConfig, print_report, run_bench
 
     def counts(text: str) -> tuple[int, ...]:
         return tuple(int(x) for x in text.split(",") if x.strip())
@@ -305,8 +304,8 @@ def _cmd_create_api_key(args: argparse.Namespace) -> int:
 
 def _cmd_faithfulness(args: argparse.Namespace) -> int:
     from explain.faithfulness import FaithfulnessConfig, faithfulness_on_folder, stderr_log
-    from models.registry import load_model
-    from models.taxonomy import load_taxonomy
+    from models.backends.registry import load_model
+    from models.knowledge.taxonomy import load_taxonomy
     from service.images import ImageLimits, decode_image
 
     if (args.limit is not None and args.limit < 1) or args.steps < 2:
@@ -340,7 +339,7 @@ def _cmd_faithfulness(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from models.registry import DEFAULT_MODEL
+    from models.backends.registry import DEFAULT_MODEL
 
     p = argparse.ArgumentParser(prog="dermtriage", description="Dermatology triage: decision support, not a diagnosis.")
     p.add_argument("-v", "--verbose", action="store_true")

@@ -20,13 +20,13 @@ from explain.gradcam import explain_differentials
 from explain.risk_shap import explain_urgency
 from explain.risk_shap import warm_up as warm_up_shap
 from models.backends.base import ImageTextModel, encode_image_and_imagenet
-from models.fusion import FusionResult, fuse, fusion_for_model, symptom_text_sims
-from models.gates import UncertaintyGate
-from models.risk_priors import load_priors
-from models.symptoms import extract_findings
-from models.taxonomy import Condition, Taxonomy, UnknownLabelError
-from models.urgency import UrgencyThresholds, assess_urgency, default_thresholds
-from models.zeroshot import LabelSet, ZeroShotClassifier
+from models.knowledge.risk_priors import load_priors
+from models.knowledge.symptoms import extract_findings
+from models.knowledge.taxonomy import Condition, Taxonomy, UnknownLabelError
+from models.scoring.fusion import FusionResult, fuse, fusion_for_model, symptom_text_sims
+from models.scoring.urgency import UrgencyThresholds, assess_urgency, default_thresholds
+from models.scoring.zeroshot import LabelSet, ZeroShotClassifier
+from models.uncertainty.gates import UncertaintyGate
 from service.images import DecodedImage
 from service.schemas import (
     ClinicalInput,

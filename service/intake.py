@@ -23,7 +23,7 @@ from litestar.exceptions import ClientException, ValidationException
 from litestar.exceptions.http_exceptions import RequestEntityTooLarge
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from models.risk_factors import RiskFactors
+from models.knowledge.risk_factors import RiskFactors
 from service.problems import ACCEPTED_MEDIA_TYPES, Problem, field_errors, validated, validation_problem
 from service.schemas import MAX_SYMPTOMS_CHARS, ClinicalInput, TriageOptions
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 
 from models.backends.base import ModelCard
-from models.registry import ModelSpec
+from models.backends.registry import ModelSpec
 from service.batching import BatcherClosed, BatchInfo, MicroBatcher, QueueFull, serving_autocast
 from service.engine import TriageEngine
 from service.images import DecodedImage, ImageLimits, decode_image
@@ -42,8 +42,8 @@ def configure_torch(settings: Settings) -> int:
 
 def build_engine(settings: Settings) -> TriageEngine:
     """Load model and taxonomy (blocking, seconds): run it in a worker thread."""
-    from models.registry import load_model
-    from models.taxonomy import load_taxonomy
+    from models.backends.registry import load_model
+    from models.knowledge.taxonomy import load_taxonomy
 
     configure_torch(settings)
     model = load_model(settings.model, settings.device)
@@ -287,7 +287,7 @@ class ServiceState:
 
 def registry_catalog() -> tuple[list[ModelSpec], dict[str, ModelCard]]:
     """The registry's specs and every card that can be read (a missing card file is skipped)."""
-    from models.registry import list_specs
+    from models.backends.registry import list_specs
 
     specs = list_specs()
     cards: dict[str, ModelCard] = {}

@@ -12,11 +12,11 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from explain.gradcam import Heatmap
 from explain.risk_shap import UrgencyShap
-from models.risk_factors import RiskFactors
-from models.symptoms import SymptomFindings
-from models.taxonomy import Condition
-from models.uncertainty import Uncertainty
-from models.urgency import UrgencyResult
+from models.knowledge.risk_factors import RiskFactors
+from models.knowledge.symptoms import SymptomFindings
+from models.knowledge.taxonomy import Condition
+from models.scoring.urgency import UrgencyResult
+from models.uncertainty.contract import Uncertainty
 from service.images import ImageInfo
 
 DISCLAIMER = "Decision support for clinicians, not a diagnosis. Confirm with a clinical assessment."

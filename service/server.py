@@ -46,7 +46,7 @@ def serve(overrides: dict[str, Any]) -> int:
     except ValidationError as exc:
         print(f"error: invalid configuration:\n{exc}", file=sys.stderr)
         return 2
-    from models.registry import get_spec
+    from models.backends.registry import get_spec
 
     try:
         get_spec(settings.model)

@@ -9,7 +9,7 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from models.registry import DEFAULT_MODEL
+from models.backends.registry import DEFAULT_MODEL
 from service.images import ImageLimits
 
 MIB = 1024 * 1024

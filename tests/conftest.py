@@ -76,6 +76,6 @@ def tiny_clip():
 
 @pytest.fixture(scope="session")
 def embedded_model():
-    from models.registry import load_model
+    from models.backends.registry import load_model
 
     return load_model("embedded-pad-lite0")

@@ -17,7 +17,7 @@ from ehr_client import BASE, ISSUER, JKU, SERVICE_URL, EhrKeys
 from litestar.testing import TestClient
 from test_service_api import wait_ready
 
-from models.taxonomy import load_taxonomy
+from models.knowledge.taxonomy import load_taxonomy
 from service.app import create_app
 from service.auth.api_keys import ApiKeyRegistry, generate_api_key, hash_key, parse_key_line
 from service.auth.cds_jwt import CdsJwtVerifier, JwtRejected

@@ -17,7 +17,7 @@ from models.backends.base import ImageTextModel, ModelCard, ModelUnavailableErro
 from models.backends.hf_clip_backend import HFClipBackend, check_tokenizer
 from models.backends.hub import cached_hub_file
 from models.backends.open_clip_backend import OpenClipBackend
-from models.registry import DEFAULT_MODEL, ModelSpec, get_spec, list_specs, load_model
+from models.backends.registry import DEFAULT_MODEL, ModelSpec, get_spec, list_specs, load_model
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -18,7 +18,7 @@ from litestar.testing import TestClient
 from service_photos import jpeg_bytes, lesion_photo
 from test_service_api import wait_ready
 
-from models.taxonomy import load_taxonomy
+from models.knowledge.taxonomy import load_taxonomy
 from service.app import create_app
 from service.batching import MicroBatcher, QueueFull
 from service.engine import TriageEngine

@@ -26,7 +26,7 @@ from litestar.testing import TestClient
 from service_photos import jpeg_bytes, lesion_photo
 from test_service_api import wait_ready
 
-from models.taxonomy import load_taxonomy
+from models.knowledge.taxonomy import load_taxonomy
 from service.app import create_app
 from service.cds_hooks.cards import summary
 from service.engine import TriageEngine

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from models.taxonomy import load_taxonomy
+from models.knowledge.taxonomy import load_taxonomy
 from service.cli import main
 
 REQUIRED_KEYS = {

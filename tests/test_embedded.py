@@ -18,8 +18,8 @@ from models.embedded.architecture import (
     load_imagenet_trunk,
 )
 from models.embedded.model import CARD_PATH, WEIGHTS_PATH
-from models.embedded.train import FrozenBottom, TrainableTop, TrainConfig, captions_for
-from models.taxonomy import load_taxonomy
+from models.fitting.train_embedded import FrozenBottom, TrainableTop, TrainConfig, captions_for
+from models.knowledge.taxonomy import load_taxonomy
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +53,7 @@ def test_frozen_bottom_plus_trainable_top_is_the_image_tower(fresh_model) -> Non
 
 
 def test_captions_use_facts_and_never_biopsy(pad_dir: Path) -> None:
-    from models.datasets import load_labelled_folder
+    from models.fitting.datasets import load_labelled_folder
 
     items = load_labelled_folder(pad_dir, load_taxonomy())
     assert all("biopsed" not in it.metadata and "diagnostic" not in it.metadata for it in items)
@@ -83,9 +83,9 @@ def test_card_figures_match_out_of_fold_predictions(pad_dir: Path) -> None:
     """The card's figures are recomputed from the committed out-of-fold predictions and the labels."""
     import csv
 
-    from models.datasets import load_labelled_folder
     from models.embedded.model import OOF_PATH
-    from models.metrics import classification_report
+    from models.fitting.datasets import load_labelled_folder
+    from models.fitting.metrics import classification_report
 
     card = ModelCard.model_validate_json(CARD_PATH.read_text())
     chosen = "flip4" if card.inference.get("tta_flips") else "single"
@@ -128,7 +128,7 @@ def test_loads_through_registry(embedded_model) -> None:
 def test_train_pipeline_runs_end_to_end(pad_small: Path, tmp_path: Path) -> None:
     """A two-fold, one-epoch run on 30 photos: produces out-of-fold figures and loadable weights."""
     from models.embedded.model import load_embedded, save_weights
-    from models.embedded.train import train_embedded
+    from models.fitting.train_embedded import train_embedded
 
     cfg = TrainConfig(folds=2, epochs=1, train_views=1, batch_size=8, captions_per_image=2)
     result = train_embedded(pad_small, cfg, cache_dir=tmp_path / "cache")
@@ -160,7 +160,7 @@ def test_model_card_json_is_machine_readable() -> None:
 
 def test_shipped_text_cache_is_current(embedded_model) -> None:
     """The packaged condition embeddings match this weights file and taxonomy (else: build-text-cache)."""
-    from models.zeroshot import ZeroShotClassifier, ensemble_embedding
+    from models.scoring.zeroshot import ZeroShotClassifier, ensemble_embedding
 
     tax = load_taxonomy()
     clf = ZeroShotClassifier(embedded_model, tax)

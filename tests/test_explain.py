@@ -23,7 +23,7 @@ from explain import DEFAULT_METHOD, METHODS, GradCAM, SimilarityTarget, explain_
 from explain.faithfulness import FaithfulnessConfig, auc, evaluate_faithfulness, perturbed_batch, ranks
 from explain.render import colormap_lut, heat_on_canvas, legend_png
 from models.backends.base import ModelCard, Preprocessing, SpatialTarget
-from models.zeroshot import LabelSet
+from models.scoring.zeroshot import LabelSet
 
 # --- a tiny CLIP-style model and its synthetic world -----------------------------------------
 

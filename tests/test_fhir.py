@@ -17,9 +17,9 @@ from litestar.testing import TestClient
 from service_photos import jpeg_bytes, lesion_photo
 from test_service_api import wait_ready
 
-from models.risk_factors import RiskFactors
-from models.taxonomy import load_taxonomy
-from models.uncertainty import Flag, Uncertainty
+from models.knowledge.risk_factors import RiskFactors
+from models.knowledge.taxonomy import load_taxonomy
+from models.uncertainty.contract import Flag, Uncertainty
 from service.app import create_app
 from service.engine import TriageEngine
 from service.fhir.bundle import AI_ASSERTED, triage_bundle

@@ -7,11 +7,11 @@ import json
 import numpy as np
 import pytest
 
-from models.fusion import ALARM_FIELDS, DEFAULT_FUSION_PATH, FusionModel, fuse, load_fusion
-from models.risk_factors import RiskFactors
-from models.risk_priors import load_priors
-from models.symptoms import extract_findings
-from models.taxonomy import load_taxonomy
+from models.knowledge.risk_factors import RiskFactors
+from models.knowledge.risk_priors import load_priors
+from models.knowledge.symptoms import extract_findings
+from models.knowledge.taxonomy import load_taxonomy
+from models.scoring.fusion import ALARM_FIELDS, DEFAULT_FUSION_PATH, FusionModel, fuse, load_fusion
 
 TAX = load_taxonomy()
 PAD = ["actinic_keratosis", "basal_cell_carcinoma", "melanocytic_nevus", "melanoma", "seborrheic_keratosis",
@@ -32,7 +32,7 @@ def fitted() -> FusionModel:
 
 def test_fitted_json_matches_model_and_taxonomy(fitted: FusionModel) -> None:
     from models.embedded.model import CARD_PATH, WEIGHTS_PATH
-    from models.fusion import _sha256
+    from models.scoring.fusion import _sha256
 
     card = json.loads(CARD_PATH.read_text())
     assert fitted.image_model["name"] == card["name"] and fitted.image_model["version"] == card["version"]
@@ -80,7 +80,7 @@ def test_unknown_fields_contribute_nothing(fitted: FusionModel) -> None:
     assert all(abs(v) < 1e-12 for v in empty.contributions["symptoms"].values())
     assert empty.factors == []
     # a PAD-style row with every column missing maps to the same thing
-    from models.risk_factors import risk_factors_from_pad
+    from models.knowledge.risk_factors import risk_factors_from_pad
 
     row = fuse(image, None, risk_factors_from_pad({"fitspatrick": "", "smoke": "", "region": "", "itch": "UNK"}))
     assert row.contributions["risk_factors"] == empty.contributions["risk_factors"]
@@ -129,7 +129,7 @@ def test_fusion_json_is_small() -> None:
 def test_fusion_for_model_checks_name_and_weights(fitted: FusionModel) -> None:
     from types import SimpleNamespace
 
-    from models.fusion import fusion_for_model
+    from models.scoring.fusion import fusion_for_model
 
     sha = fitted.image_model["weights_sha256"]
     same = SimpleNamespace(card=SimpleNamespace(name="embedded-pad-lite0"), fingerprint=f"x@1#{sha[:12]}")

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from models.taxonomy import load_taxonomy
+from models.knowledge.taxonomy import load_taxonomy
 from service.app import create_app
 from service.engine import TriageEngine
 from service.settings import Settings

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
-from models.gates import GateThresholds, assess, quality_flags
-from models.ood import OodScore
-from models.ood_data import synthetic_images
+from models.fitting.ood_data import synthetic_images
+from models.uncertainty.gates import GateThresholds, assess, quality_flags
+from models.uncertainty.ood import OodScore
 from service.images import decode_image
 
 CLEAN = np.array([0.85, 0.08, 0.04, 0.02, 0.01])
@@ -103,8 +103,8 @@ def test_poor_quality_fires_on_a_broken_capture_and_not_on_a_clean_one(make, mea
 def embedded_engine():
     import torch
 
-    from models.registry import load_model
-    from models.taxonomy import load_taxonomy
+    from models.backends.registry import load_model
+    from models.knowledge.taxonomy import load_taxonomy
     from service.engine import TriageEngine
 
     torch.set_num_threads(1)

@@ -7,8 +7,8 @@ import pytest
 from PIL import Image
 
 from models.backends.base import Preprocessing
+from models.backends.registry import PreprocessingOverride
 from models.embedded.architecture import load_preprocessing
-from models.registry import PreprocessingOverride
 
 MEAN_STD = {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
 
@@ -56,6 +56,6 @@ def test_crop_pct_is_validated_and_overridable() -> None:
 
 
 def test_embedded_model_serves_the_crop_it_was_validated_with() -> None:
-    """Training's test-time views and the service read the same config (models/embedded/train.py)."""
+    """Training's test-time views and the service read the same config (models/fitting/train_embedded.py)."""
     pre = load_preprocessing()
     assert pre.crop_pct == 0.8 and pre.image_size == 224

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from models.risk_factors import (
+from models.knowledge.risk_factors import (
     BODY_SITE_SNOMED,
     PAD_REQUEST_FIELDS,
     BodySite,
@@ -13,7 +13,7 @@ from models.risk_factors import (
     RiskFactors,
     risk_factors_from_pad,
 )
-from models.taxonomy import _verhoeff_ok
+from models.knowledge.taxonomy import _verhoeff_ok
 
 OUT_OF_RANGE = [
     ("age", -1),

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 
 from explain.risk_shap import explain_urgency
-from models.fusion import fuse, load_fusion
-from models.risk_factors import RiskFactors
-from models.symptoms import extract_findings
-from models.taxonomy import load_taxonomy
-from models.urgency import assess_urgency
+from models.knowledge.risk_factors import RiskFactors
+from models.knowledge.symptoms import extract_findings
+from models.knowledge.taxonomy import load_taxonomy
+from models.scoring.fusion import fuse, load_fusion
+from models.scoring.urgency import assess_urgency
 
 TAX = load_taxonomy()
 MODEL = load_fusion()

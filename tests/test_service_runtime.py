@@ -15,7 +15,7 @@ import pytest
 from litestar.testing import TestClient
 from service_photos import jpeg_bytes, lesion_photo
 
-from models.taxonomy import load_taxonomy
+from models.knowledge.taxonomy import load_taxonomy
 from service.app import create_app
 from service.engine import TriageEngine
 from service.settings import Settings

@@ -6,9 +6,9 @@ import itertools
 
 import pytest
 
-from models.datasets import PAD_FLAG_COLUMNS
-from models.risk_factors import Immunosuppression, RiskFactors, risk_factors_from_pad
-from models.symptoms import apply_findings, extract_findings, findings_provenance, parse_duration, sentence_from_pad
+from models.fitting.datasets import PAD_FLAG_COLUMNS, sentence_from_pad
+from models.knowledge.risk_factors import Immunosuppression, RiskFactors, risk_factors_from_pad
+from models.knowledge.symptoms import apply_findings, extract_findings, findings_provenance, parse_duration
 
 
 @pytest.mark.parametrize(

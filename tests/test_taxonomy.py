@@ -1,4 +1,4 @@
-"""Tests for the condition taxonomy (models/taxonomy.yaml + models/taxonomy.py)."""
+"""Tests for the condition taxonomy (models/knowledge/taxonomy.yaml + models/knowledge/taxonomy.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from models.taxonomy import (
+from models.knowledge.taxonomy import (
     DEFAULT_TAXONOMY_PATH,
     Condition,
     Taxonomy,

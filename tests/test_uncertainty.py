@@ -7,7 +7,9 @@ import hashlib
 import numpy as np
 import pytest
 
-from models.calibration import (
+from models.embedded.model import MODEL_NAME, WEIGHTS_PATH, load_card
+from models.knowledge.taxonomy import load_taxonomy
+from models.uncertainty.calibration import (
     DEFAULT_CALIBRATION_PATH,
     CalibrationFile,
     CalibrationMismatchError,
@@ -20,9 +22,7 @@ from models.calibration import (
     fit_temperature,
     load_calibration,
 )
-from models.conformal import conformal_quantile, conformity_scores, prediction_sets, set_coverage
-from models.embedded.model import MODEL_NAME, WEIGHTS_PATH, load_card
-from models.taxonomy import load_taxonomy
+from models.uncertainty.conformal import conformal_quantile, conformity_scores, prediction_sets, set_coverage
 
 
 def calibrated_data(n: int, c: int = 6, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -93,7 +93,7 @@ def test_a_file_for_another_model_weights_or_taxonomy_is_refused():
 
 
 def test_engine_gate_refuses_an_explicit_file_for_another_model(tiny_clip, tmp_path):
-    from models.gates import UncertaintyGate
+    from models.uncertainty.gates import UncertaintyGate
 
     path = tmp_path / "cal.json"
     _file(name=MODEL_NAME, fingerprint="embedded-pad-lite0@1.0.0#000000000000").write(path)

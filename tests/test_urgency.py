@@ -9,11 +9,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from models.fusion import DEFAULT_FUSION_PATH, FusionModel, fuse, load_fusion
-from models.risk_factors import BodySite, Immunosuppression, RiskFactors
-from models.symptoms import extract_findings
-from models.taxonomy import UrgencyTier, load_taxonomy
-from models.urgency import assess_urgency, default_thresholds, ng12_checklist
+from models.knowledge.risk_factors import BodySite, Immunosuppression, RiskFactors
+from models.knowledge.symptoms import extract_findings
+from models.knowledge.taxonomy import UrgencyTier, load_taxonomy
+from models.scoring.fusion import DEFAULT_FUSION_PATH, FusionModel, fuse, load_fusion
+from models.scoring.urgency import assess_urgency, default_thresholds, ng12_checklist
 
 TAX = load_taxonomy()
 MODEL = load_fusion()

@@ -26,7 +26,7 @@ import httpx
 import pytest
 from service_photos import jpeg_bytes, lesion_photo
 
-from models.risk_factors import BodySite, RiskFactors
+from models.knowledge.risk_factors import BodySite, RiskFactors
 from service.app import create_app
 from service.schemas import TriageResult
 from service.settings import Settings
@@ -274,7 +274,7 @@ def test_viewer_is_public_when_v1_needs_a_key(tiny_clip: Any) -> None:
     """With API keys on, the page and its files stay open while /v1 answers 401 without the key."""
     from litestar.testing import TestClient
 
-    from models.taxonomy import load_taxonomy
+    from models.knowledge.taxonomy import load_taxonomy
     from service.auth.api_keys import generate_api_key
     from service.engine import TriageEngine
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from models.taxonomy import load_taxonomy
-from models.zeroshot import ZeroShotClassifier, ensemble_embedding
+from models.knowledge.taxonomy import load_taxonomy
+from models.scoring.zeroshot import ZeroShotClassifier, ensemble_embedding
 
 
 class CountingModel:

@@ -10,7 +10,7 @@ tower's cost, no second pass through the trunk.
 The OOD gate reads the ImageNet probability mass on the classes skin photos typically get (on the
 development photos most get "tick", some "band aid", "nipple", ...: ImageNet has no "skin lesion"
 class); a photo that puts almost none there shows something else. Which classes and the threshold
-are fitted on skin photos only (models/ood_fit.py).
+are fitted on skin photos only (models/fitting/ood_fit.py).
 """
 
 from __future__ import annotations

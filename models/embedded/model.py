@@ -16,7 +16,7 @@ from models.embedded.architecture import TEXT_TRANSFORMER_PREFIX, build_model, l
 from models.embedded.domain import FrozenFeatureTap, ImageNetTop, first_tuned_block
 
 if TYPE_CHECKING:
-    from models.registry import ModelSpec
+    from models.backends.registry import ModelSpec
 
 EMBEDDED_DIR = Path(__file__).parent
 WEIGHTS_PATH = EMBEDDED_DIR / "weights" / "embedded-pad-lite0.safetensors"

@@ -31,10 +31,10 @@ from typing import Any
 from fhir.resources.R4B import get_fhir_model_class
 from fhir.resources.R4B.bundle import Bundle
 
-from models.risk_factors import BODY_SITE_SNOMED, BodySite, RiskFactors
-from models.symptoms import SymptomFindings
-from models.uncertainty import Flag, Uncertainty
-from models.urgency import UrgencyResult
+from models.knowledge.risk_factors import BODY_SITE_SNOMED, BodySite, RiskFactors
+from models.knowledge.symptoms import SymptomFindings
+from models.scoring.urgency import UrgencyResult
+from models.uncertainty.contract import Flag, Uncertainty
 from service.schemas import SNOMED_CT, Differential, TriageResult
 
 DT = "https://dermtriage.dev/fhir/CodeSystem/"

@@ -27,7 +27,7 @@ from typing import Any
 from fhir.resources.R4B import get_fhir_model_class
 from pydantic import ValidationError
 
-from models.risk_factors import BODY_SITE_SNOMED, RiskFactors
+from models.knowledge.risk_factors import BODY_SITE_SNOMED, RiskFactors
 from service.fhir.bundle import CS_RISK_FACTOR, CS_TRIAGE, LOINC
 from service.fhir.outcome import FhirError
 from service.schemas import MAX_SYMPTOMS_CHARS, ClinicalInput, TriageOptions

@@ -8,7 +8,7 @@ from litestar.openapi import ResponseSpec
 from litestar.openapi.spec import Example
 from pydantic import BaseModel
 
-from models.taxonomy import Condition
+from models.knowledge.taxonomy import Condition
 from service.auth.guard import API_KEY_SECURITY
 from service.engine import TriageEngine
 from service.openapi import NOT_READY, problem_responses

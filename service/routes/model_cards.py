@@ -10,7 +10,7 @@ from litestar.params import Parameter
 from pydantic import BaseModel
 
 from models.backends.base import ModelCard
-from models.registry import ModelSpec
+from models.backends.registry import ModelSpec
 from service.auth.guard import API_KEY_SECURITY
 from service.engine import TriageEngine
 from service.openapi import NOT_READY, problem_example, problem_responses

@@ -10,7 +10,7 @@ Fitted by class-balanced multinomial maximum likelihood with an L2 penalty on th
 one tempered image weight `a`, one text weight `s` (both shared by all conditions, so the
 form carries over to conditions outside PAD), per-class intercepts and per-class risk weights.
 
-    python -m models.fusion_fit            # refit and write models/embedded/fusion.json
+    python -m models.fitting.fusion_fit            # refit and write models/embedded/fusion.json
 """
 
 from __future__ import annotations
@@ -30,8 +30,11 @@ import numpy as np
 from scipy.optimize import minimize
 from sklearn.model_selection import StratifiedGroupKFold
 
-from models.datasets import LabelledImage
-from models.fusion import (
+from models.fitting.datasets import DEFAULT_DATA, LabelledImage, sentence_from_pad
+from models.knowledge.risk_factors import PAD_REQUEST_FIELDS, RiskFactors, risk_factors_from_pad
+from models.knowledge.symptoms import apply_findings, extract_findings
+from models.knowledge.taxonomy import Taxonomy, UrgencyTier
+from models.scoring.fusion import (
     DEFAULT_FUSION_PATH,
     FITTED_FEATURES,
     LOG_FLOOR,
@@ -40,10 +43,7 @@ from models.fusion import (
     FusionResult,
     fuse,
 )
-from models.risk_factors import PAD_REQUEST_FIELDS, RiskFactors, risk_factors_from_pad
-from models.symptoms import apply_findings, extract_findings, sentence_from_pad
-from models.taxonomy import Taxonomy, UrgencyTier
-from models.urgency import UrgencyThresholds, _rules, _table, assess_urgency, ng12_checklist, urgency_report
+from models.scoring.urgency import UrgencyThresholds, _rules, _table, assess_urgency, ng12_checklist, urgency_report
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,6 @@ __all__ = [
     "tune_urgency",
 ]
 
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "pad-ufes-20"
 # Chosen by patient-grouped CV on the development set (3 split seeds; recorded in fusion.json):
 # class weights count**-0.5 trade balanced accuracy against malignant AUROC better than full balancing.
 DEFAULT_L2 = 3.0  # on the risk weights
@@ -352,18 +351,18 @@ def nested_urgency(
 
 
 def _figures(probs: np.ndarray, y: np.ndarray, class_ids: Sequence[str], malignant: Sequence[bool]) -> dict:
-    from models.metrics import classification_report
+    from models.fitting.metrics import classification_report
 
     rep = classification_report(probs, y, list(class_ids), malignant)
     return {k: rep[k] for k in ("balanced_accuracy", "malignant_auroc", "melanoma_sensitivity", "per_class")}
 
 
 def main(argv: list[str] | None = None) -> int:
-    from models.datasets import load_labelled_folder
+    from models.backends.registry import load_model
     from models.embedded.model import OOF_PATH, WEIGHTS_PATH, load_card
-    from models.registry import load_model
-    from models.taxonomy import load_taxonomy
-    from models.zeroshot import ZeroShotClassifier
+    from models.fitting.datasets import load_labelled_folder
+    from models.knowledge.taxonomy import load_taxonomy
+    from models.scoring.zeroshot import ZeroShotClassifier
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", default=os.environ.get("DERMTRIAGE_DATA", str(DEFAULT_DATA)))
@@ -386,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
     urgency["nested"] = nested_urgency(data, results, taxonomy)
     fused = fit_fusion(data, l2=args.l2)
     card = load_card()
-    from models.fusion import _sha256
+    from models.scoring.fusion import _sha256
 
     fused = fused.model_copy(
         update={

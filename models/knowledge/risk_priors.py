@@ -18,7 +18,7 @@ import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from models.risk_factors import RiskFactors
+from models.knowledge.risk_factors import RiskFactors
 
 __all__ = ["DEFAULT_PRIORS_PATH", "LiteraturePriors", "Prior", "load_priors"]
 

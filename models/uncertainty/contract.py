@@ -1,7 +1,8 @@
 """The uncertainty part of a triage answer: calibrated probabilities, a conformal set, gates.
 
 This module holds the typed contract only; calibration (temperature, conformal threshold), the
-out-of-distribution and photo-quality gates fill it (see models/calibration.py, models/gates.py).
+out-of-distribution and photo-quality gates fill it (see models/uncertainty/calibration.py and
+models/uncertainty/gates.py).
 Every flag carries the measured value and the threshold it crossed, so a clinician or an
 integrator can see *why* a case was sent to a human.
 """

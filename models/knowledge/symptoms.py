@@ -16,13 +16,11 @@ present: for triage a missed alarm costs more than a false one.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from models.datasets import PAD_FLAG_COLUMNS
-from models.risk_factors import Immunosuppression, RiskFactors
+from models.knowledge.risk_factors import Immunosuppression, RiskFactors
 
 __all__ = [
     "RISK_CONCEPTS",
@@ -32,7 +30,6 @@ __all__ = [
     "extract_findings",
     "findings_provenance",
     "parse_duration",
-    "sentence_from_pad",
 ]
 
 _W = r"(?<![a-z])"  # left word boundary that treats digits as word characters too
@@ -361,42 +358,3 @@ def findings_provenance(risk: RiskFactors | None, findings: SymptomFindings | No
         return frozenset()
     explicit = (risk or RiskFactors()).model_dump(exclude_none=True)
     return frozenset(k for k in _finding_values(findings) if k not in explicit)
-
-
-# ----------------------------------------------------------------------------- PAD flags -> words
-
-_PAD_WORDS = {  # flag: (as an adjective or verb phrase when true, as a denial when false)
-    "itch": ("itchy", "not itchy"),
-    "grew": ("has grown", "has not grown"),
-    "hurt": ("painful", "no pain"),
-    "changed": ("has changed", "has not changed"),
-    "bleed": ("bleeds", "no bleeding"),
-    "elevation": ("raised", "flat"),
-}
-
-
-def sentence_from_pad(meta: Mapping[str, str]) -> str:
-    """The lesion flags of a PAD row as a patient might write them: "itchy, raised spot that has
-    grown and bleeds. No pain." Unknown flags are left out; an empty string when none is known."""
-
-    def flag(col: str) -> bool | None:
-        v = (meta.get(col) or "").strip().lower()
-        return True if v == "true" else False if v == "false" else None
-
-    values = {c: flag(c) for c in PAD_FLAG_COLUMNS}
-    if all(v is None for v in values.values()):
-        return ""
-    adjectives = [_PAD_WORDS[c][0] for c in ("itch", "hurt", "elevation") if values[c] is True]
-    verbs = [_PAD_WORDS[c][0] for c in ("grew", "changed", "bleed") if values[c] is True]
-    denials = [_PAD_WORDS[c][1] for c in PAD_FLAG_COLUMNS if values[c] is False]
-    subject = ", ".join(adjectives) + " spot" if adjectives else "a spot"
-    if adjectives:
-        subject = ("an " if adjectives[0][0] in "aeiou" else "a ") + subject
-    sentence = subject
-    if verbs:
-        sentence += " that " + (" and ".join([", ".join(verbs[:-1]), verbs[-1]]) if len(verbs) > 1 else verbs[0])
-    sentence = sentence[0].upper() + sentence[1:] + "."
-    if denials:
-        # "flat" and the verb phrases carry their own denial; join each as its own item
-        sentence += " " + "; ".join(denials).capitalize() + "."
-    return sentence

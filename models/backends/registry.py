@@ -22,7 +22,7 @@ from models.backends.base import ImageTextModel, ModelCard, Preprocessing
 
 log = logging.getLogger(__name__)
 
-SPEC_DIR = Path(__file__).resolve().parent / "specs"
+SPEC_DIR = Path(__file__).resolve().parents[1] / "specs"
 DEFAULT_MODEL = "embedded-pad-lite0"
 AD_HOC_FORMS = (
     "open_clip:ARCH[@PRETRAINED_TAG_OR_PATH]",

@@ -5,11 +5,17 @@ dataset codes). `biopsed` is read by nobody: it leaks the label (see DATA.md).""
 from __future__ import annotations
 
 import csv
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from models.taxonomy import Taxonomy
+from models.knowledge.taxonomy import Taxonomy
 
+# The development photos: $DERMTRIAGE_DATA, else the checkout's sibling `shared/data/pad-ufes-20`.
+DEFAULT_DATA = Path(
+    os.environ.get("DERMTRIAGE_DATA") or Path(__file__).resolve().parents[3] / "shared" / "data" / "pad-ufes-20"
+)
 PAD_FLAG_COLUMNS = ("itch", "grew", "hurt", "changed", "bleed", "elevation")
 
 
@@ -80,3 +86,42 @@ def _load_plain(root: Path, taxonomy: Taxonomy) -> list[LabelledImage]:
             meta = {k: v for k, v in row.items() if k not in ("file", "label")}
             out.append(LabelledImage(path, condition.id, row.get("patient_id") or path.stem, meta))
     return out
+
+
+# ----------------------------------------------------------------------------- PAD flags -> words
+
+_PAD_WORDS = {  # flag: (as an adjective or verb phrase when true, as a denial when false)
+    "itch": ("itchy", "not itchy"),
+    "grew": ("has grown", "has not grown"),
+    "hurt": ("painful", "no pain"),
+    "changed": ("has changed", "has not changed"),
+    "bleed": ("bleeds", "no bleeding"),
+    "elevation": ("raised", "flat"),
+}
+
+
+def sentence_from_pad(meta: Mapping[str, str]) -> str:
+    """The lesion flags of a PAD row as a patient might write them: "itchy, raised spot that has
+    grown and bleeds. No pain." Unknown flags are left out; an empty string when none is known."""
+
+    def flag(col: str) -> bool | None:
+        v = (meta.get(col) or "").strip().lower()
+        return True if v == "true" else False if v == "false" else None
+
+    values = {c: flag(c) for c in PAD_FLAG_COLUMNS}
+    if all(v is None for v in values.values()):
+        return ""
+    adjectives = [_PAD_WORDS[c][0] for c in ("itch", "hurt", "elevation") if values[c] is True]
+    verbs = [_PAD_WORDS[c][0] for c in ("grew", "changed", "bleed") if values[c] is True]
+    denials = [_PAD_WORDS[c][1] for c in PAD_FLAG_COLUMNS if values[c] is False]
+    subject = ", ".join(adjectives) + " spot" if adjectives else "a spot"
+    if adjectives:
+        subject = ("an " if adjectives[0][0] in "aeiou" else "a ") + subject
+    sentence = subject
+    if verbs:
+        sentence += " that " + (" and ".join([", ".join(verbs[:-1]), verbs[-1]]) if len(verbs) > 1 else verbs[0])
+    sentence = sentence[0].upper() + sentence[1:] + "."
+    if denials:
+        # "flat" and the verb phrases carry their own denial; join each as its own item
+        sentence += " " + "; ".join(denials).capitalize() + "."
+    return sentence

@@ -114,7 +114,7 @@ def write_report(report: dict[str, Any], out: Path) -> Path:
         lines += [
             "",
             f"Out-of-distribution flag rate: skin photos {ood['skin']:.3f} (n={ood['n_skin']}), "
-            f"non-skin set {ood['non_skin']:.3f} (n={ood['n_non_skin']}; models/ood_data.py).",
+            f"non-skin set {ood['non_skin']:.3f} (n={ood['n_non_skin']}; models/fitting/ood_data.py).",
         ]
     path = out / "report.md"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")

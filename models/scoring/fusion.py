@@ -10,7 +10,7 @@ The model is additive in log-odds, so every answer can show what each part contr
     posterior = softmax(logit)
 
 `a`, `s`, `b` and `V` are fitted on PAD-UFES-20 out-of-fold image probabilities
-(models/fusion_fit.py) and stored in `models/embedded/fusion.json`, tied to the image model and
+(models/fitting/fusion_fit.py) and stored in `models/embedded/fusion.json`, tied to the image model and
 the taxonomy. Risk features are centred on the training data and an unknown value contributes 0:
 nothing is learnt from *whether* a field is given. A model other than the one fitted gets the
 generic form (a = 1, s fitted, no fitted risk weights, cited priors only).
@@ -37,9 +37,9 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from models.risk_factors import BodySite, RiskFactors
-from models.risk_priors import LiteraturePriors, load_priors
-from models.symptoms import SymptomFindings, apply_findings, findings_provenance
+from models.knowledge.risk_factors import BodySite, RiskFactors
+from models.knowledge.risk_priors import LiteraturePriors, load_priors
+from models.knowledge.symptoms import SymptomFindings, apply_findings, findings_provenance
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ __all__ = [
     "symptom_text_sims",
 ]
 
-DEFAULT_FUSION_PATH = Path(__file__).with_name("embedded") / "fusion.json"
+DEFAULT_FUSION_PATH = Path(__file__).resolve().parents[1] / "embedded" / "fusion.json"
 FORMAT = "dermtriage-fusion/1"
 LOG_FLOOR = 1e-4  # image probabilities are floored before the log: one overconfident zero must not veto
 ALARM_FIELDS = ("bleeding", "changed_size", "rapid_growth", "changed_shape", "changed_colour")

@@ -13,7 +13,7 @@ Three sources, the most severe wins:
 
 Monotone by construction: every rule only ever raises the category on more alarm facts, the
 checklist only gains points, and the condition rule reads `FusionResult.posterior_upper`, which
-cannot fall when bleeding or growth is added (see models/fusion.py). The score is the category's
+cannot fall when bleeding or growth is added (see models/scoring/fusion.py). The score is the category's
 band plus a monotone position inside it, so it is monotone too.
 """
 
@@ -27,9 +27,9 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from models.fusion import FusionResult, load_fusion
-from models.risk_factors import CHANGE_FIELDS, RiskFactors, is_immunosuppressed
-from models.taxonomy import Condition, Taxonomy, UrgencyTier, load_taxonomy
+from models.knowledge.risk_factors import CHANGE_FIELDS, RiskFactors, is_immunosuppressed
+from models.knowledge.taxonomy import Condition, Taxonomy, UrgencyTier, load_taxonomy
+from models.scoring.fusion import FusionResult, load_fusion
 
 __all__ = [
     "NG12Result",

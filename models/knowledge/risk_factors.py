@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from models.taxonomy import Code
+from models.knowledge.taxonomy import Code
 
 __all__ = [
     "BODY_SITE_SNOMED",

@@ -1,11 +1,11 @@
 """Fit and judge the out-of-distribution gate of a model on the development photos.
 
-    python -m models.ood_fit                 # embedded model: writes models/embedded/ood_stats.npz, prints figures
-    python -m models.ood_fit --dry-run       # figures only
+    python -m models.fitting.ood_fit         # embedded model: writes models/embedded/ood_stats.npz, prints figures
+    python -m models.fitting.ood_fit --dry-run       # figures only
 
 Thresholds are quantiles of the skin photos' own scores (distance: Gaussian fitted on the other
 patients' photos, patient-grouped 5-fold), so the skin false-flag rate is a held-out figure; the
-non-skin set (models/ood_data.py) is only scored, never fitted on.
+non-skin set (models/fitting/ood_data.py) is only scored, never fitted on.
 
 Caveat measured here, not hidden: the embedded model was trained on these same photos, so their
 embeddings are in-sample for the image tower; new skin photos may sit a little farther from the
@@ -27,7 +27,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from models.ood import (
+from models.fitting.datasets import DEFAULT_DATA
+from models.uncertainty.ood import (
     DEFAULT_OOD_PATH,
     OodDetector,
     OodStats,
@@ -40,7 +41,6 @@ from models.ood import (
 )
 
 CACHE_DIR = Path(".cache") / "uncertainty"
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "pad-ufes-20"
 DISTANCE_QUANTILE = 0.99  # skin photos beyond the 99th percentile of skin distances are flagged
 SKIN_PROB_QUANTILE = 0.99  # ... and below the 1st percentile of skin-prompt mass
 SKIN_PIXEL_QUANTILE = 0.99  # ... and below the 1st percentile of the share of skin-coloured pixels
@@ -60,7 +60,7 @@ def embed_pil(model: Any, images: Sequence[Image.Image], batch_size: int = 16) -
 
 def cached_embeddings(model: Any, key: str, load: Any, n: int, cache_dir: Path = CACHE_DIR) -> np.ndarray:
     """Embeddings of n images (load(i) -> PIL image), cached under a key of the model and the image list."""
-    from models.zeroshot import model_identity
+    from models.scoring.zeroshot import model_identity
 
     digest = hashlib.sha256(f"{model_identity(model)}|{key}".encode()).hexdigest()[:16]
     path = cache_dir / f"embeddings-{digest}.npy"
@@ -75,7 +75,7 @@ def cached_embeddings(model: Any, key: str, load: Any, n: int, cache_dir: Path =
 @torch.inference_mode()
 def cached_imagenet_probs(model: Any, key: str, load: Any, n: int, cache_dir: Path = CACHE_DIR) -> np.ndarray | None:
     """(n, 1000) frozen-ImageNet probabilities for models that offer them (`encode_image_with_domain`), cached."""
-    from models.zeroshot import model_identity
+    from models.scoring.zeroshot import model_identity
 
     if getattr(model, "imagenet_top", None) is None:
         return None
@@ -124,15 +124,15 @@ def _photo_set(model: Any, key: str, names: list[str], load: Any) -> PhotoSet:
 
 
 def dev_photos(model: Any, items: Sequence[Any]) -> PhotoSet:
-    from models.evaluation import load_rgb
+    from models.fitting.evaluation import load_rgb
 
     names = [i.stem for i in items]
     return _photo_set(model, "|".join(names), names, lambda j: load_rgb(items[j].path))
 
 
 def non_skin_photos(model: Any) -> PhotoSet:
-    """The non-skin set (models/ood_data.py), generated once."""
-    from models.ood_data import non_skin_images
+    """The non-skin set (models/fitting/ood_data.py), generated once."""
+    from models.fitting.ood_data import non_skin_images
 
     images = non_skin_images()
     names = [n for n, _ in images]
@@ -181,7 +181,7 @@ def cross_fitted_distances(emb: np.ndarray, groups: Sequence[str], folds: int = 
 
 def fit_ood(model: Any, items: Sequence[Any], prompts: bool = True) -> tuple[OodStats, dict[str, Any]]:
     """Statistics on all development photos, thresholds and held-out figures (skin and non-skin)."""
-    from models.zeroshot import model_identity
+    from models.scoring.zeroshot import model_identity
 
     dev = dev_photos(model, items)
     emb, inet = dev.embeddings, dev.imagenet
@@ -265,9 +265,9 @@ def _kind(name: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from models.datasets import load_labelled_folder
-    from models.registry import DEFAULT_MODEL, load_model
-    from models.taxonomy import load_taxonomy
+    from models.backends.registry import DEFAULT_MODEL, load_model
+    from models.fitting.datasets import load_labelled_folder
+    from models.knowledge.taxonomy import load_taxonomy
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default=DEFAULT_MODEL)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from service.cli import DEFAULT_DATA
+from models.fitting.datasets import DEFAULT_DATA
 
 REPO = Path(__file__).resolve().parents[1]
 RISK_FACTORS = json.dumps({"age": 64, "fitzpatrick": 2, "diameter_mm": 7, "changed_size": True})
@@ -78,7 +78,7 @@ def floor(cfg: BenchConfig, photos: list[bytes]) -> dict[str, Any]:
     """In-process: the image tower alone (photos/s by batch size), decode and post-processing per photo."""
     import torch
 
-    from models.risk_factors import RiskFactors
+    from models.knowledge.risk_factors import RiskFactors
     from service.batching import MicroBatcher, serving_autocast
     from service.images import ImageLimits, decode_image
     from service.metrics import Metrics

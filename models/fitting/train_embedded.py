@@ -37,10 +37,10 @@ from sklearn.model_selection import StratifiedGroupKFold
 from torchvision.transforms import v2 as T
 from tqdm import tqdm
 
-from models.datasets import PAD_FLAG_COLUMNS, LabelledImage, load_labelled_folder
 from models.embedded.architecture import build_model, load_imagenet_trunk, load_preprocessing
-from models.metrics import classification_report
-from models.taxonomy import Taxonomy, load_taxonomy
+from models.fitting.datasets import PAD_FLAG_COLUMNS, LabelledImage, load_labelled_folder
+from models.fitting.metrics import classification_report
+from models.knowledge.taxonomy import Taxonomy, load_taxonomy
 
 log = logging.getLogger(__name__)
 
@@ -247,7 +247,7 @@ def cache_image_features(
 def class_text_embeddings(
     text_proj: torch.nn.Module, prompt_feats: torch.Tensor, index: torch.Tensor, n_classes: int
 ) -> torch.Tensor:
-    """Project prompt features, normalise, average per class, normalise: as models/zeroshot.py does."""
+    """Project prompt features, normalise, average per class, normalise: as models/scoring/zeroshot.py does."""
     z = F.normalize(text_proj(prompt_feats), dim=-1)
     sums = torch.zeros(n_classes, z.shape[1]).index_add_(0, index, z)
     return F.normalize(sums, dim=-1)

@@ -1,10 +1,11 @@
 """Temperature scaling, calibration error, and the calibration file tied to one model and taxonomy.
 
 A calibration file holds, per *stage* (`image`: the zero-shot softmax; `fused`: the posterior of
-models/fusion.py), one temperature and the sorted split-conformal scores (models/conformal.py) fitted
-on a labelled set. It names the model (name, version, fingerprint: the weights hash for the
-embedded model) and the taxonomy (fingerprint); `check_calibration` refuses it for anything else,
-because a temperature fitted to one model's logits means nothing for another's.
+models/scoring/fusion.py), one temperature and the sorted split-conformal scores
+(models/uncertainty/conformal.py) fitted on a labelled set. It names the model (name, version,
+fingerprint: the weights hash for the embedded model) and the taxonomy (fingerprint);
+`check_calibration` refuses it for anything else, because a temperature fitted to one model's logits
+means nothing for another's.
 
 Temperature scaling on probabilities: p_T(c) = softmax(log p(c) / T); T > 1 softens an
 over-confident model. It never changes the ranking, so it can be applied before ranking.
@@ -26,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from scipy.optimize import minimize_scalar
 from sklearn.model_selection import StratifiedGroupKFold
 
-from models.conformal import Method, conformal_quantile, conformity_scores, prediction_sets, set_coverage
+from models.uncertainty.conformal import Method, conformal_quantile, conformity_scores, prediction_sets, set_coverage
 
 __all__ = [
     "DEFAULT_CALIBRATION_PATH",
@@ -47,7 +48,7 @@ __all__ = [
 ]
 
 FORMAT = "dermtriage-calibration/1"
-DEFAULT_CALIBRATION_PATH = Path(__file__).with_name("embedded") / "calibration.json"
+DEFAULT_CALIBRATION_PATH = Path(__file__).resolve().parents[1] / "embedded" / "calibration.json"
 PROB_FLOOR = 1e-12
 ECE_BINS = 15
 Stage = Literal["image", "fused"]

@@ -1,4 +1,4 @@
-"""Gates: turn measured numbers into the flags of `Uncertainty` (models/uncertainty.py).
+"""Gates: turn measured numbers into the flags of `Uncertainty` (models/uncertainty/contract.py).
 
 Pure functions over numbers the engine already has (calibrated probabilities, the conformal set,
 the out-of-distribution score, the photo's quality measures, the model card); no I/O here.
@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from models.ood import OodScore
-from models.uncertainty import Flag, Uncertainty
+from models.uncertainty.contract import Flag, Uncertainty
+from models.uncertainty.ood import OodScore
 
 __all__ = ["GateThresholds", "UncertaintyGate", "assess", "entropy", "ood_flags", "quality_flags", "top2_margin"]
 
@@ -217,9 +217,14 @@ class UncertaintyGate:
         thresholds: GateThresholds | None = None,
         ood_path: Path | None = None,
     ) -> None:
-        from models.calibration import DEFAULT_CALIBRATION_PATH, Calibrator, check_calibration, load_calibration
-        from models.ood import DEFAULT_OOD_PATH, OodDetector, OodStats
-        from models.zeroshot import model_identity
+        from models.scoring.zeroshot import model_identity
+        from models.uncertainty.calibration import (
+            DEFAULT_CALIBRATION_PATH,
+            Calibrator,
+            check_calibration,
+            load_calibration,
+        )
+        from models.uncertainty.ood import DEFAULT_OOD_PATH, OodDetector, OodStats
 
         self.thresholds = thresholds or GateThresholds()
         self.coverage = coverage
@@ -250,7 +255,7 @@ class UncertaintyGate:
 
     @property
     def uses_imagenet_view(self) -> bool:
-        """The OOD statistics for this model carry the ImageNet rule (see models/ood.py)."""
+        """The OOD statistics for this model carry the ImageNet rule (see models/uncertainty/ood.py)."""
         stats = self.ood.stats
         return stats is not None and stats.imagenet_classes is not None
 

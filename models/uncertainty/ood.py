@@ -50,7 +50,7 @@ __all__ = [
     "skin_typical_classes",
 ]
 
-DEFAULT_OOD_PATH = Path(__file__).with_name("embedded") / "ood_stats.npz"
+DEFAULT_OOD_PATH = Path(__file__).resolve().parents[1] / "embedded" / "ood_stats.npz"
 SKIN_PROMPTS = (
     "a close-up photo of human skin",
     "a clinical photo of a skin lesion",

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from models.backends.base import ImageTextModel
-from models.taxonomy import Modality, Taxonomy
+from models.knowledge.taxonomy import Modality, Taxonomy
 
 log = logging.getLogger(__name__)
 

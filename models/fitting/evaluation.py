@@ -14,10 +14,10 @@ from PIL import Image, ImageOps
 from tqdm import tqdm
 
 from models.backends.base import ImageTextModel
-from models.datasets import LabelledImage, load_labelled_folder
-from models.metrics import classification_report
-from models.taxonomy import Taxonomy
-from models.zeroshot import LabelSet, Modality, ZeroShotClassifier
+from models.fitting.datasets import LabelledImage, load_labelled_folder
+from models.fitting.metrics import classification_report
+from models.knowledge.taxonomy import Taxonomy
+from models.scoring.zeroshot import LabelSet, Modality, ZeroShotClassifier
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ def evaluate(
 def _out_of_fold(model: ImageTextModel, items: Sequence[LabelledImage], class_ids: Sequence[str]) -> np.ndarray | None:
     """The embedded model's out-of-fold probabilities for these photos, when it has them all."""
     from models.embedded.model import MODEL_NAME, OOF_PATH
-    from models.fusion_fit import read_oof
+    from models.fitting.fusion_fit import read_oof
 
     if model.card.name != MODEL_NAME or not OOF_PATH.exists():
         return None
@@ -133,9 +133,9 @@ def _fused_figures(
 
     Risk factors and the symptoms sentence come only from PAD_REQUEST_FIELDS (DATA.md: the other
     columns are missing only for benign lesions and would score the artifact, not the fusion)."""
-    from models.fusion_fit import cross_fit, pad_fusion_data
-    from models.risk_factors import PAD_REQUEST_FIELDS
-    from models.urgency import urgency_report
+    from models.fitting.fusion_fit import cross_fit, pad_fusion_data
+    from models.knowledge.risk_factors import PAD_REQUEST_FIELDS
+    from models.scoring.urgency import urgency_report
 
     if label_scope != "dataset":
         return {"fused": None, "urgency": None, "fused_note": "fused figures are computed for --labels dataset"}

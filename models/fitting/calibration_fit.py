@@ -1,6 +1,6 @@
 """`dermtriage calibrate` and the uncertainty block of `dermtriage evaluate`, on a labelled folder.
 
-Stages (models/calibration.py): `image`, the zero-shot softmax over the folder's conditions;
+Stages (models/uncertainty/calibration.py): `image`, the zero-shot softmax over the folder's conditions;
 `fused`, the posterior of the fitted fusion (PAD layout only, when the model has a fitted fusion).
 The embedded model was trained on the development photos, so its image probabilities there are
 its out-of-fold ones (patient-grouped CV) and the fused answers are cross-fitted (fusion refit per
@@ -18,7 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from models.calibration import (
+from models.knowledge.taxonomy import Taxonomy
+from models.uncertainty.calibration import (
     CalibrationFile,
     coverage_report,
     cross_fit_calibration,
@@ -27,8 +28,7 @@ from models.calibration import (
     provenance,
     reliability_bins,
 )
-from models.conformal import Method
-from models.taxonomy import Taxonomy
+from models.uncertainty.conformal import Method
 
 __all__ = ["FolderAnswers", "calibrate_folder", "folder_answers", "stage_figures"]
 
@@ -48,9 +48,9 @@ def folder_answers(
     model: Any, taxonomy: Taxonomy, data_dir: str | Path, modality: str = "clinical", progress: bool = False
 ) -> FolderAnswers:
     """Uncalibrated answers of each stage on the folder, honest for a model trained on it."""
-    from models.datasets import load_labelled_folder
-    from models.evaluation import _out_of_fold, embed_images
-    from models.zeroshot import ZeroShotClassifier
+    from models.fitting.datasets import load_labelled_folder
+    from models.fitting.evaluation import _out_of_fold, embed_images
+    from models.scoring.zeroshot import ZeroShotClassifier
 
     items = load_labelled_folder(data_dir, taxonomy)
     clf = ZeroShotClassifier(model, taxonomy)
@@ -69,8 +69,8 @@ def folder_answers(
         image, source = clf.probabilities(embed_images(model, items, progress=progress), labels).numpy(), "model"
     stages = {"image": image}
     if (Path(data_dir) / "metadata.csv").exists():
-        from models.fusion import fusion_for_model
-        from models.fusion_fit import cross_fit, pad_fusion_data
+        from models.fitting.fusion_fit import cross_fit, pad_fusion_data
+        from models.scoring.fusion import fusion_for_model
 
         if fusion_for_model(model).fitted:
             data = pad_fusion_data(items, labels.ids, image, model, labels.embeddings)
@@ -120,7 +120,7 @@ def calibrate_folder(
     modality: str = "clinical",
 ) -> tuple[CalibrationFile, dict[str, Any]]:
     """The calibration file for `model` fitted on the folder, and its cross-fitted figures per stage."""
-    from models.zeroshot import model_identity
+    from models.scoring.zeroshot import model_identity
 
     answers = folder_answers(model, taxonomy, data_dir, modality)
     stages, figures = {}, {}
@@ -158,8 +158,7 @@ def calibrate_folder(
 
 def ood_rates(model: Any, items: Sequence[Any]) -> dict[str, Any] | None:
     """OOD flag rate on the folder's photos (cross-fitted) and on the non-skin set, with the shipped thresholds."""
-    from models.ood import DEFAULT_OOD_PATH, OodDetector, OodStats
-    from models.ood_fit import (
+    from models.fitting.ood_fit import (
         cross_fitted_distances,
         cross_fitted_imagenet_mass,
         dev_photos,
@@ -167,7 +166,8 @@ def ood_rates(model: Any, items: Sequence[Any]) -> dict[str, Any] | None:
         rule_flags,
         set_flags,
     )
-    from models.zeroshot import model_identity
+    from models.scoring.zeroshot import model_identity
+    from models.uncertainty.ood import DEFAULT_OOD_PATH, OodDetector, OodStats
 
     if not DEFAULT_OOD_PATH.exists():
         return None
@@ -209,8 +209,8 @@ def uncertainty_report(
     Uses the method of the shipped calibration when there is one for this model, class-conditional
     APS otherwise. Top-level keys describe the stage the service answers with (`fused` when fitted).
     """
-    from models.calibration import DEFAULT_CALIBRATION_PATH, load_calibration
-    from models.gates import GateThresholds
+    from models.uncertainty.calibration import DEFAULT_CALIBRATION_PATH, load_calibration
+    from models.uncertainty.gates import GateThresholds
 
     answers = folder_answers(model, taxonomy, data_dir, modality)
     method, lam, k_reg, cc = "aps", 0.0, 0, True

@@ -1,6 +1,6 @@
 """Skin-condition taxonomy: the classes zero-shot scoring ranks and triage maps to urgency.
 
-The data lives in ``models/taxonomy.yaml``; this module validates it with pydantic at load time
+The data lives in ``models/knowledge/taxonomy.yaml``; this module validates it with pydantic at load time
 (unique ids, look-alikes that exist, no label shared by two conditions, well-formed SNOMED CT and
 ICD-10-CM codes, prompt templates with exactly one ``{}``) and offers label resolution, prompt
 templates and a content fingerprint used as a cache key by the embedding cache.

@@ -1,0 +1,4 @@
+"""What dermatology knows, as data: the condition taxonomy, risk factors, cited priors, the symptom reader.
+
+Runtime room. Imports nothing else from `models` but itself; no torch.
+"""
