@@ -1,7 +1,7 @@
 """CDS Hooks latency on the embedded model: a first call (inference) and repeat calls on the same photo
 (the photo-result cache), end to end through the app as an EHR calls it.
 
-    python benchmarks/bench_cds_hooks.py [--photo PATH] [--repeats 50] [--json]
+    python -m benchmarks.bench_cds_hooks [--photo PATH] [--repeats 50] [--json]
 
 Each call carries a fresh ES384 JWT (signature, aud, exp/iat and jti checked), the prefetch
 (Patient, a Media searchset with the photo inline as base64, Observations), and gets one card.
@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO / "tests"))  # test helpers (tests/ is no package)
 
 
 def main() -> None:
@@ -32,8 +32,7 @@ def main() -> None:
     from litestar.testing import TestClient
     from service_photos import jpeg_bytes, lesion_photo
 
-    from benchmarks.service_bench import percentile
-    from models.fitting.datasets import DEFAULT_DATA
+    from benchmarks.common import DEFAULT_DATA, percentile
     from service.app import create_app
     from service.settings import Settings
 

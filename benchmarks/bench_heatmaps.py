@@ -1,6 +1,6 @@
 """Heatmap cost on the embedded model, next to plain inference, on this machine.
 
-    python benchmarks/bench_heatmaps.py [--photo PATH] [--top-k 5] [--method gradcam] [--threads 1] [--json]
+    python -m benchmarks.bench_heatmaps [--photo PATH] [--top-k 5] [--method gradcam] [--threads 1] [--json]
 
 Plain inference: what a triage answer costs without heatmaps (the served flip-averaged views,
 and a single view). Heatmaps for the top-k differentials: the CAM alone batched (one forward +
@@ -43,19 +43,20 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
+    from benchmarks.common import DEFAULT_DATA
     from explain import DEFAULT_METHOD, SimilarityTarget, explain_differentials, get_method
-    from models.backends.registry import load_model
-    from models.fitting.datasets import DEFAULT_DATA
+    from models.backends.registry import DEFAULT_MODEL, load_model
     from models.knowledge.taxonomy import load_taxonomy
+    from models.photos import load_photo
     from models.scoring.zeroshot import ZeroShotClassifier
 
     method = args.method or DEFAULT_METHOD
-    model = load_model("embedded-pad-lite0")
+    model = load_model(DEFAULT_MODEL)
     clf = ZeroShotClassifier(model, load_taxonomy(), Path(".cache/zeroshot"))
     labels = clf.condition_set("clinical")
     photos = sorted((DEFAULT_DATA / "images").glob("*.jpg"))
     path = Path(args.photo) if args.photo else (photos[0] if photos else None)
-    photo = Image.open(path).convert("RGB") if path else Image.new("RGB", (640, 480), (200, 150, 120))
+    photo = load_photo(path) if path else Image.new("RGB", (640, 480), (200, 150, 120))
     pixels = model.preprocessing.batch([photo])
     probs = clf.probabilities(model.encode_image(pixels), labels)[0]
     top = probs.argsort(descending=True)[: args.top_k]
@@ -92,7 +93,7 @@ def main() -> None:
     if args.json:
         print(json.dumps(out))
         return
-    print(f"embedded-pad-lite0, {method}, top-{k}, photo {out['photo_size']}, threads={out['threads']}")
+    print(f"{model.card.name}, {method}, top-{k}, photo {out['photo_size']}, threads={out['threads']}")
     print(f"  plain inference ({out['tta_views']} views, served)  {out['plain_inference_ms']:8.1f} ms")
     print(f"  plain inference (1 view)               {out['single_view_ms']:8.1f} ms")
     print(f"  heatmaps, CAM batched (all {k})          {batched:8.1f} ms = {batched / k:6.1f} ms per differential")

@@ -1,7 +1,7 @@
 """Image-tower speed of the embedded model on this machine: load time, images/s at batch 1 and 16,
 GFLOPs per image, and the same for an open_clip ViT-B/16 tower (random weights: same compute) for scale.
 
-    python benchmarks/bench_image_tower.py [--threads 2] [--json]
+    python -m benchmarks.bench_image_tower [--threads 2] [--json]
 """
 
 from __future__ import annotations
@@ -40,10 +40,10 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
-    from models.backends.registry import load_model
+    from models.backends.registry import DEFAULT_MODEL, load_model
 
     t0 = time.perf_counter()
-    model = load_model("embedded-pad-lite0")
+    model = load_model(DEFAULT_MODEL)
     load_s = time.perf_counter() - t0
     visual = model.model.visual
     size = model.preprocessing.image_size

@@ -5,7 +5,7 @@ was trained there), so it never runs the tower on those photos. This script runs
 once in float32 and once under bfloat16 autocast, and compares the two on the same photos (in-sample
 for the embedded model: the figure that matters is the change, not the level).
 
-    python benchmarks/bf16_accuracy.py [--data DIR] [--limit N] [--threads 1] [--json]
+    python -m benchmarks.bf16_accuracy [--data DIR] [--limit N] [--threads 1] [--json]
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from sklearn.metrics import balanced_accuracy_score
 
-from models.backends.registry import load_model
+from models.backends.registry import DEFAULT_MODEL, load_model
 from models.fitting.datasets import DEFAULT_DATA, load_labelled_folder
 from models.fitting.evaluation import embed_images
 from models.knowledge.taxonomy import load_taxonomy
@@ -30,7 +30,7 @@ from service.batching import bf16_supported
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    ap.add_argument("--model", default="embedded-pad-lite0")
+    ap.add_argument("--model", default=DEFAULT_MODEL)
     ap.add_argument("--limit", type=int, default=0, help="first N photos only (0: all)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--batch-size", type=int, default=4)

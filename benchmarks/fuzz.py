@@ -4,7 +4,7 @@ Every operation in ``/schema/openapi.json`` gets ``--examples`` generated reques
 the documented schemas: valid and invalid bodies, parameters and media types). Each response must not
 be a 5xx and must match the documented status codes, content type, headers and response schema.
 
-    DERMTRIAGE_AUTH_DISABLED=1 python benchmarks/fuzz.py [--examples 100] [--url http://127.0.0.1:PORT]
+    DERMTRIAGE_AUTH_DISABLED=1 python -m benchmarks.fuzz [--examples 100] [--url http://127.0.0.1:PORT]
 
 Without ``--url`` it starts the real server (embedded model) on a free loopback port. The short
 version runs in the test suite (``tests/test_fuzz.py``, in-process over a tiny model).
@@ -32,7 +32,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from benchmarks.service_bench import start_server
+from benchmarks.common import start_server
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -11,22 +11,23 @@ latency and the server's peak RSS per level. (c) Ratios service / floor.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from models.fitting.datasets import DEFAULT_DATA
-
-REPO = Path(__file__).resolve().parents[1]
-RISK_FACTORS = json.dumps({"age": 64, "fitzpatrick": 2, "diameter_mm": 7, "changed_size": True})
-SYMPTOMS = "mole getting bigger and itchy for 3 months, no bleeding"
+from benchmarks.common import (
+    DEFAULT_DATA,
+    RISK_FACTORS,
+    SYMPTOMS,
+    percentile,
+    rss_mb,
+    sample_photos,
+    start_server,
+)
 
 
 @dataclass
@@ -41,37 +42,6 @@ class BenchConfig:
     data: Path = DEFAULT_DATA
     photos: int = 32
     heatmaps: bool = True
-
-
-def sample_photos(data: Path, n: int) -> list[bytes]:
-    """The first ``n`` development photos, or generated lesion-like JPEGs when the data is absent."""
-    images = sorted((data / "images").glob("*.jpg"))[:n] if (data / "images").is_dir() else []
-    if images:
-        return [p.read_bytes() for p in images]
-    import io
-
-    import numpy as np
-    from PIL import Image, ImageDraw
-
-    out = []
-    for seed in range(n):
-        rng = np.random.default_rng(seed)
-        pixels = np.array([198, 150, 122]) + rng.normal(0, 9, (768, 1024, 3))
-        im = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
-        ImageDraw.Draw(im).ellipse((400, 260, 600, 480), fill=(90, 60, 40))
-        buf = io.BytesIO()
-        im.save(buf, "JPEG", quality=90)
-        out.append(buf.getvalue())
-    return out
-
-
-def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    k = (len(ordered) - 1) * q / 100
-    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
 
 
 def floor(cfg: BenchConfig, photos: list[bytes]) -> dict[str, Any]:
@@ -154,16 +124,6 @@ def floor(cfg: BenchConfig, photos: list[bytes]) -> dict[str, Any]:
     }
 
 
-def _rss_mb(pid: int) -> float:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return float("nan")
-
-
 async def load_level(
     base: str, photos: list[bytes], clients: int, seconds: float, *, explain: bool, pid: int, clinical: bool = False
 ) -> dict[str, Any]:
@@ -173,7 +133,7 @@ async def load_level(
     latencies: list[float] = []
     statuses: dict[int, int] = {}
     errors = 0
-    rss_peak = _rss_mb(pid)
+    rss_peak = rss_mb(pid)
     stop_at = time.perf_counter() + seconds
     data = {"top_k": "5"}
     if clinical:  # symptoms and risk factors: fusion, urgency and their SHAP values run too
@@ -200,7 +160,7 @@ async def load_level(
     async def sample_rss() -> None:
         nonlocal rss_peak
         while time.perf_counter() < stop_at:
-            rss_peak = max(rss_peak, _rss_mb(pid))
+            rss_peak = max(rss_peak, rss_mb(pid))
             await asyncio.sleep(0.2)
 
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
@@ -220,33 +180,6 @@ async def load_level(
     }
 
 
-def start_server(env_extra: dict[str, str], log_path: Path) -> tuple[subprocess.Popen[bytes], str]:
-    import socket
-
-    import httpx
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
-    base = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "DERMTRIAGE_AUTH_DISABLED": "1", "DERMTRIAGE_LOG_LEVEL": "warning", **env_extra}
-    cmd = [sys.executable, "-m", "service.cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
-    with log_path.open("wb") as out:
-        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited early:\n{log_path.read_text()[-3000:]}")
-        try:
-            if httpx.get(f"{base}/health/ready", timeout=2).status_code == 200:
-                return proc, base
-        except httpx.TransportError:
-            pass
-        time.sleep(0.25)
-    proc.kill()
-    raise RuntimeError("server never got ready")
-
-
 def service(cfg: BenchConfig, photos: list[bytes], best_batch: int) -> dict[str, Any]:
     env = {"DERMTRIAGE_MAX_BATCH_SIZE": str(cfg.max_batch_size or best_batch)}
     if cfg.threads:
@@ -256,7 +189,7 @@ def service(cfg: BenchConfig, photos: list[bytes], best_batch: int) -> dict[str,
     with tempfile.TemporaryDirectory() as tmp:
         proc, base = start_server(env, Path(tmp) / "server.log")
         try:
-            idle_rss = _rss_mb(proc.pid)
+            idle_rss = rss_mb(proc.pid)
             asyncio.run(load_level(base, photos, 2, 2.0, explain=False, pid=proc.pid))  # warm-up
             plain = {
                 str(c): asyncio.run(load_level(base, photos, c, cfg.seconds, explain=False, pid=proc.pid))

@@ -6,8 +6,8 @@ media type, out-of-range options) and heatmap requests. Passes when there is no 
 connection, every answer has the expected status class, and the server's resident memory grew by
 less than 5 % between the end of the warm-up and the end.
 
-    python benchmarks/soak.py [--clients 16] [--seconds 600] [--requests 100000] [--warmup 60] [--json]
-    python benchmarks/soak.py --seconds 30 --warmup 10      # a short version
+    python -m benchmarks.soak [--clients 16] [--seconds 600] [--requests 100000] [--warmup 60] [--json]
+    python -m benchmarks.soak --seconds 30 --warmup 10      # a short version
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import asyncio
 import io
 import json
 import random
-import sys
 import tempfile
 import time
 from collections import Counter
@@ -27,13 +26,12 @@ from urllib.parse import urlsplit
 
 import httpx
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.service_bench import (
+from benchmarks.common import (
     DEFAULT_DATA,
     RISK_FACTORS,
     SYMPTOMS,
-    _rss_mb,
     percentile,
+    rss_mb,
     sample_photos,
     start_server,
 )
@@ -110,7 +108,7 @@ async def soak(
     async def sample() -> None:
         while time.perf_counter() < stop_at and sent < budget:
             if pid is not None:
-                rss.append((time.perf_counter() - started, _rss_mb(pid)))
+                rss.append((time.perf_counter() - started, rss_mb(pid)))
             await asyncio.sleep(1.0)
 
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)

@@ -35,7 +35,7 @@ from typing import Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageOps
+from PIL import Image
 from pydantic import BaseModel, Field
 from torchvision.transforms.v2 import functional as TF
 
@@ -43,6 +43,7 @@ from explain.gradcam import DEFAULT_METHOD, BaseCAM, SimilarityTarget, get_metho
 from models.backends.base import ImageTextModel
 from models.fitting.datasets import LabelledImage, load_labelled_folder
 from models.knowledge.taxonomy import Modality, Taxonomy
+from models.photos import load_photo
 from models.scoring.zeroshot import LabelSet, ensemble_embedding
 
 REFERENCES = ("random", "center")
@@ -284,12 +285,6 @@ def evenly_spaced(items: Sequence[LabelledImage], limit: int | None) -> list[Lab
     return [items[(i * len(items)) // limit] for i in range(limit)]
 
 
-def open_photo(path: Path) -> Image.Image:
-    """Plain loader: decode, apply EXIF orientation, RGB."""
-    with Image.open(path) as im:
-        return ImageOps.exif_transpose(im).convert("RGB")
-
-
 def faithfulness_on_folder(
     model: ImageTextModel,
     data_dir: str | Path,
@@ -299,7 +294,7 @@ def faithfulness_on_folder(
     compare: Sequence[str] = (),
     limit: int | None = None,
     config: FaithfulnessConfig | None = None,
-    loader: Callable[[Path], Image.Image] = open_photo,
+    loader: Callable[[Path], Image.Image] = load_photo,
     log: Callable[[str], None] | None = None,
 ) -> FaithfulnessReport:
     """Faithfulness on a labelled folder; the label set is the folder's own classes (zero-shot)."""
@@ -312,7 +307,7 @@ def faithfulness_on_folder(
         {
             "photos": f"{len(chosen)} of {len(items)}" + ("" if len(chosen) == len(items) else " (evenly spaced)"),
             "labels": ",".join(labels.ids),
-            "model": str(getattr(model, "fingerprint", None) or f"{model.card.name}@{model.card.version}"),
+            "model": model.artifacts.fingerprint,
         }
     )
     return report

@@ -24,8 +24,8 @@ from models.knowledge.risk_factors import RiskFactors
 from models.knowledge.risk_priors import LiteraturePriors, load_priors
 from models.knowledge.symptoms import SymptomFindings, apply_findings
 from models.knowledge.taxonomy import Taxonomy, load_taxonomy
-from models.scoring.fusion import FusionModel, _Parts, alarm_variants, load_fusion
-from models.scoring.urgency import UrgencyThresholds, _decide, _table, default_thresholds
+from models.scoring.fusion import FusionModel, FusionParts, alarm_variants, label_scores, load_fusion
+from models.scoring.urgency import UrgencyThresholds, decide, default_thresholds, label_table
 
 __all__ = ["THEMES", "UrgencyShap", "explain_urgency", "warm_up"]
 
@@ -85,13 +85,15 @@ class _Game:
         labels = list(self.image_probs)
         uniform = dict.fromkeys(labels, 1.0 / len(labels))
         self.parts = {
-            (img, txt): _Parts(
-                self.model, self.priors, self.image_probs if img else uniform, self.text_sims if txt else None
+            (img, txt): FusionParts(
+                self.model,
+                self.priors,
+                label_scores(self.image_probs if img else uniform, self.text_sims if txt else None),
             )
             for img in (False, True)
             for txt in (False, True)
         }
-        self.table = _table(tuple(labels), self.thresholds, self.taxonomy)
+        self.table = label_table(tuple(labels), self.thresholds, self.taxonomy)
         self.names = list(self.groups)
         self.explicit = self.risk.model_dump(exclude_none=True)
         self.cache: dict[tuple[bool, ...], float] = {}
@@ -107,7 +109,7 @@ class _Game:
             parts = self.parts[(on.get(IMAGE, False), with_text and bool(self.text_sims))]
             post = parts.posteriors(alarm_variants(merged))
             shingles = with_text and self.findings is not None and "shingles" in self.findings.present
-            d = _decide(post.max(0), post[0], merged, shingles, self.thresholds, self.table)
+            d = decide(post.max(0), post[0], merged, shingles, self.thresholds, self.table)
             self.cache[key] = d.score
         return self.cache[key]
 

@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -48,7 +49,7 @@ class BatchInfo:
 @dataclass
 class _Job:
     pixels: torch.Tensor
-    future: Future[tuple[torch.Tensor, BatchInfo]]
+    future: Future[tuple[Any, BatchInfo]]
     enqueued: float
 
 
@@ -77,7 +78,7 @@ class MicroBatcher:
 
     def __init__(
         self,
-        embed: Callable[[torch.Tensor], torch.Tensor],
+        embed: Callable[[torch.Tensor], Any],  # pixels -> rows sliceable per photo (ImageFeatures)
         *,
         max_batch_size: int,
         max_wait_ms: float,
@@ -103,7 +104,7 @@ class MicroBatcher:
     def depth(self) -> int:
         return self._queue.qsize()
 
-    def submit(self, pixels: torch.Tensor) -> Future[tuple[torch.Tensor, BatchInfo]]:
+    def submit(self, pixels: torch.Tensor) -> Future[tuple[Any, BatchInfo]]:
         """Queue one (3, H, W) photo; raises :class:`QueueFull` at once when the queue is full."""
         if self._stop.is_set():
             raise BatcherClosed("the service is shutting down")
@@ -115,15 +116,16 @@ class MicroBatcher:
         self.metrics.queue_depth.set(self._queue.qsize())
         return job.future
 
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        """One forward pass, under bfloat16 autocast when asked; float32 embeddings out."""
+    def forward(self, pixels: torch.Tensor) -> Any:
+        """One forward pass, under bfloat16 autocast when asked; float32 features out."""
         ctx = (
             torch.autocast(self.device_type, dtype=self.autocast)
             if self.autocast is not None
             else contextlib.nullcontext()
         )
         with ctx:
-            return self.embed(pixels).float()
+            out = self.embed(pixels)
+        return out.float() if isinstance(out, torch.Tensor) else out
 
     def _collect(self, first: _Job) -> list[_Job]:
         batch = [first]
@@ -170,7 +172,8 @@ class MicroBatcher:
         self.metrics.batch_inference.observe(forward_ms / 1000)
         for i, job in enumerate(jobs):
             info = BatchInfo(len(jobs), (start - job.enqueued) * 1000, forward_ms)
-            job.future.set_result((feats[i : i + 1].clone(), info))
+            row = feats[i : i + 1]  # ImageFeatures copy their rows; a tensor row is cloned
+            job.future.set_result((row.clone() if isinstance(row, torch.Tensor) else row, info))
 
     def close(self, timeout: float = 10.0) -> None:
         """Stop after the queued photos are scored (uvicorn has drained requests by now); fail any left."""

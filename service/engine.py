@@ -19,12 +19,13 @@ import torch
 from explain.gradcam import explain_differentials
 from explain.risk_shap import explain_urgency
 from explain.risk_shap import warm_up as warm_up_shap
-from models.backends.base import ImageTextModel, encode_image_and_imagenet
+from models.backends.base import ImageTextModel
 from models.knowledge.risk_priors import load_priors
 from models.knowledge.symptoms import extract_findings
 from models.knowledge.taxonomy import Condition, Taxonomy, UnknownLabelError
-from models.scoring.fusion import FusionResult, fuse, fusion_for_model, symptom_text_sims
-from models.scoring.urgency import UrgencyThresholds, assess_urgency, default_thresholds
+from models.scoring.features import ImageFeatures, LabelScores, image_features
+from models.scoring.fusion import FusionResult, fuse_scores, fusion_for_model, symptom_text_scores
+from models.scoring.urgency import UrgencyThresholds, assess_urgency, thresholds_for_model
 from models.scoring.zeroshot import LabelSet, ZeroShotClassifier
 from models.uncertainty.gates import UncertaintyGate
 from service.images import DecodedImage
@@ -69,15 +70,15 @@ class TriageEngine:
         self.model = model
         self.taxonomy = taxonomy
         self.classifier = ZeroShotClassifier(model, taxonomy, cache_dir)
-        self.fusion = fusion_for_model(model)  # fitted for the embedded model, generic (cited priors) otherwise
+        # the model's declared artifacts: fusion (generic when it declares none or another model's),
+        # urgency thresholds, calibration and OOD statistics (a calibration for other weights fails start-up)
+        self.fusion = fusion_for_model(model)
         self.priors = load_priors()
-        self.thresholds = thresholds or default_thresholds()
-        # calibration (checked against model + taxonomy: a mismatch fails start-up), OOD statistics, gates
+        self.thresholds = thresholds or thresholds_for_model(model)
         self.uncertainty = UncertaintyGate(model, taxonomy, calibration_path, coverage)
         # the OOD gate's ImageNet rule reads the frozen trunk's ImageNet view of the photo, computed in
         # the same forward as the embedding where the backend offers it (models/embedded/domain.py)
         self.with_domain = self.uncertainty.uses_imagenet_view
-        self.embed_dim = int(model.encode_text(["skin"]).shape[-1])
         self._taxonomy_labels: dict[str, ScoredLabels] = {}  # per modality: built once, with its keys
 
     @property
@@ -85,32 +86,20 @@ class TriageEngine:
         card = self.model.card
         return ModelRef(name=card.name, version=card.version, card_url=card.card_url or f"/v1/models/{card.name}")
 
+    # ------------------------------------------------------------------ stage 1: pixels -> features
+
     def preprocess(self, image: DecodedImage) -> torch.Tensor:
         """The model's own preprocessing of one photo: a (3, H, W) tensor on the CPU."""
         return self.model.preprocessing.batch([image.image])[0]
 
-    def embed(self, images: Sequence[DecodedImage] | torch.Tensor) -> torch.Tensor:
-        """Photos (or a stack of :meth:`preprocess` outputs) -> (B, F) image features in one forward pass.
-
-        A row is the (D,) image embedding, followed, when the OOD gate uses it, by the frozen
-        trunk's (1000,) ImageNet probabilities of the same photo: one opaque row per photo for the
-        batcher; `_split` takes it apart."""
+    def embed(self, images: Sequence[DecodedImage] | torch.Tensor) -> ImageFeatures:
+        """Photos (or a stack of :meth:`preprocess` outputs) -> their features in one forward pass
+        (the batcher slices the rows per request)."""
         if isinstance(images, torch.Tensor):
             pixels = images.to(self.model.device)
         else:
             pixels = self.model.preprocessing.batch([i.image for i in images]).to(self.model.device)
-        if self.with_domain:
-            emb, probs = encode_image_and_imagenet(self.model, pixels)
-            if probs is not None:
-                return torch.cat([emb, probs.to(emb.dtype)], dim=1)
-            return emb
-        return self.model.encode_image(pixels)
-
-    def _split(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(B, F) features -> (B, D) embeddings and (B, 1000) ImageNet probabilities or None."""
-        if features.shape[-1] > self.embed_dim:
-            return features[:, : self.embed_dim], features[:, self.embed_dim :]
-        return features, None
+        return image_features(self.model, pixels, with_domain=self.with_domain)
 
     def warm_up(self) -> None:
         """Compute the condition embeddings and run one forward pass, so the first request is not slow."""
@@ -120,7 +109,10 @@ class TriageEngine:
         self.embed(torch.zeros(1, 3, size, size))  # the served path (ImageNet view included)
         warm_up_shap()
 
-    def _labels(self, options: TriageOptions) -> ScoredLabels:
+    # ------------------------------------------------------------------ stage 2: features -> scores
+
+    def labels(self, options: TriageOptions) -> ScoredLabels:
+        """The label index one answer is scored over: the taxonomy, or the caller's own labels."""
         if not options.candidate_labels:
             scored = self._taxonomy_labels.get(options.modality)
             if scored is None:
@@ -147,38 +139,14 @@ class TriageEngine:
             custom = LabelSet(custom.ids, torch.stack(rows))
         return ScoredLabels(custom, conditions)
 
-    def _differential(
-        self,
-        rank: int,
-        label: str,
-        prob: float,
-        cond: Condition | None,
-        fused: FusionResult,
-        key: str,
-        image_prob: float,
-    ) -> Differential:
-        extra = {
-            "image_probability": round(image_prob, 6),
-            "contributions": {m: round(v[key], 4) for m, v in fused.contributions.items()},
-        }
-        if cond is None:
-            return Differential(rank=rank, label=label, condition_id=None, name=label, probability=prob, **extra)
-        codes = condition_codes(cond)
-        look_alikes = [
-            LookAlike(condition_id=i, name=self.taxonomy.get(i).name) for i in cond.look_alikes if i in self.taxonomy
-        ]
-        return Differential(
-            rank=rank,
-            label=label,
-            condition_id=cond.id,
-            name=cond.name,
-            probability=prob,
-            codes=codes,
-            malignant=cond.malignant,
-            look_alikes=look_alikes,
-            validated_for_model=self.model.card.name in cond.validated_models,
-            **extra,
-        )
+    def score(self, features: ImageFeatures, scored: ScoredLabels, symptoms: str | None) -> LabelScores:
+        """One photo's image softmax and symptom-text similarity over the label index."""
+        embedding = torch.from_numpy(features.embedding[:1])
+        image = self.classifier.probabilities(embedding, scored.labels)[0].numpy().astype(np.float64)
+        text = symptom_text_scores(self.model, scored.labels.embeddings, symptoms)
+        return LabelScores(tuple(scored.keys), image, text)
+
+    # ------------------------------------------------------------------ stage 3: scores -> result
 
     def triage(
         self,
@@ -189,58 +157,45 @@ class TriageEngine:
         request_id: str,
         decode_ms: float = 0.0,
         queue_ms: float = 0.0,
-        image_features: torch.Tensor | None = None,
+        image_features: ImageFeatures | None = None,
     ) -> TriageResult:
-        """``image_features`` (a (1, D) row of :meth:`embed`) skips the image tower: the service batches it."""
+        """``image_features`` (a row of :meth:`embed`) skips the image tower: the service batches it."""
         t0 = time.perf_counter()
         clinical = clinical or ClinicalInput()
-        scored = self._labels(options)
-        keys = scored.keys
-        if image_features is None:
-            image_features = self.embed([image])
-        image_features, imagenet_probs = self._split(image_features)
-        image_probs = self.classifier.probabilities(image_features, scored.labels)[0]
+        scored = self.labels(options)
+        features = image_features if image_features is not None else self.embed([image])
+        scores = self.score(features, scored, clinical.symptoms)
         findings = extract_findings(clinical.symptoms) if clinical.symptoms else None
-        sims = symptom_text_sims(self.model, scored.labels.embeddings, keys, clinical.symptoms)
-        image_evidence = dict(zip(keys, image_probs.tolist(), strict=True))
-        fused = fuse(image_evidence, sims, clinical.risk_factors, findings, model=self.fusion, priors=self.priors)
+        fused = fuse_scores(scores, clinical.risk_factors, findings, model=self.fusion, priors=self.priors)
+        stage = "fused" if self.fusion.fitted else "image"
+        # calibrated before ranking (temperature keeps the order)
+        calibrated = self.uncertainty.calibrate(np.array([fused.posterior[k] for k in scores.keys]), stage)
+        order = [int(i) for i in np.argsort(-calibrated, kind="stable")[: options.top_k]]
+        differentials = [
+            self._differential(rank + 1, scored, i, float(calibrated[i]), fused, float(scores.image[i]))
+            for rank, i in enumerate(order)
+        ]
+        uncertainty = self.uncertainty.assess(
+            scores.keys,
+            calibrated,
+            stage=stage,
+            embedding=features.embedding[:1],
+            image=image.image,
+            imagenet_probs=None if features.domain is None else features.domain[:1],
+            quality=image.info.quality.model_dump(),
+            top_validated=differentials[0].validated_for_model if differentials[0].condition_id else None,
+            fitzpatrick=clinical.risk_factors.fitzpatrick if clinical.risk_factors else None,
+        )
         urgency = assess_urgency(fused, self.thresholds, self.taxonomy)
         shap_values = explain_urgency(
-            image_evidence,
-            sims,
+            dict(zip(scores.keys, scores.image.tolist(), strict=True)),
+            None if scores.text is None else dict(zip(scores.keys, scores.text.tolist(), strict=True)),
             clinical.risk_factors,
             findings,
             model=self.fusion,
             priors=self.priors,
             thresholds=self.thresholds,
             taxonomy=self.taxonomy,
-        )
-        stage = "fused" if self.fusion.fitted else "image"
-        calibrated = self.uncertainty.calibrate(np.array([fused.posterior[k] for k in keys]), stage)
-        probs = torch.from_numpy(calibrated)  # calibrated before ranking (temperature keeps the order)
-        order = probs.argsort(descending=True)[: options.top_k].tolist()
-        differentials = [
-            self._differential(
-                rank + 1,
-                scored.labels.ids[i],
-                round(float(probs[i]), 6),
-                scored.conditions[i],
-                fused,
-                keys[i],
-                image_evidence[keys[i]],
-            )
-            for rank, i in enumerate(order)
-        ]
-        uncertainty = self.uncertainty.assess(
-            keys,
-            calibrated,
-            stage=stage,
-            embedding=image_features,
-            image=image.image,
-            imagenet_probs=imagenet_probs,
-            quality=image.info.quality.model_dump(),
-            top_validated=differentials[0].validated_for_model if differentials[0].condition_id else None,
-            fitzpatrick=clinical.risk_factors.fitzpatrick if clinical.risk_factors else None,
         )
         inference_ms = (time.perf_counter() - t0) * 1000
         heatmaps, heatmap_ms = None, 0.0
@@ -258,13 +213,7 @@ class TriageEngine:
             label_source="candidate_labels" if options.candidate_labels else "taxonomy",
             differentials=differentials,
             image=image.info,
-            timings=Timings(
-                decode_ms=round(decode_ms, 2),
-                queue_ms=round(queue_ms, 2),
-                inference_ms=round(inference_ms, 2),
-                heatmap_ms=round(heatmap_ms, 2),
-                total_ms=round(decode_ms + queue_ms + inference_ms + heatmap_ms, 2),
-            ),
+            timings=Timings.of(decode_ms, queue_ms, inference_ms, heatmap_ms),
             heatmaps=heatmaps,
             findings=findings,
             risk_factors=clinical.risk_factors,
@@ -272,4 +221,31 @@ class TriageEngine:
             urgency=urgency,
             urgency_shap=shap_values,
             uncertainty=uncertainty,
+        )
+
+    def _differential(
+        self, rank: int, scored: ScoredLabels, i: int, prob: float, fused: FusionResult, image_prob: float
+    ) -> Differential:
+        label, cond, key = scored.labels.ids[i], scored.conditions[i], scored.keys[i]
+        extra = {
+            "image_probability": round(image_prob, 6),
+            "contributions": {m: round(v[key], 4) for m, v in fused.contributions.items()},
+        }
+        prob = round(prob, 6)
+        if cond is None:
+            return Differential(rank=rank, label=label, condition_id=None, name=label, probability=prob, **extra)
+        look_alikes = [
+            LookAlike(condition_id=c, name=self.taxonomy.get(c).name) for c in cond.look_alikes if c in self.taxonomy
+        ]
+        return Differential(
+            rank=rank,
+            label=label,
+            condition_id=cond.id,
+            name=cond.name,
+            probability=prob,
+            codes=condition_codes(cond),
+            malignant=cond.malignant,
+            look_alikes=look_alikes,
+            validated_for_model=self.model.card.name in cond.validated_models,
+            **extra,
         )

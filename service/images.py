@@ -12,12 +12,14 @@ import io
 import struct
 import zlib
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import ClassVar, Literal
 
 import numpy as np
-import pillow_heif
-from PIL import Image, ImageCms, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel, Field
+
+from models.photos import to_rgb
+from service.image_sniff import PNG_SIGNATURE, looks_accepted, sniff_unsupported
 
 __all__ = [
     "CorruptImageError",
@@ -35,8 +37,6 @@ __all__ = [
     "decode_image",
 ]
 
-pillow_heif.register_heif_opener()
-
 ImageFormat = Literal["jpeg", "png", "webp", "heif"]
 
 # Pillow format ids passed to ``Image.open(formats=...)``. "MPO" is not listed
@@ -53,20 +53,8 @@ _FORMAT_NAMES: dict[str, ImageFormat] = {
 _ACCEPTED_HUMAN = "JPEG, PNG, WebP or HEIC"
 
 _MIB = 1024 * 1024
-_EXIF_ORIENTATION = 0x0112
 _EXIF_GPS_IFD = 0x8825
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-_TRANSPOSE: dict[int, Image.Transpose] = {
-    2: Image.Transpose.FLIP_LEFT_RIGHT,
-    3: Image.Transpose.ROTATE_180,
-    4: Image.Transpose.FLIP_TOP_BOTTOM,
-    5: Image.Transpose.TRANSPOSE,
-    6: Image.Transpose.ROTATE_270,
-    7: Image.Transpose.TRANSVERSE,
-    8: Image.Transpose.ROTATE_90,
-}
 _QUALITY_LONG_SIDE = 512
-_WHITE = (255, 255, 255)
 
 
 # --------------------------------------------------------------------------- errors
@@ -164,70 +152,7 @@ class DecodedImage:
     info: ImageInfo
 
 
-# --------------------------------------------------------------------------- sniffing
-
-# (prefix, offset, human name). Only checked after Pillow (restricted to the
-# accepted formats) failed to identify the data, to give a precise message.
-_UNSUPPORTED_MAGIC: tuple[tuple[bytes, int, str], ...] = (
-    (b"GIF87a", 0, "GIF"),
-    (b"GIF89a", 0, "GIF"),
-    (b"%PDF-", 0, "PDF"),
-    (b"BM", 0, "BMP"),
-    (b"II*\x00", 0, "TIFF"),
-    (b"MM\x00*", 0, "TIFF"),
-    (b"II+\x00", 0, "TIFF"),
-    (b"MM\x00+", 0, "TIFF"),
-    (b"\x00\x00\x01\x00", 0, "ICO"),
-    (b"8BPS", 0, "PSD"),
-    (b"\xff\x0a", 0, "JPEG XL"),
-    (b"\x00\x00\x00\x0cJXL \r\n\x87\n", 0, "JPEG XL"),
-    (b"\x00\x00\x00\x0cjP  \r\n\x87\n", 0, "JPEG 2000"),
-    (b"\xff\x4f\xff\x51", 0, "JPEG 2000"),
-    (b"qoif", 0, "QOI"),
-    (b"DDS ", 0, "DDS"),
-    (b"\x76\x2f\x31\x01", 0, "OpenEXR"),
-    (b"PK\x03\x04", 0, "ZIP"),
-    (b"\x1f\x8b", 0, "gzip"),
-)
-_ISOBMFF_BRANDS: dict[bytes, str] = {
-    b"avif": "AVIF",
-    b"avis": "AVIF",
-    b"isom": "MP4 video",
-    b"iso2": "MP4 video",
-    b"mp41": "MP4 video",
-    b"mp42": "MP4 video",
-    b"M4V ": "MP4 video",
-    b"qt  ": "QuickTime video",
-    b"3gp4": "3GP video",
-    b"3gp5": "3GP video",
-}
-_HEIF_BRANDS = frozenset({b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1", b"mif2"})
-
-
-def _sniff_unsupported(data: bytes) -> str | None:
-    """Name a known, non-accepted format from its magic bytes, if recognisable."""
-    for magic, offset, name in _UNSUPPORTED_MAGIC:
-        if data[offset : offset + len(magic)] == magic:
-            return name
-    if data[4:8] == b"ftyp":
-        brand = data[8:12]
-        if brand in _ISOBMFF_BRANDS:
-            return _ISOBMFF_BRANDS[brand]
-    if data[:4] == b"RIFF" and data[8:12] in (b"AVI ", b"WAVE"):
-        return "AVI video" if data[8:12] == b"AVI " else "WAV audio"
-    head = data[:1024].lstrip(b"\xef\xbb\xbf \t\r\n").lower()
-    if head.startswith(b"<svg") or (head.startswith(b"<?xml") and b"<svg" in head):
-        return "SVG"
-    return None
-
-
-def _looks_accepted(data: bytes) -> bool:
-    """True when the magic bytes claim an accepted format (so a failure means corrupt)."""
-    if data[:3] == b"\xff\xd8\xff" or data[:8] == _PNG_SIGNATURE:
-        return True
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return True
-    return data[4:8] == b"ftyp" and data[8:12] in _HEIF_BRANDS
+# --------------------------------------------------------------------------- checks
 
 
 def _verify_png_chunks(data: bytes) -> None:
@@ -236,7 +161,7 @@ def _verify_png_chunks(data: bytes) -> None:
     Pillow verifies CRCs of header chunks only, not of IDAT, so a flipped bit in
     pixel data can otherwise decode silently into wrong pixels.
     """
-    pos = len(_PNG_SIGNATURE)
+    pos = len(PNG_SIGNATURE)
     end = len(data)
     while True:
         if pos + 8 > end:
@@ -256,22 +181,6 @@ def _verify_png_chunks(data: bytes) -> None:
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def _read_orientation(im: Image.Image) -> int | None:
-    """EXIF orientation 1-8, or None when absent, invalid or unreadable."""
-    if "original_orientation" in im.info:
-        # pillow_heif: libheif has already applied the container's rotation and
-        # reset the EXIF tag to 1; this key keeps the value it found.
-        value: Any = im.info.get("original_orientation")
-    else:
-        try:
-            value = im.getexif().get(_EXIF_ORIENTATION)
-        except Exception:  # malformed EXIF must not sink a fine image
-            return None
-    if isinstance(value, int) and 1 <= value <= 8:
-        return value
-    return None
 
 
 def _metadata_present(im: Image.Image) -> list[str]:
@@ -310,65 +219,6 @@ def _metadata_present(im: Image.Image) -> list[str]:
     return found
 
 
-def _scale_to_l(im: Image.Image) -> Image.Image:
-    """High-bit-depth grayscale (I;16*, I, F) to 8-bit L by scaling, not clipping.
-
-    Pillow's own ``convert("L")`` clips at 255, which turns 16-bit images white.
-    """
-    arr = np.asarray(im)
-    if im.mode == "F":
-        hi = float(arr.max()) if arr.size else 1.0
-        scale = 255.0 if hi <= 1.0 else 255.0 / 65535.0
-        out = np.clip(arr.astype(np.float64) * scale, 0, 255)
-    else:
-        out = np.clip(arr.astype(np.int64), 0, 65535) * 255 / 65535
-    return Image.fromarray(np.rint(out).astype(np.uint8), mode="L")
-
-
-def _normalise_mode(im: Image.Image) -> Image.Image:
-    """Return an image in mode RGB or RGBA (alpha still to be composited)."""
-    mode = im.mode
-    if mode in ("RGB", "RGBA"):
-        return im
-    if mode.startswith("I") or mode == "F":
-        return _scale_to_l(im).convert("RGB")
-    if mode in ("LA", "La", "PA", "RGBa", "RGBX") or "transparency" in im.info:
-        return im.convert("RGBA")
-    return im.convert("RGB")  # 1, L, P, CMYK, YCbCr, ...
-
-
-def _to_srgb(im: Image.Image, icc: bytes | None) -> Image.Image:
-    """Convert RGB(A) pixels from an embedded ICC profile to sRGB before it is dropped.
-
-    Phone photos are often Display P3; dropping the profile without converting
-    would shift colours. An unusable profile is ignored (pixels kept as-is).
-    """
-    if not icc or im.mode not in ("RGB", "RGBA"):
-        return im
-    try:
-        src = ImageCms.ImageCmsProfile(io.BytesIO(icc))
-        if src.profile.xcolor_space.strip() != "RGB":
-            return im
-        converted = ImageCms.profileToProfile(im, src, ImageCms.createProfile("sRGB"), outputMode=im.mode)
-    except Exception:  # a bad profile is dropped, pixels kept as-is
-        return im
-    return converted if converted is not None else im
-
-
-def _flatten_to_new_rgb(im: Image.Image) -> Image.Image:
-    """Copy only the pixels into a brand-new RGB image, compositing alpha onto white.
-
-    ``convert``/``transpose``/``copy`` carry ``info`` (EXIF, ICC, XMP, ...) over;
-    ``Image.new`` + ``paste`` does not, so nothing but pixels survives.
-    """
-    out = Image.new("RGB", im.size, _WHITE)
-    if im.mode == "RGBA":
-        out.paste(im.convert("RGB"), (0, 0), im.getchannel("A"))
-    else:
-        out.paste(im, (0, 0))
-    return out
-
-
 def _quality(rgb: Image.Image) -> ImageQuality:
     gray = rgb.convert("L")
     w, h = gray.size
@@ -405,10 +255,10 @@ def _open(data: bytes, limits: ImageLimits) -> Image.Image:
             f"it was refused without decoding ({exc})"
         ) from exc
     except UnidentifiedImageError as exc:
-        name = _sniff_unsupported(data)
+        name = sniff_unsupported(data)
         if name is not None:
             raise UnsupportedImageFormatError(f"{name} is not accepted; send {_ACCEPTED_HUMAN}.") from exc
-        if _looks_accepted(data):
+        if looks_accepted(data):
             raise CorruptImageError(
                 "The file starts like an accepted image format but its header could not be parsed."
             ) from exc
@@ -474,18 +324,12 @@ def decode_image(data: bytes, limits: ImageLimits | None = None) -> DecodedImage
             ) from exc
 
         try:
-            orientation = _read_orientation(im)
+            # Orientation, mode, ICC -> sRGB, alpha onto white, a fresh image: the one photo loader.
+            rgb, orientation = to_rgb(im)
             if fmt == "heif" and orientation in (5, 6, 7, 8):
                 # libheif hands over already-rotated dimensions; report the stored ones.
                 original_width, original_height = original_height, original_width
             stripped = _metadata_present(im)
-            icc = im.info.get("icc_profile")
-            # pillow_heif has already rotated HEIF pixels; for the rest do it here.
-            method = _TRANSPOSE.get(orientation or 1) if fmt != "heif" else None
-            oriented = im.transpose(method) if method is not None else im
-            normalised = _to_srgb(_normalise_mode(oriented), icc if isinstance(icc, bytes) else None)
-            rgb = _flatten_to_new_rgb(normalised)
-            del oriented, normalised
         except ImageError:
             raise
         except Exception as exc:

@@ -1,3 +1,4 @@
+# size: declarative OpenAPI pieces (schemas and examples) Litestar cannot infer; no logic
 """OpenAPI pieces Litestar cannot infer: the two-form triage request body, the problem+json
 schema, and request/response examples for every route."""
 

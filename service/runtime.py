@@ -15,13 +15,14 @@ import torch
 
 from models.backends.base import ModelCard
 from models.backends.registry import ModelSpec
+from models.scoring.features import ImageFeatures
 from service.batching import BatcherClosed, BatchInfo, MicroBatcher, QueueFull, serving_autocast
 from service.engine import TriageEngine
 from service.images import DecodedImage, ImageLimits, decode_image
 from service.metrics import Metrics
 from service.problems import Problem
 from service.results import MemoryResultStore, ResultStore
-from service.schemas import ClinicalInput, TriageOptions, TriageResult
+from service.schemas import ClinicalInput, Timings, TriageOptions, TriageResult
 from service.settings import Settings
 
 GIL_SWITCH_INTERVAL_S = 0.0005
@@ -164,7 +165,7 @@ class InferenceRunner:
         self,
         engine: TriageEngine,
         decoded: DecodedImage,
-        features: torch.Tensor,
+        features: ImageFeatures,
         info: BatchInfo,
         options: TriageOptions,
         clinical: ClinicalInput | None,
@@ -185,14 +186,8 @@ class InferenceRunner:
             image_features=features,
         )
         t = result.timings
-        inference_ms = t.inference_ms + info.forward_ms
         self.metrics.inference.observe((t.inference_ms + info.forward_ms / info.size) / 1000)
-        timings = t.model_copy(
-            update={
-                "inference_ms": round(inference_ms, 2),
-                "total_ms": round(t.decode_ms + t.queue_ms + inference_ms + t.heatmap_ms, 2),
-            }
-        )
+        timings = Timings.of(t.decode_ms, t.queue_ms, t.inference_ms + info.forward_ms, t.heatmap_ms)
         return result.model_copy(update={"timings": timings})
 
     async def triage(

@@ -129,6 +129,12 @@ class Timings(BaseModel):
     heatmap_ms: float = 0.0
     total_ms: float = 0.0
 
+    @classmethod
+    def of(cls, decode_ms: float, queue_ms: float, inference_ms: float, heatmap_ms: float) -> Timings:
+        """The one place timings are rounded and totalled."""
+        parts = {"decode_ms": decode_ms, "queue_ms": queue_ms, "inference_ms": inference_ms, "heatmap_ms": heatmap_ms}
+        return cls(**{k: round(v, 2) for k, v in parts.items()}, total_ms=round(sum(parts.values()), 2))
+
 
 class TriageResult(BaseModel):
     """The domain answer for one photo."""

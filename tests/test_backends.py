@@ -506,14 +506,32 @@ def test_ad_hoc_strings() -> None:
     assert (hf.backend, hf.source, hf.model_card().license) == ("hf_clip", "org/repo", "unknown")
 
 
-def test_embedded_backend_dispatch(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_embedded_backend_dispatch_attaches_the_declared_artifacts(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    """The embedded backend is built by its own loader; `load_model` then resolves the spec's declared
+    files against the spec file's folder and keeps the identity (with the weights hash) the loader found."""
     import sys
     import types
 
+    from models.backends.artifacts import ArtifactFiles, ModelArtifacts, ModelIdentity
+
+    built = types.SimpleNamespace(
+        preprocessing=None, artifacts=ModelArtifacts(ModelIdentity("emb", "1", "ab" * 32))
+    )
     calls: list[tuple[ModelSpec, str]] = []
     fake = types.ModuleType("models.embedded.model")
-    fake.load_embedded = lambda spec, device: calls.append((spec, device)) or "model"  # type: ignore[attr-defined]
+    fake.load_embedded = lambda spec, device: calls.append((spec, device)) or built  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "models.embedded.model", fake)
-    spec = ModelSpec(name="emb", backend="embedded", source="weights.safetensors", card=card("emb"))
-    assert load_model(spec, device="cpu") == "model"
+    spec = ModelSpec(
+        name="emb",
+        backend="embedded",
+        source="weights.safetensors",
+        card=card("emb"),
+        artifacts=ArtifactFiles(calibration="cal.json", text_cache="cache"),
+        base_dir=tmp_path,
+    )
+    model = load_model(spec, device="cpu")
     assert calls == [(spec, "cpu")]
+    assert model.artifacts.calibration == tmp_path / "cal.json"
+    assert model.artifacts.text_cache == tmp_path / "cache"
+    assert model.artifacts.fusion is None
+    assert model.artifacts.fingerprint == "emb@1#" + "ab" * 6

@@ -166,7 +166,7 @@ def test_shipped_text_cache_is_current(embedded_model) -> None:
     clf = ZeroShotClassifier(embedded_model, tax)
     for modality in ("clinical", "dermoscopic"):
         name = f"text-{clf.cache_key(modality)}.pt"
-        assert (embedded_model.text_cache_dir / name).exists(), "run `dermtriage build-text-cache`"
+        assert (embedded_model.artifacts.text_cache / name).exists(), "run `dermtriage build-text-cache`"
     shipped = clf.condition_set("clinical")
     mel = tax.get("melanoma")
     fresh = ensemble_embedding(embedded_model, mel.prompt_names, tax.templates_for("clinical"))

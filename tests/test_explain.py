@@ -22,6 +22,7 @@ from torch import nn
 from explain import DEFAULT_METHOD, METHODS, GradCAM, SimilarityTarget, explain_differentials
 from explain.faithfulness import FaithfulnessConfig, auc, evaluate_faithfulness, perturbed_batch, ranks
 from explain.render import colormap_lut, heat_on_canvas, legend_png
+from models.backends.artifacts import ModelArtifacts
 from models.backends.base import ModelCard, Preprocessing, SpatialTarget
 from models.scoring.zeroshot import LabelSet
 
@@ -107,6 +108,7 @@ class TinyBackend:
         self.card = ModelCard(name="tiny-synthetic", version="0", family="test", source="test", license="none")
         self.preprocessing = Preprocessing(image_size=SIZE, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
         self.device = torch.device("cpu")
+        self.artifacts = ModelArtifacts.bare(self.card)
         self.steps = 0
 
     @property

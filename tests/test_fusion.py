@@ -7,11 +7,13 @@ import json
 import numpy as np
 import pytest
 
+from models.backends.artifacts import ModelArtifacts, ModelIdentity
+from models.backends.registry import default_artifacts
 from models.knowledge.risk_factors import RiskFactors
 from models.knowledge.risk_priors import load_priors
 from models.knowledge.symptoms import extract_findings
 from models.knowledge.taxonomy import load_taxonomy
-from models.scoring.fusion import ALARM_FIELDS, DEFAULT_FUSION_PATH, FusionModel, fuse, load_fusion
+from models.scoring.fusion import ALARM_FIELDS, FusionModel, fuse, load_fusion
 
 TAX = load_taxonomy()
 PAD = ["actinic_keratosis", "basal_cell_carcinoma", "melanocytic_nevus", "melanoma", "seborrheic_keratosis",
@@ -31,13 +33,13 @@ def fitted() -> FusionModel:
 
 
 def test_fitted_json_matches_model_and_taxonomy(fitted: FusionModel) -> None:
+    from models.backends.artifacts import sha256_file
     from models.embedded.model import CARD_PATH, WEIGHTS_PATH
-    from models.scoring.fusion import _sha256
 
     card = json.loads(CARD_PATH.read_text())
     assert fitted.image_model["name"] == card["name"] and fitted.image_model["version"] == card["version"]
     if WEIGHTS_PATH.exists():
-        assert fitted.image_model["weights_sha256"] == _sha256(WEIGHTS_PATH)
+        assert fitted.image_model["weights_sha256"] == sha256_file(WEIGHTS_PATH)
     assert fitted.taxonomy == {"version": TAX.version, "fingerprint": TAX.fingerprint}
     assert sorted(fitted.classes) == PAD and all(c in TAX for c in fitted.classes)
     assert fitted.fit["image_probabilities"] == "out-of-fold"
@@ -45,8 +47,8 @@ def test_fitted_json_matches_model_and_taxonomy(fitted: FusionModel) -> None:
 
 
 def test_other_model_gets_generic_form(fitted: FusionModel) -> None:
-    assert not load_fusion("some-other-model").fitted
-    assert load_fusion("embedded-pad-lite0", weights_sha256="0" * 64).name == "generic"
+    assert not load_fusion(ModelIdentity("some-other-model", "1")).fitted
+    assert load_fusion(ModelIdentity("embedded-pad-lite0", "1.1.0", "0" * 64)).name == "generic"
 
 
 @pytest.mark.parametrize("labels", [PAD, TAX.ids])
@@ -123,7 +125,7 @@ def test_committed_cross_validated_figures_meet_targets(fitted: FusionModel) -> 
 
 
 def test_fusion_json_is_small() -> None:
-    assert DEFAULT_FUSION_PATH.stat().st_size < 20_000
+    assert default_artifacts().fusion.stat().st_size < 20_000
 
 
 def test_fusion_for_model_checks_name_and_weights(fitted: FusionModel) -> None:
@@ -132,12 +134,15 @@ def test_fusion_for_model_checks_name_and_weights(fitted: FusionModel) -> None:
     from models.scoring.fusion import fusion_for_model
 
     sha = fitted.image_model["weights_sha256"]
-    same = SimpleNamespace(card=SimpleNamespace(name="embedded-pad-lite0"), fingerprint=f"x@1#{sha[:12]}")
-    other_weights = SimpleNamespace(card=SimpleNamespace(name="embedded-pad-lite0"), fingerprint="x@1#000000000000")
-    other_model = SimpleNamespace(card=SimpleNamespace(name="monet"), fingerprint=None)
-    assert fusion_for_model(same).fitted
-    assert not fusion_for_model(other_weights).fitted
-    assert not fusion_for_model(other_model).fitted
+    declared = default_artifacts()
+
+    def model(name: str, sha: str | None, fusion=declared.fusion) -> SimpleNamespace:
+        return SimpleNamespace(artifacts=ModelArtifacts(ModelIdentity(name, "x", sha), fusion=fusion))
+
+    assert fusion_for_model(model("embedded-pad-lite0", sha[:12])).fitted
+    assert not fusion_for_model(model("embedded-pad-lite0", "000000000000")).fitted
+    assert not fusion_for_model(model("monet", None)).fitted
+    assert not fusion_for_model(model("embedded-pad-lite0", sha, fusion=None)).fitted  # declares none
 
 
 def test_fit_shares_out_its_group_mass_over_the_full_taxonomy(fitted: FusionModel) -> None:

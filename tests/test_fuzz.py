@@ -1,13 +1,11 @@
 """Short fuzz run: schemathesis against the app's own OpenAPI document, in-process over the tiny model.
 
-The long run is ``python benchmarks/fuzz.py`` (real server, embedded model, 100 examples per route).
+The long run is ``python -m benchmarks.fuzz`` (real server, embedded model, 100 examples per route).
 """
 
 from __future__ import annotations
 
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,8 +16,7 @@ from service.engine import TriageEngine
 from service.settings import Settings
 
 schemathesis = pytest.importorskip("schemathesis")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from fuzz import fuzz  # noqa: E402
+from benchmarks.fuzz import fuzz  # noqa: E402
 
 EXAMPLES_PER_OPERATION = 8
 

@@ -144,11 +144,11 @@ def test_frozen_imagenet_view_flags_a_cat_but_not_a_skin_photo(embedded_engine, 
     skin = Image.open(pad_dir / "images" / "PAT_9_17_80.jpg").convert("RGB")
     pixels = engine.model.preprocessing.batch([skin])
     features = engine.embed(pixels)
-    emb, probs = engine._split(features)
+    emb, probs = features.embedding, features.domain
     assert probs is not None and probs.shape == (1, 1000)
-    assert torch.allclose(emb, engine.model.encode_image(pixels), atol=1e-5)  # the embedding is untouched
+    assert torch.allclose(torch.from_numpy(emb), engine.model.encode_image(pixels), atol=1e-5)  # untouched
     stats = engine.uncertainty.ood.stats
-    assert stats.imagenet_log_mass(probs.numpy())[0] > stats.imagenet_threshold
+    assert stats.imagenet_log_mass(probs)[0] > stats.imagenet_threshold
     cat = _triage(engine, Image.fromarray(data.chelsea())).uncertainty
     assert cat is not None and cat.needs_review
     assert "imagenet_skin_class_log_mass" in {f.measure for f in cat.flags if f.name == "out_of_distribution"}

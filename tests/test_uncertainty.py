@@ -7,10 +7,11 @@ import hashlib
 import numpy as np
 import pytest
 
+from models.backends.artifacts import ModelIdentity
+from models.backends.registry import default_artifacts
 from models.embedded.model import MODEL_NAME, WEIGHTS_PATH, load_card
 from models.knowledge.taxonomy import load_taxonomy
 from models.uncertainty.calibration import (
-    DEFAULT_CALIBRATION_PATH,
     CalibrationFile,
     CalibrationMismatchError,
     Calibrator,
@@ -83,13 +84,15 @@ def _file(name: str = "m", fingerprint: str = "m@1#abc", taxonomy: str = "tax") 
 
 def test_a_file_for_another_model_weights_or_taxonomy_is_refused():
     cal = _file()
-    check_calibration(cal, model_name="m", model_fingerprint="m@1#abc", taxonomy_fingerprint="tax")
+    same = ModelIdentity.parse("m@1#abc")
+    check_calibration(cal, identity=same, taxonomy_fingerprint="tax")
+    check_calibration(cal, identity=ModelIdentity("m", "2", "abc"), taxonomy_fingerprint="tax")  # same weights
     with pytest.raises(CalibrationMismatchError, match="not 'other'"):
-        check_calibration(cal, model_name="other", model_fingerprint="other@1", taxonomy_fingerprint="tax")
+        check_calibration(cal, identity=ModelIdentity.parse("other@1"), taxonomy_fingerprint="tax")
     with pytest.raises(CalibrationMismatchError, match="weights"):
-        check_calibration(cal, model_name="m", model_fingerprint="m@1#def", taxonomy_fingerprint="tax")
+        check_calibration(cal, identity=ModelIdentity.parse("m@1#def"), taxonomy_fingerprint="tax")
     with pytest.raises(CalibrationMismatchError, match="taxonomy"):
-        check_calibration(cal, model_name="m", model_fingerprint="m@1#abc", taxonomy_fingerprint="new")
+        check_calibration(cal, identity=same, taxonomy_fingerprint="new")
 
 
 def test_engine_gate_refuses_an_explicit_file_for_another_model(tiny_clip, tmp_path):
@@ -115,14 +118,12 @@ def test_file_round_trip_and_calibrator(tmp_path):
 
 
 def test_shipped_file_is_bound_to_the_shipped_weights_and_taxonomy():
-    cal = load_calibration(DEFAULT_CALIBRATION_PATH)
+    cal = load_calibration(default_artifacts().calibration)
     card = load_card()
-    sha = hashlib.sha256(WEIGHTS_PATH.read_bytes()).hexdigest()[:12]
+    sha = hashlib.sha256(WEIGHTS_PATH.read_bytes()).hexdigest()
+    assert card.name == MODEL_NAME
     check_calibration(
-        cal,
-        model_name=MODEL_NAME,
-        model_fingerprint=f"{card.name}@{card.version}#{sha}",
-        taxonomy_fingerprint=load_taxonomy().fingerprint,
+        cal, identity=ModelIdentity(card.name, card.version, sha), taxonomy_fingerprint=load_taxonomy().fingerprint
     )
     for stage in cal.stages.values():  # cross-fitted figures recorded at fit time
         assert abs(stage.figures["coverage"] - 0.9) <= 0.03

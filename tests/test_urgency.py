@@ -9,10 +9,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from models.backends.registry import default_artifacts
 from models.knowledge.risk_factors import BodySite, Immunosuppression, RiskFactors
 from models.knowledge.symptoms import extract_findings
 from models.knowledge.taxonomy import UrgencyTier, load_taxonomy
-from models.scoring.fusion import DEFAULT_FUSION_PATH, FusionModel, fuse, load_fusion
+from models.scoring.fusion import FusionModel, fuse, load_fusion
 from models.scoring.urgency import assess_urgency, default_thresholds, ng12_checklist
 
 TAX = load_taxonomy()
@@ -142,7 +143,7 @@ def test_score_bands_follow_category() -> None:
 
 
 def test_default_thresholds_are_the_tuned_ones() -> None:
-    committed = json.loads(DEFAULT_FUSION_PATH.read_text())
+    committed = json.loads(default_artifacts().urgency_thresholds.read_text())
     tuned = committed["urgency_thresholds"]
     assert default_thresholds().model_dump(mode="json") == tuned
     assert committed["fit"]["cross_fitted"]["urgency"]["thresholds"] == tuned

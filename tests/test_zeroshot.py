@@ -15,6 +15,7 @@ class CountingModel:
     def __init__(self, inner) -> None:
         self.inner, self.text_calls = inner, 0
         self.card, self.preprocessing, self.device = inner.card, inner.preprocessing, inner.device
+        self.artifacts = inner.artifacts
 
     @property
     def logit_scale(self) -> float:

@@ -16,6 +16,8 @@ from PIL import Image
 from pydantic import BaseModel, Field
 from torchvision.transforms import v2 as T
 
+from models.backends.artifacts import ModelArtifacts
+
 INTERPOLATIONS = {
     "bicubic": T.InterpolationMode.BICUBIC,
     "bilinear": T.InterpolationMode.BILINEAR,
@@ -159,6 +161,7 @@ class ImageTextModel(Protocol):
     card: ModelCard
     preprocessing: Preprocessing
     device: torch.device
+    artifacts: ModelArtifacts  # identity (name, version, weights hash) and fitted files; set by `load_model`
 
     @property
     def logit_scale(self) -> float: ...
@@ -175,11 +178,18 @@ class ImageTextModel(Protocol):
         """The layer the explain layer hooks, and how to read a spatial map from it."""
         ...
 
+    def encode_image_with_domain(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Optional capability: the embeddings plus, from the same forward, the (B, 1000) ImageNet
+        probabilities of a frozen ImageNet trunk (the OOD gate's domain rule); None where the
+        backend has no such trunk (`BackendDefaults` gives that answer)."""
+        ...
 
-def encode_image_and_imagenet(model: ImageTextModel, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Embeddings, plus the (B, 1000) ImageNet view of the same forward for backends with a frozen
-    ImageNet trunk (an optional capability, `encode_image_with_domain`); None for the others."""
-    with_domain = getattr(model, "encode_image_with_domain", None)
-    if with_domain is None:
-        return model.encode_image(pixels), None
-    return with_domain(pixels)
+
+class BackendDefaults:
+    """What a backend without the optional capabilities answers; backends inherit it."""
+
+    def encode_image(self, pixels: torch.Tensor, *, grad: bool = False) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    def encode_image_with_domain(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return self.encode_image(pixels), None

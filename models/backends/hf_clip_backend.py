@@ -14,7 +14,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from models.backends.base import ModelCard, ModelUnavailableError, Preprocessing, SpatialTarget
+from models.backends.artifacts import ModelArtifacts
+from models.backends.base import BackendDefaults, ModelCard, ModelUnavailableError, Preprocessing, SpatialTarget
 from models.backends.hub import (
     cached_hub_file,
     first_cached,
@@ -129,7 +130,7 @@ def _as_features(output: Any) -> torch.Tensor:
     raise TypeError(f"unexpected feature output {type(output).__name__}")
 
 
-class HFClipBackend:
+class HFClipBackend(BackendDefaults):
     """A transformers `CLIPModel` + tokenizer behind the `ImageTextModel` protocol."""
 
     def __init__(
@@ -146,6 +147,7 @@ class HFClipBackend:
         self.tokenizer = tokenizer
         self.card = card
         self.preprocessing = preprocessing
+        self.artifacts = ModelArtifacts.bare(card)
         text_cfg = getattr(getattr(model, "config", None), "text_config", None)
         self.context_length = int(getattr(text_cfg, "max_position_embeddings", 77))
 

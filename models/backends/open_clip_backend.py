@@ -1,3 +1,5 @@
+# size: one backend class plus the tower-specific spatial targets it needs (ViT, timm, ModifiedResNet); splitting
+#   would scatter one family
 """open_clip backend: built-in architectures + pretrained tags or weight files, `hf-hub:` repos
 (DermLIP, BiomedCLIP) and `local-dir:` folders, behind the `ImageTextModel` protocol.
 
@@ -18,7 +20,15 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from models.backends.base import INTERPOLATIONS, ModelCard, ModelUnavailableError, Preprocessing, SpatialTarget
+from models.backends.artifacts import ModelArtifacts
+from models.backends.base import (
+    INTERPOLATIONS,
+    BackendDefaults,
+    ModelCard,
+    ModelUnavailableError,
+    Preprocessing,
+    SpatialTarget,
+)
 from models.backends.hub import (
     HubAccess,
     cached_hub_file,
@@ -244,7 +254,7 @@ def open_clip_spatial_target(model: torch.nn.Module) -> SpatialTarget:
 # --- the backend ---------------------------------------------------------------------------
 
 
-class OpenClipBackend:
+class OpenClipBackend(BackendDefaults):
     """An open_clip model + tokenizer behind the `ImageTextModel` protocol."""
 
     def __init__(
@@ -261,6 +271,7 @@ class OpenClipBackend:
         self.tokenizer = tokenizer
         self.card = card
         self.preprocessing = preprocessing
+        self.artifacts = ModelArtifacts.bare(card)
 
     @classmethod
     def from_model(

@@ -11,6 +11,7 @@ adding a model adds a file, not a branch. `load_model` also takes a path to a sp
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from models.backends.artifacts import ArtifactFiles, ModelArtifacts, ModelIdentity
 from models.backends.base import ImageTextModel, ModelCard, Preprocessing
 
 log = logging.getLogger(__name__)
@@ -69,6 +71,9 @@ class ModelSpec(BaseModel):
     preprocessing: PreprocessingOverride | None = None
     card: ModelCard | None = None
     card_path: str | None = Field(default=None, description="model card JSON, relative to the spec file")
+    artifacts: ArtifactFiles | None = Field(
+        default=None, description="fitted files (calibration, fusion, OOD statistics, text cache, urgency thresholds)"
+    )
     base_dir: Path | None = Field(default=None, exclude=True, description="folder of the spec file")
 
     @classmethod
@@ -82,6 +87,8 @@ class ModelSpec(BaseModel):
             updates["source"] = spec._existing_path(spec.source)
             if spec.pretrained:
                 updates["pretrained"] = spec._existing_path(spec.pretrained)
+        elif spec.pretrained:  # the embedded weights file, next to the spec
+            updates["pretrained"] = str(spec.resolve_path(spec.pretrained))
         if spec.card is None and spec.card_path and spec.resolve_path(spec.card_path).is_file():
             updates["card"] = ModelCard.model_validate_json(spec.resolve_path(spec.card_path).read_text("utf-8"))
         return spec.model_copy(update=updates)
@@ -99,6 +106,12 @@ class ModelSpec(BaseModel):
             return value
         candidate = self.base_dir / raw
         return f"{prefix}{candidate}" if candidate.exists() else value
+
+    def declared_artifacts(self) -> ModelArtifacts:
+        """The fitted files this spec declares, resolved, with the identity its card gives (no weights
+        hash: that needs the weights; `load_model` adds it)."""
+        card = self.model_card()
+        return ModelArtifacts.resolve(ModelIdentity(card.name, card.version), self.artifacts, self.base_dir)
 
     def model_card(self) -> ModelCard:
         """The card: inline, from `card_path`, or a minimal "unknown licence" card."""
@@ -177,8 +190,15 @@ def get_spec(name_or_path: str | Path) -> ModelSpec:
     )
 
 
+@functools.lru_cache(maxsize=1)
+def default_artifacts() -> ModelArtifacts:
+    """The default model's declared files: where offline tools and tests find the shipped fits."""
+    return get_spec(DEFAULT_MODEL).declared_artifacts()
+
+
 def load_model(name_or_spec: str | Path | ModelSpec, device: str = "cpu") -> ImageTextModel:
-    """Build the model a name, spec file, `ModelSpec` or ad-hoc string describes."""
+    """Build the model a name, spec file, `ModelSpec` or ad-hoc string describes, with its artifacts:
+    `model.artifacts` holds its identity (one fingerprint) and the fitted files its spec declares."""
     spec = name_or_spec if isinstance(name_or_spec, ModelSpec) else get_spec(name_or_spec)
     model: ImageTextModel
     full = spec.preprocessing.complete() if spec.preprocessing is not None else None
@@ -200,4 +220,5 @@ def load_model(name_or_spec: str | Path | ModelSpec, device: str = "cpu") -> Ima
         raise ValueError(f"unknown backend {spec.backend!r}")
     if spec.preprocessing is not None:
         model.preprocessing = spec.preprocessing.apply(model.preprocessing)
+    model.artifacts = ModelArtifacts.resolve(model.artifacts.identity, spec.artifacts, spec.base_dir)
     return model

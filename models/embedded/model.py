@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save_file
 
+from models.backends.artifacts import ModelArtifacts
 from models.backends.base import ModelCard, ModelUnavailableError
 from models.backends.open_clip_backend import OpenClipBackend
 from models.embedded.architecture import TEXT_TRANSFORMER_PREFIX, build_model, load_config, load_preprocessing
@@ -22,7 +23,6 @@ EMBEDDED_DIR = Path(__file__).parent
 WEIGHTS_PATH = EMBEDDED_DIR / "weights" / "embedded-pad-lite0.safetensors"
 CARD_PATH = EMBEDDED_DIR / "model_card.json"
 OOF_PATH = EMBEDDED_DIR / "validation" / "oof_predictions.csv"
-TEXT_CACHE_DIR = EMBEDDED_DIR / "text_cache"
 MODEL_NAME = "embedded-pad-lite0"
 
 
@@ -30,7 +30,6 @@ class EmbeddedBackend(OpenClipBackend):
     """The open_clip backend plus optional flip test-time augmentation, as validated on its card."""
 
     tta_flips: bool = False
-    text_cache_dir: Path = TEXT_CACHE_DIR
     imagenet_top: ImageNetTop | None = None
     tuned_blocks: int = 0
 
@@ -77,7 +76,7 @@ def load_embedded(spec: ModelSpec | None = None, device: str | torch.device = "c
         )
     config = load_config()
     model, tokenizer = build_model(config, pretrained_text=True)
-    blob = weights.read_bytes()  # read once: parsed here, hashed below for the cache fingerprint
+    blob = weights.read_bytes()  # read once: parsed here, hashed below for the model's identity
     state = load_safetensors(blob)
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.startswith(TEXT_TRANSFORMER_PREFIX)]
@@ -92,5 +91,5 @@ def load_embedded(spec: ModelSpec | None = None, device: str | torch.device = "c
     backend.tuned_blocks = int(card.inference.get("train_unfrozen_blocks", 0))
     if backend.tuned_blocks:
         backend.imagenet_top = ImageNetTop(backend.tuned_blocks).to(device)
-    backend.fingerprint = f"{card.name}@{card.version}#{hashlib.sha256(blob).hexdigest()[:12]}"
+    backend.artifacts = ModelArtifacts.bare(card, hashlib.sha256(blob).hexdigest())
     return backend

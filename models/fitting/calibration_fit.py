@@ -5,7 +5,7 @@ Stages (models/uncertainty/calibration.py): `image`, the zero-shot softmax over 
 The embedded model was trained on the development photos, so its image probabilities there are
 its out-of-fold ones (patient-grouped CV) and the fused answers are cross-fitted (fusion refit per
 fold). Figures are cross-fitted once more for the calibration itself: temperature and conformal
-threshold fitted on 4 patient-grouped folds, judged on the 5th. The shipped file is then fitted on
+threshold fitted on 4 patient-grouped folds, judged on the 5th. The written file is then fitted on
 all rows.
 """
 
@@ -30,7 +30,15 @@ from models.uncertainty.calibration import (
 )
 from models.uncertainty.conformal import Method
 
-__all__ = ["FolderAnswers", "calibrate_folder", "folder_answers", "stage_figures"]
+__all__ = ["FolderAnswers", "calibrate_folder", "calibration_output", "folder_answers", "stage_figures"]
+
+
+def calibration_output(model_name: str, out: str | Path | None = None) -> Path:
+    """Where `dermtriage calibrate` writes: `out` when given, else ./artifacts/<model>/calibration.json
+    (the file shipped inside the installed package is replaced only when `out` names it)."""
+    from models.fitting.outputs import CALIBRATION_FILE, resolve_output
+
+    return resolve_output(out, model_name, CALIBRATION_FILE)
 
 
 @dataclass
@@ -49,7 +57,7 @@ def folder_answers(
 ) -> FolderAnswers:
     """Uncalibrated answers of each stage on the folder, honest for a model trained on it."""
     from models.fitting.datasets import load_labelled_folder
-    from models.fitting.evaluation import _out_of_fold, embed_images
+    from models.fitting.evaluation import embed_images, out_of_fold_probabilities
     from models.scoring.zeroshot import ZeroShotClassifier
 
     items = load_labelled_folder(data_dir, taxonomy)
@@ -58,7 +66,7 @@ def folder_answers(
     labels = clf.subset(present, modality)  # type: ignore[arg-type]
     y = np.array([labels.ids.index(i.condition_id) for i in items])
     overlap = len({i.stem for i in items} & set(model.card.training_image_ids))
-    image = _out_of_fold(model, items, labels.ids) if overlap else None
+    image = out_of_fold_probabilities(model, items, labels.ids) if overlap else None
     source = "out-of-fold"
     if image is None:
         if overlap:
@@ -120,8 +128,6 @@ def calibrate_folder(
     modality: str = "clinical",
 ) -> tuple[CalibrationFile, dict[str, Any]]:
     """The calibration file for `model` fitted on the folder, and its cross-fitted figures per stage."""
-    from models.scoring.zeroshot import model_identity
-
     answers = folder_answers(model, taxonomy, data_dir, modality)
     stages, figures = {}, {}
     for name, probs in answers.stages.items():
@@ -139,7 +145,7 @@ def calibrate_folder(
         )
         figures[name] = figs
     cal = CalibrationFile(
-        model={"name": model.card.name, "version": model.card.version, "fingerprint": model_identity(model)},
+        model={"name": model.card.name, "version": model.card.version, "fingerprint": model.artifacts.fingerprint},
         taxonomy={"version": taxonomy.version, "fingerprint": taxonomy.fingerprint},
         stages=stages,
         fit=provenance(
@@ -158,6 +164,7 @@ def calibrate_folder(
 
 def ood_rates(model: Any, items: Sequence[Any]) -> dict[str, Any] | None:
     """OOD flag rate on the folder's photos (cross-fitted) and on the non-skin set, with the shipped thresholds."""
+    from models.backends.artifacts import ModelIdentity
     from models.fitting.ood_fit import (
         cross_fitted_distances,
         cross_fitted_imagenet_mass,
@@ -166,13 +173,13 @@ def ood_rates(model: Any, items: Sequence[Any]) -> dict[str, Any] | None:
         rule_flags,
         set_flags,
     )
-    from models.scoring.zeroshot import model_identity
-    from models.uncertainty.ood import DEFAULT_OOD_PATH, OodDetector, OodStats
+    from models.uncertainty.ood import OodDetector, OodStats
 
-    if not DEFAULT_OOD_PATH.exists():
+    path = model.artifacts.ood_stats
+    if path is None or not path.exists():
         return None
-    stats = OodStats.load(DEFAULT_OOD_PATH)
-    if stats.model_fingerprint != model_identity(model):
+    stats = OodStats.load(path)
+    if not model.artifacts.identity.accepts(ModelIdentity.parse(stats.model_fingerprint)):
         return None
     det = OodDetector(model, stats)
     dev = dev_photos(model, items)
@@ -209,13 +216,14 @@ def uncertainty_report(
     Uses the method of the shipped calibration when there is one for this model, class-conditional
     APS otherwise. Top-level keys describe the stage the service answers with (`fused` when fitted).
     """
-    from models.uncertainty.calibration import DEFAULT_CALIBRATION_PATH, load_calibration
+    from models.uncertainty.calibration import load_calibration
     from models.uncertainty.gates import GateThresholds
 
     answers = folder_answers(model, taxonomy, data_dir, modality)
     method, lam, k_reg, cc = "aps", 0.0, 0, True
-    if DEFAULT_CALIBRATION_PATH.exists():
-        shipped = next(iter(load_calibration(DEFAULT_CALIBRATION_PATH).stages.values()))
+    declared = model.artifacts.calibration
+    if declared is not None and declared.exists():
+        shipped = next(iter(load_calibration(declared).stages.values()))
         method, lam, k_reg, cc = shipped.method, shipped.lam, shipped.k_reg, shipped.class_conditional
     stages: dict[str, Any] = {}
     main = "fused" if "fused" in answers.stages else "image"

@@ -1,12 +1,18 @@
-"""Write the embedded model's card (JSON for machines, Markdown for people) from measured figures only."""
+"""Write the embedded model's card (JSON for machines, Markdown for people) from measured figures only,
+and the files of a trained release (weights, card, out-of-fold predictions) to a chosen folder."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from models.backends.base import ModelCard, ValidationRecord
 from models.embedded.architecture import load_preprocessing
-from models.embedded.model import CARD_PATH, MODEL_NAME
+from models.embedded.model import CARD_PATH, EMBEDDED_DIR, MODEL_NAME, OOF_PATH, WEIGHTS_PATH, save_weights
+
+if TYPE_CHECKING:
+    from models.backends.registry import ModelSpec
+    from models.fitting.train_embedded import TrainResult
 
 PAD_CREDIT = (
     "PAD-UFES-20: Pacheco AGC et al., 'PAD-UFES-20: a skin lesion dataset composed of patient data and clinical "
@@ -142,3 +148,29 @@ def card_markdown(card: ModelCard) -> str:
 def write_card(card: ModelCard, json_path: Path = CARD_PATH) -> None:
     json_path.write_text(card.model_dump_json(indent=2) + "\n")
     json_path.with_name("MODEL_CARD.md").write_text(card_markdown(card))
+
+
+def choose_test_time_views(reports: dict[str, dict]) -> str:
+    """The test-time views the card ships, chosen by malignant AUROC (then balanced accuracy): urgency
+    reads the malignant mass, and AUROC is threshold-free; six-class balanced accuracy moves by about
+    0.01 with one rare-class photo."""
+    return max(reports, key=lambda m: (reports[m]["malignant_auroc"], reports[m]["balanced_accuracy"]))
+
+
+def write_release(result: TrainResult, version: str, out_dir: Path) -> ModelSpec:
+    """Weights, card (JSON and Markdown) and out-of-fold predictions of a final fit, laid out under
+    `out_dir` as in `models/embedded/`; returns the spec that loads the written model."""
+    from models.backends.registry import ModelSpec
+    from models.fitting.train_embedded import write_oof_csv
+
+    assert result.state_dict is not None, "no final fit to write"
+    reports = {k: v for k, v in result.reports.items() if k != "config"}
+    chosen = choose_test_time_views(reports)
+    weights = out_dir / WEIGHTS_PATH.relative_to(EMBEDDED_DIR)
+    sha = save_weights(result.state_dict, weights)
+    card = build_card(version, reports, chosen, result.image_ids, result.seconds, result.reports["config"], sha)
+    card.validated_conditions = result.class_ids
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_card(card, out_dir / CARD_PATH.relative_to(EMBEDDED_DIR))
+    write_oof_csv(result, chosen, out_dir / OOF_PATH.relative_to(EMBEDDED_DIR))
+    return ModelSpec(name=MODEL_NAME, backend="embedded", source=str(out_dir), pretrained=str(weights), card=card)

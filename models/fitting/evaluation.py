@@ -10,23 +10,18 @@ from typing import Literal
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
 from tqdm import tqdm
 
 from models.backends.base import ImageTextModel
 from models.fitting.datasets import LabelledImage, load_labelled_folder
 from models.fitting.metrics import classification_report
 from models.knowledge.taxonomy import Taxonomy
+from models.photos import load_photo
 from models.scoring.zeroshot import LabelSet, Modality, ZeroShotClassifier
 
 log = logging.getLogger(__name__)
 
 LabelScope = Literal["dataset", "taxonomy"]
-
-
-def load_rgb(path: Path) -> Image.Image:
-    with Image.open(path) as im:
-        return ImageOps.exif_transpose(im).convert("RGB")
 
 
 def embed_images(
@@ -36,7 +31,7 @@ def embed_images(
     bar = tqdm(total=len(items), desc="scoring photos", unit="img", disable=not progress)
     for i in range(0, len(items), batch_size):
         chunk = items[i : i + batch_size]
-        pixels = model.preprocessing.batch([load_rgb(it.path) for it in chunk]).to(model.device)
+        pixels = model.preprocessing.batch([load_photo(it.path) for it in chunk]).to(model.device)
         out.append(model.encode_image(pixels).cpu())
         bar.update(len(chunk))
     bar.close()
@@ -66,7 +61,7 @@ def evaluate(
     y = np.array([labels.ids.index(i.condition_id) for i in items])
     malignant = [taxonomy.get(c).malignant for c in labels.ids]
     overlap = len({i.stem for i in items} & set(model.card.training_image_ids))
-    oof = _out_of_fold(model, items, labels.ids) if overlap else None
+    oof = out_of_fold_probabilities(model, items, labels.ids) if overlap else None
     source = "out-of-fold" if oof is not None else "in-sample" if overlap else "model"
     if oof is not None:  # the model's own scores on its training photos would be in-sample: not computed
         probs = oof
@@ -101,7 +96,9 @@ def evaluate(
     return report
 
 
-def _out_of_fold(model: ImageTextModel, items: Sequence[LabelledImage], class_ids: Sequence[str]) -> np.ndarray | None:
+def out_of_fold_probabilities(
+    model: ImageTextModel, items: Sequence[LabelledImage], class_ids: Sequence[str]
+) -> np.ndarray | None:
     """The embedded model's out-of-fold probabilities for these photos, when it has them all."""
     from models.embedded.model import MODEL_NAME, OOF_PATH
     from models.fitting.fusion_fit import read_oof

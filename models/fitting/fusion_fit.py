@@ -1,3 +1,4 @@
+# size: the whole fusion fit (data, cross-fitting, urgency threshold tuning) in one offline module, read top to bottom
 """Fit the fusion on PAD-UFES-20: stacking on out-of-fold image probabilities, patient-grouped.
 
 The embedded image model was trained on these photos, so its own scores on them are in-sample:
@@ -10,18 +11,17 @@ Fitted by class-balanced multinomial maximum likelihood with an L2 penalty on th
 one tempered image weight `a`, one text weight `s` (both shared by all conditions, so the
 form carries over to conditions outside PAD), per-class intercepts and per-class risk weights.
 
-    python -m models.fitting.fusion_fit            # refit and write models/embedded/fusion.json
+    dermtriage fit fusion                 # refit; writes ./artifacts/embedded-pad-lite0/fusion.json
+    dermtriage fit fusion --out models/embedded/fusion.json   # replace the shipped file
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import datetime as dt
 import itertools
 import json
 import logging
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,12 +30,12 @@ import numpy as np
 from scipy.optimize import minimize
 from sklearn.model_selection import StratifiedGroupKFold
 
+from models.backends.artifacts import sha256_file
 from models.fitting.datasets import DEFAULT_DATA, LabelledImage, sentence_from_pad
 from models.knowledge.risk_factors import PAD_REQUEST_FIELDS, RiskFactors, risk_factors_from_pad
 from models.knowledge.symptoms import apply_findings, extract_findings
 from models.knowledge.taxonomy import Taxonomy, UrgencyTier
 from models.scoring.fusion import (
-    DEFAULT_FUSION_PATH,
     FITTED_FEATURES,
     LOG_FLOOR,
     FeatureEncoding,
@@ -43,7 +43,14 @@ from models.scoring.fusion import (
     FusionResult,
     fuse,
 )
-from models.scoring.urgency import UrgencyThresholds, _rules, _table, assess_urgency, ng12_checklist, urgency_report
+from models.scoring.urgency import (
+    UrgencyThresholds,
+    assess_urgency,
+    fired_rules,
+    label_table,
+    ng12_checklist,
+    urgency_report,
+)
 
 log = logging.getLogger(__name__)
 
@@ -268,14 +275,13 @@ def _ranks(results: Sequence[FusionResult], t: UrgencyThresholds, taxonomy: Taxo
     """Per row the parts of the urgency decision that do not move with the tuned thresholds."""
     no_ng12 = t.model_copy(update={"pigmented_threshold": 2.0})
     ids = tuple(results[0].posterior)
-    table = _table(ids, t, taxonomy)
+    table = label_table(ids, t, taxonomy)
     upper = np.array([[r.posterior_upper[c] for c in ids] for r in results])
-    red = np.array(
-        [
-            min((x.category.rank for x in _rules(u, r.risk, False, ng12_checklist(r.risk), no_ng12, table)), default=9)
-            for u, r in zip(upper, results, strict=True)
-        ]
-    )
+    def red_flag_rank(u: np.ndarray, r: FusionResult) -> int:
+        fired = fired_rules(u, r.risk, False, ng12_checklist(r.risk), no_ng12, table)
+        return min((x.category.rank for x in fired), default=9)
+
+    red = np.array([red_flag_rank(u, r) for u, r in zip(upper, results, strict=True)])
     ng12 = np.array([ng12_checklist(r.risk, t.ng12_referral_points).suspected_cancer for r in results])
     return {"upper": upper, "red": red, "ng12": ng12, "pig": upper[:, table.pigmented].sum(1), "rank": table.rank}
 
@@ -357,52 +363,48 @@ def _figures(probs: np.ndarray, y: np.ndarray, class_ids: Sequence[str], maligna
     return {k: rep[k] for k in ("balanced_accuracy", "malignant_auroc", "melanoma_sensitivity", "per_class")}
 
 
-def main(argv: list[str] | None = None) -> int:
+def fit_pad_fusion(
+    data_dir: str | Path = DEFAULT_DATA, oof_path: Path | None = None, l2: float = DEFAULT_L2
+) -> FusionModel:
+    """The fusion of the embedded model on PAD: fitted on all rows, with its urgency thresholds and the
+    cross-fitted figures (`fit["cross_fitted"]`) in the returned `FusionModel` (`dermtriage fit fusion`)."""
     from models.backends.registry import load_model
-    from models.embedded.model import OOF_PATH, WEIGHTS_PATH, load_card
+    from models.embedded.model import MODEL_NAME, OOF_PATH, WEIGHTS_PATH, load_card
     from models.fitting.datasets import load_labelled_folder
     from models.knowledge.taxonomy import load_taxonomy
     from models.scoring.zeroshot import ZeroShotClassifier
 
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--data", default=os.environ.get("DERMTRIAGE_DATA", str(DEFAULT_DATA)))
-    ap.add_argument("--oof", default=str(OOF_PATH))
-    ap.add_argument("--out", default=str(DEFAULT_FUSION_PATH))
-    ap.add_argument("--l2", type=float, default=DEFAULT_L2)
-    args = ap.parse_args(argv)
-
+    oof_path = Path(oof_path) if oof_path else OOF_PATH
     taxonomy = load_taxonomy()
-    items = load_labelled_folder(args.data, taxonomy)
-    class_ids, image = read_oof(Path(args.oof), [i.stem for i in items])
-    model = load_model("embedded-pad-lite0")
+    items = load_labelled_folder(data_dir, taxonomy)
+    class_ids, image = read_oof(oof_path, [i.stem for i in items])
+    model = load_model(MODEL_NAME)  # the out-of-fold probabilities are this model's
     labels = ZeroShotClassifier(model, taxonomy).subset(class_ids, "clinical")
     data = pad_fusion_data(items, class_ids, image, model, labels.embeddings)
     malignant = [taxonomy.get(c).malignant for c in class_ids]
-    cv, results = cross_fit(data, l2=args.l2)
+    cv, results = cross_fit(data, l2=l2)
     true_ids = [class_ids[k] for k in data.y]
     thresholds = tune_urgency(results, true_ids, taxonomy)
     urgency = urgency_report(results, true_ids, thresholds, taxonomy)
     urgency["nested"] = nested_urgency(data, results, taxonomy)
-    fused = fit_fusion(data, l2=args.l2)
+    fused = fit_fusion(data, l2=l2)
     card = load_card()
-    from models.scoring.fusion import _sha256
-
     fused = fused.model_copy(
         update={
             "urgency_thresholds": thresholds.model_dump(mode="json"),
             "image_model": {
                 "name": card.name,
                 "version": card.version,
-                "weights_sha256": _sha256(WEIGHTS_PATH),
+                "weights_sha256": sha256_file(WEIGHTS_PATH),
             },
             "taxonomy": {"version": taxonomy.version, "fingerprint": taxonomy.fingerprint},
             "fit": {
                 "data": "PAD-UFES-20 development subset",
                 "n": len(data.y),
                 "image_probabilities": "out-of-fold",
-                "oof_sha256": _sha256(Path(args.oof)),
+                "oof_sha256": sha256_file(oof_path),
                 "risk_fields": sorted(PAD_REQUEST_FIELDS),
-                "l2": args.l2,
+                "l2": l2,
                 "class_weight": f"count**-{DEFAULT_BALANCE}",
                 "selection": "l2 in {0.3,1,3,10,30} x class-weight power in {0.25,0.5,0.75,1} x site groups vs sites, "
                 "by the mean of 3 patient-grouped CV split seeds (the reported figures use seed 0 of the same rows)",
@@ -416,10 +418,9 @@ def main(argv: list[str] | None = None) -> int:
             },
         }
     )
-    Path(args.out).write_text(json.dumps(fused.model_dump(mode="json"), indent=1) + "\n", encoding="utf-8")
-    print(json.dumps(fused.fit["cross_fitted"], indent=1))
-    return 0
+    return fused
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+def save_fusion(fused: FusionModel, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(fused.model_dump(mode="json"), indent=1) + "\n", encoding="utf-8")

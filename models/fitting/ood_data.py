@@ -16,6 +16,8 @@ from collections.abc import Callable
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from models.photos import load_photo
+
 log = logging.getLogger(__name__)
 
 __all__ = ["non_skin_images", "package_photos", "synthetic_images"]
@@ -65,7 +67,7 @@ def package_photos() -> list[tuple[str, Image.Image]]:
         import matplotlib.cbook as cbook
 
         with cbook.get_sample_data("grace_hopper.jpg") as fh:
-            out.append(("matplotlib:grace_hopper", Image.open(fh).convert("RGB")))
+            out.append(("matplotlib:grace_hopper", load_photo(fh)))
     except Exception as exc:
         log.debug("matplotlib sample photo unavailable: %s", exc)
     crops = []

@@ -1,7 +1,8 @@
 """Fit and judge the out-of-distribution gate of a model on the development photos.
 
-    python -m models.fitting.ood_fit         # embedded model: writes models/embedded/ood_stats.npz, prints figures
-    python -m models.fitting.ood_fit --dry-run       # figures only
+    dermtriage fit ood              # prints figures; writes ./artifacts/<model>/ood_stats.npz
+    dermtriage fit ood --dry-run    # figures only
+    dermtriage fit ood --out models/embedded/ood_stats.npz   # replace the shipped file
 
 Thresholds are quantiles of the skin photos' own scores (distance: Gaussian fitted on the other
 patients' photos, patient-grouped 5-fold), so the skin false-flag rate is a held-out figure; the
@@ -14,10 +15,7 @@ mean than these do, and their false-flag rate may be higher than the held-out fi
 
 from __future__ import annotations
 
-import argparse
 import hashlib
-import json
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -27,9 +25,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from models.fitting.datasets import DEFAULT_DATA
 from models.uncertainty.ood import (
-    DEFAULT_OOD_PATH,
     OodDetector,
     OodStats,
     fit_gaussian,
@@ -60,9 +56,7 @@ def embed_pil(model: Any, images: Sequence[Image.Image], batch_size: int = 16) -
 
 def cached_embeddings(model: Any, key: str, load: Any, n: int, cache_dir: Path = CACHE_DIR) -> np.ndarray:
     """Embeddings of n images (load(i) -> PIL image), cached under a key of the model and the image list."""
-    from models.scoring.zeroshot import model_identity
-
-    digest = hashlib.sha256(f"{model_identity(model)}|{key}".encode()).hexdigest()[:16]
+    digest = hashlib.sha256(f"{model.artifacts.fingerprint}|{key}".encode()).hexdigest()[:16]
     path = cache_dir / f"embeddings-{digest}.npy"
     if path.exists():
         return np.load(path)
@@ -75,18 +69,17 @@ def cached_embeddings(model: Any, key: str, load: Any, n: int, cache_dir: Path =
 @torch.inference_mode()
 def cached_imagenet_probs(model: Any, key: str, load: Any, n: int, cache_dir: Path = CACHE_DIR) -> np.ndarray | None:
     """(n, 1000) frozen-ImageNet probabilities for models that offer them (`encode_image_with_domain`), cached."""
-    from models.scoring.zeroshot import model_identity
-
-    if getattr(model, "imagenet_top", None) is None:
-        return None
-    digest = hashlib.sha256(f"{model_identity(model)}|imagenet|{key}".encode()).hexdigest()[:16]
+    digest = hashlib.sha256(f"{model.artifacts.fingerprint}|imagenet|{key}".encode()).hexdigest()[:16]
     path = cache_dir / f"imagenet-{digest}.npy"
     if path.exists():
         return np.load(path)
     out = []
     for i in range(0, n, 16):
         pixels = model.preprocessing.batch([load(j) for j in range(i, min(i + 16, n))]).to(model.device)
-        out.append(model.encode_image_with_domain(pixels)[1].float().cpu().numpy())
+        domain = model.encode_image_with_domain(pixels)[1]
+        if domain is None:  # the backend has no frozen ImageNet trunk: the rule stays off
+            return None
+        out.append(domain.float().cpu().numpy())
     probs = np.concatenate(out)
     path.parent.mkdir(parents=True, exist_ok=True)
     np.save(path, probs)
@@ -124,10 +117,10 @@ def _photo_set(model: Any, key: str, names: list[str], load: Any) -> PhotoSet:
 
 
 def dev_photos(model: Any, items: Sequence[Any]) -> PhotoSet:
-    from models.fitting.evaluation import load_rgb
+    from models.photos import load_photo
 
     names = [i.stem for i in items]
-    return _photo_set(model, "|".join(names), names, lambda j: load_rgb(items[j].path))
+    return _photo_set(model, "|".join(names), names, lambda j: load_photo(items[j].path))
 
 
 def non_skin_photos(model: Any) -> PhotoSet:
@@ -181,8 +174,6 @@ def cross_fitted_distances(emb: np.ndarray, groups: Sequence[str], folds: int = 
 
 def fit_ood(model: Any, items: Sequence[Any], prompts: bool = True) -> tuple[OodStats, dict[str, Any]]:
     """Statistics on all development photos, thresholds and held-out figures (skin and non-skin)."""
-    from models.scoring.zeroshot import model_identity
-
     dev = dev_photos(model, items)
     emb, inet = dev.embeddings, dev.imagenet
     groups = [i.group for i in items]
@@ -206,7 +197,7 @@ def fit_ood(model: Any, items: Sequence[Any], prompts: bool = True) -> tuple[Ood
         inet_classes = skin_typical_classes(inet, IMAGENET_CLASS_SHARE)
         t_inet = float(np.quantile(imagenet_log_mass(inet, inet_classes), 1 - IMAGENET_QUANTILE))
     fitted = OodStats(  # unrounded thresholds: the figures; the shipped file rounds them below
-        model_fingerprint=model_identity(model),
+        model_fingerprint=model.artifacts.fingerprint,
         mean=mean,
         precision=precision,
         distance_threshold=t_dist,
@@ -264,30 +255,9 @@ def _kind(name: str) -> str:
     return name.split(":")[1] if name.startswith("synthetic:") else "package_photo"
 
 
-def main(argv: list[str] | None = None) -> int:
-    from models.backends.registry import DEFAULT_MODEL, load_model
+def fit_ood_on_folder(model: Any, data_dir: str | Path, *, prompts: bool = True) -> tuple[OodStats, dict[str, Any]]:
+    """`fit_ood` on the photos of a labelled folder (`dermtriage fit ood`)."""
     from models.fitting.datasets import load_labelled_folder
     from models.knowledge.taxonomy import load_taxonomy
 
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", default=DEFAULT_MODEL)
-    ap.add_argument("--data", default=os.environ.get("DERMTRIAGE_DATA", str(DEFAULT_DATA)))
-    ap.add_argument("--out", default=None, help=f"default: {DEFAULT_OOD_PATH} for the embedded model")
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--dry-run", action="store_true")
-    ap.add_argument("--no-prompts", action="store_true", help="turn the skin-prompt rule off (embedded model)")
-    args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    model = load_model(args.model)
-    items = load_labelled_folder(args.data, load_taxonomy())
-    stats, figures = fit_ood(model, items, prompts=not args.no_prompts)
-    print(json.dumps(figures, indent=1))
-    if not args.dry_run:
-        out = Path(args.out) if args.out else DEFAULT_OOD_PATH
-        stats.save(out)
-        print(f"wrote {out}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    return fit_ood(model, load_labelled_folder(data_dir, load_taxonomy()), prompts=prompts)

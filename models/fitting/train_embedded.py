@@ -31,7 +31,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from sklearn.model_selection import StratifiedGroupKFold
 from torchvision.transforms import v2 as T
@@ -39,13 +38,14 @@ from tqdm import tqdm
 
 from models.embedded.architecture import build_model, load_imagenet_trunk, load_preprocessing
 from models.fitting.datasets import PAD_FLAG_COLUMNS, LabelledImage, load_labelled_folder
+from models.fitting.embedded_steps import TTA_MODES, FrozenBottom, TrainableTop, fit, predict_tta, tta_views
 from models.fitting.metrics import classification_report
-from models.knowledge.taxonomy import Taxonomy, load_taxonomy
+from models.knowledge.taxonomy import Condition, Taxonomy, load_taxonomy
+from models.photos import load_photo
 
 log = logging.getLogger(__name__)
 
 PRE_RESIZE = 300  # most PAD photos are 300 px copies: bring all to one scale so size is no feature
-TTA_MODES = ("single", "flip4")
 
 
 @dataclass
@@ -89,39 +89,6 @@ class TrainResult:
     seconds: float = 0.0
 
 
-# ----------------------------------------------------------------------------- image tower split
-
-
-def flat_blocks(trunk: torch.nn.Module) -> list[torch.nn.Module]:
-    return [block for stage in trunk.blocks for block in stage]
-
-
-class FrozenBottom(torch.nn.Module):
-    def __init__(self, trunk: torch.nn.Module, unfrozen_blocks: int) -> None:
-        super().__init__()
-        self.stem = torch.nn.Sequential(trunk.conv_stem, trunk.bn1)
-        self.blocks = torch.nn.Sequential(*flat_blocks(trunk)[:-unfrozen_blocks])
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.blocks(self.stem(x))
-
-
-class TrainableTop(torch.nn.Module):
-    """The unfrozen blocks, the head conv, pooling and the projection: shares modules with the model."""
-
-    def __init__(self, visual: torch.nn.Module, unfrozen_blocks: int) -> None:
-        super().__init__()
-        trunk = visual.trunk
-        self.blocks = torch.nn.Sequential(*flat_blocks(trunk)[-unfrozen_blocks:])
-        self.conv_head, self.bn2, self.trunk = trunk.conv_head, trunk.bn2, trunk
-        self.head = visual.head
-
-    def forward(self, feats: torch.Tensor, dropout: float = 0.0) -> torch.Tensor:
-        x = self.bn2(self.conv_head(self.blocks(feats)))
-        pooled = F.dropout(self.trunk.forward_head(x), p=dropout, training=dropout > 0)
-        return self.head(pooled)
-
-
 # ----------------------------------------------------------------------------- views and captions
 
 
@@ -140,22 +107,13 @@ def train_augment(size: int = 224) -> Callable[[Image.Image], torch.Tensor]:
     )
 
 
-def tta_views(pixels: torch.Tensor, mode: str) -> torch.Tensor:
-    """(B,3,H,W) -> (B*V,3,H,W), views of one image adjacent."""
-    if mode == "single":
-        return pixels
-    views = [pixels, pixels.flip(-1), pixels.flip(-2), pixels.flip(-1).flip(-2)]
-    return torch.stack(views, 1).flatten(0, 1)
-
-
-def n_views(mode: str) -> int:
-    return 1 if mode == "single" else 4
+def pre_resize(im: Image.Image) -> Image.Image:
+    """A decoded photo at training's one scale: shortest side PRE_RESIZE px."""
+    return T.functional.resize(im, PRE_RESIZE, interpolation=T.InterpolationMode.BICUBIC, antialias=True)
 
 
 def _pre_resized(path: Path) -> Image.Image:
-    with Image.open(path) as im:
-        im = im.convert("RGB")
-        return T.functional.resize(im, PRE_RESIZE, interpolation=T.InterpolationMode.BICUBIC, antialias=True)
+    return pre_resize(load_photo(path))
 
 
 def _truthy(value: str) -> bool | None:
@@ -241,106 +199,6 @@ def cache_image_features(
     return train_t, tta_t
 
 
-# ----------------------------------------------------------------------------- training
-
-
-def class_text_embeddings(
-    text_proj: torch.nn.Module, prompt_feats: torch.Tensor, index: torch.Tensor, n_classes: int
-) -> torch.Tensor:
-    """Project prompt features, normalise, average per class, normalise: as models/scoring/zeroshot.py does."""
-    z = F.normalize(text_proj(prompt_feats), dim=-1)
-    sums = torch.zeros(n_classes, z.shape[1]).index_add_(0, index, z)
-    return F.normalize(sums, dim=-1)
-
-
-def fit(
-    model: torch.nn.Module,
-    top: TrainableTop,
-    train_idx: np.ndarray,
-    labels: np.ndarray,
-    train_feats: torch.Tensor,
-    caption_feats: torch.Tensor,
-    prompt_feats: torch.Tensor,
-    prompt_index: torch.Tensor,
-    n_classes: int,
-    cfg: TrainConfig,
-    seed: int,
-    desc: str,
-    malignant: torch.Tensor | None = None,
-) -> None:
-    """Train the top blocks, both projections and the temperature in place."""
-    rng = np.random.default_rng(seed)
-    torch.manual_seed(seed)
-    proj_params = list(model.visual.head.parameters()) + list(model.text.proj.parameters()) + [model.logit_scale]
-    top_params = [p for n, p in top.named_parameters() if not n.startswith("head.") and p.requires_grad]
-    opt = torch.optim.AdamW(
-        [{"params": top_params, "lr": cfg.lr_top}, {"params": proj_params, "lr": cfg.lr_proj}],
-        weight_decay=cfg.weight_decay,
-    )
-    y = labels[train_idx]
-    counts = np.bincount(y, minlength=n_classes).astype(float)
-    weights = counts[y] ** -cfg.sampling_power
-    weights /= weights.sum()
-    sampled_prior = np.bincount(y, weights=weights, minlength=n_classes)
-    adjust = torch.as_tensor(cfg.logit_adjust * np.log(np.maximum(sampled_prior, 1e-8)), dtype=torch.float32)
-    steps_per_epoch = max(1, len(train_idx) // cfg.batch_size)
-    total = steps_per_epoch * cfg.epochs
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[cfg.lr_top, cfg.lr_proj], total_steps=total, pct_start=0.1)
-    n_caps = caption_feats.shape[1]
-    top.eval()  # BN statistics stay ImageNet's: too few photos to re-estimate them
-    for _ in tqdm(range(cfg.epochs), desc=desc, unit="epoch", leave=False):
-        for _ in range(steps_per_epoch):
-            pick = rng.choice(len(train_idx), size=cfg.batch_size, p=weights)
-            idx = train_idx[pick]
-            view = rng.integers(0, train_feats.shape[1], size=len(idx))
-            cap = rng.integers(0, n_caps, size=len(idx))
-            feats = train_feats[idx, view].float()
-            img = F.normalize(top(feats, dropout=cfg.feature_dropout), dim=-1)
-            scale = model.logit_scale.exp().clamp(max=100)
-            cls_emb = class_text_embeddings(model.text.proj, prompt_feats, prompt_index, n_classes)
-            logits = scale * img @ cls_emb.T + adjust
-            target_cls = torch.as_tensor(labels[idx])
-            loss = F.cross_entropy(logits, target_cls)
-            if cfg.malignant_weight > 0 and malignant is not None:
-                log_odds = logits[:, malignant].logsumexp(1) - logits[:, ~malignant].logsumexp(1)
-                loss = loss + cfg.malignant_weight * F.binary_cross_entropy_with_logits(
-                    log_odds, malignant[target_cls].float()
-                )
-            if cfg.clip_weight > 0:
-                txt = F.normalize(model.text.proj(caption_feats[idx, cap]), dim=-1)
-                logits = scale * img @ txt.T
-                same = torch.as_tensor(idx[:, None] == idx[None, :]) & ~torch.eye(len(idx), dtype=torch.bool)
-                logits = logits.masked_fill(same, -1e4)  # a photo drawn twice is no negative of itself
-                target = torch.arange(len(idx))
-                loss = (
-                    loss + cfg.clip_weight * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
-                )
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-
-
-@torch.inference_mode()
-def predict_tta(
-    model: torch.nn.Module,
-    top: TrainableTop,
-    tta_feats: torch.Tensor,
-    prompt_feats: torch.Tensor,
-    prompt_index: torch.Tensor,
-    n_classes: int,
-) -> dict[str, np.ndarray]:
-    cls_emb = class_text_embeddings(model.text.proj, prompt_feats, prompt_index, n_classes)
-    scale = model.logit_scale.exp().clamp(max=100)
-    n, v = tta_feats.shape[:2]
-    emb = F.normalize(top(tta_feats.flatten(0, 1).float()), dim=-1).view(n, v, -1)
-    out = {}
-    for mode in TTA_MODES:
-        e = F.normalize(emb[:, : n_views(mode)].mean(1), dim=-1)
-        out[mode] = torch.softmax(scale * e @ cls_emb.T, dim=-1).numpy()
-    return out
-
-
 def write_oof_csv(result: TrainResult, mode: str, path: Path) -> None:
     """Out-of-fold image probabilities, so later stages (fusion, calibration) are fitted and judged
     without ever scoring a photo with weights that saw it. Ids and probabilities only: labels and
@@ -352,6 +210,134 @@ def write_oof_csv(result: TrainResult, mode: str, path: Path) -> None:
         writer.writerow(["image_id", "fold", *(f"p_{c}" for c in result.class_ids)])
         for i, image_id in enumerate(result.image_ids):
             writer.writerow([image_id, result.folds[i], *(f"{p:.6f}" for p in probs[i])])
+
+
+@dataclass
+class _Run:
+    """What every fit of one run shares: the model, its trainable top, labels, cached features."""
+
+    model: torch.nn.Module
+    top: TrainableTop
+    labels: np.ndarray
+    groups: np.ndarray
+    train_feats: torch.Tensor
+    tta_feats: torch.Tensor
+    caption_feats: torch.Tensor
+    prompt_feats: torch.Tensor
+    prompt_index: torch.Tensor
+    malignant: torch.Tensor  # (n_classes,) bool
+    initial: dict[str, torch.Tensor]  # the state every fit starts from
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.malignant)
+
+    def fit(self, train_idx: np.ndarray, cfg: TrainConfig, seed: int, desc: str) -> None:
+        """Reset to the initial weights, then train on `train_idx`."""
+        self.model.load_state_dict(self.initial, strict=False)
+        fit(
+            self.model,
+            self.top,
+            train_idx,
+            self.labels,
+            self.train_feats,
+            self.caption_feats,
+            self.prompt_feats,
+            self.prompt_index,
+            self.n_classes,
+            cfg,
+            seed,
+            desc,
+            self.malignant,
+        )
+
+    def predict(self, idx: np.ndarray) -> dict[str, np.ndarray]:
+        return predict_tta(
+            self.model, self.top, self.tta_feats[idx], self.prompt_feats, self.prompt_index, self.n_classes
+        )
+
+
+def _towers(cfg: TrainConfig) -> tuple[torch.nn.Module, Callable, FrozenBottom, TrainableTop]:
+    """The model with ImageNet weights in its trunk, all frozen but the top blocks and projections."""
+    model, tokenizer = build_model()
+    load_imagenet_trunk(model)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    bottom = FrozenBottom(model.visual.trunk, cfg.unfrozen_blocks).eval()
+    top = TrainableTop(model.visual, cfg.unfrozen_blocks)
+    for p in list(top.parameters()) + list(model.text.proj.parameters()) + [model.logit_scale]:
+        p.requires_grad_(True)
+    return model, tokenizer, bottom, top
+
+
+def _text_features(
+    model: torch.nn.Module,
+    tokenizer: Callable,
+    items: Sequence[LabelledImage],
+    conditions: Sequence[Condition],
+    taxonomy: Taxonomy,
+    cfg: TrainConfig,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Frozen text features: (N, captions, D) captions, the class prompts and each prompt's class."""
+    rng = random.Random(cfg.seed)
+    captions = [captions_for(it, taxonomy, cfg.captions_per_image, rng) for it in items]
+    caption_feats = pooled_text(model, tokenizer, [c for cs in captions for c in cs]).view(
+        len(items), cfg.captions_per_image, -1
+    )
+    templates = taxonomy.templates_for(cfg.modality)  # type: ignore[arg-type]
+    prompts, index = [], []
+    for ci, cond in enumerate(conditions):
+        for name in cond.prompt_names:
+            for tpl in templates:
+                prompts.append(tpl.format(name))
+                index.append(ci)
+    return caption_feats, pooled_text(model, tokenizer, prompts), torch.tensor(index)
+
+
+def _prepare(
+    items: Sequence[LabelledImage], class_ids: list[str], taxonomy: Taxonomy, cfg: TrainConfig, cache_dir: Path | None
+) -> _Run:
+    conditions = [taxonomy.get(c) for c in class_ids]
+    model, tokenizer, bottom, top = _towers(cfg)
+    train_feats, tta_feats = cache_image_features(items, bottom, cfg, cache_dir)
+    caption_feats, prompt_feats, prompt_index = _text_features(model, tokenizer, items, conditions, taxonomy, cfg)
+    initial = deepcopy({k: v.clone() for k, v in model.state_dict().items() if not k.startswith("text.transformer.")})
+    return _Run(
+        model=model,
+        top=top,
+        labels=np.array([class_ids.index(i.condition_id) for i in items]),
+        groups=np.array([i.group for i in items]),
+        train_feats=train_feats,
+        tta_feats=tta_feats,
+        caption_feats=caption_feats,
+        prompt_feats=prompt_feats,
+        prompt_index=prompt_index,
+        malignant=torch.tensor([c.malignant for c in conditions]),
+        initial=initial,
+    )
+
+
+def _cross_validate(
+    run: _Run, items: Sequence[LabelledImage], result: TrainResult, cfg: TrainConfig, t0: float
+) -> None:
+    """Patient-grouped CV: out-of-fold probabilities, fold ids and reports into `result`."""
+    labels, groups = run.labels, run.groups
+    oof = {m: np.zeros((len(items), run.n_classes)) for m in TTA_MODES}
+    splitter = StratifiedGroupKFold(n_splits=cfg.folds, shuffle=True, random_state=cfg.seed)
+    for fold, (tr, te) in enumerate(splitter.split(np.zeros(len(labels)), labels, groups)):
+        assert not set(groups[tr]) & set(groups[te]), "a patient in both train and test"
+        run.fit(tr, cfg, cfg.seed + fold, f"fold {fold + 1}/{cfg.folds}")
+        probs = run.predict(te)
+        for m in TTA_MODES:
+            oof[m][te] = probs[m]
+        for i in te:
+            result.folds[i] = fold
+        fold_acc = float((probs["flip4"].argmax(1) == labels[te]).mean())
+        log.info("fold %d: accuracy %.3f (%.0f s)", fold + 1, fold_acc, time.time() - t0)
+    fitz = [i.fitzpatrick for i in items]
+    result.oof_probs = oof
+    malignant = run.malignant.tolist()
+    result.reports = {m: classification_report(oof[m], labels, result.class_ids, malignant, fitz) for m in TTA_MODES}
 
 
 def train_embedded(
@@ -372,100 +358,23 @@ def train_embedded(
     taxonomy = taxonomy or load_taxonomy()
     items = load_labelled_folder(data_dir, taxonomy)
     class_ids = sorted({i.condition_id for i in items})
-    labels = np.array([class_ids.index(i.condition_id) for i in items])
-    groups = np.array([i.group for i in items])
-    conditions = [taxonomy.get(c) for c in class_ids]
-
-    model, tokenizer = build_model()
-    load_imagenet_trunk(model)
-    for p in model.parameters():
-        p.requires_grad_(False)
-    bottom = FrozenBottom(model.visual.trunk, cfg.unfrozen_blocks).eval()
-    top = TrainableTop(model.visual, cfg.unfrozen_blocks)
-    for p in list(top.parameters()) + list(model.text.proj.parameters()) + [model.logit_scale]:
-        p.requires_grad_(True)
-
-    train_feats, tta_feats = cache_image_features(items, bottom, cfg, cache_dir)
-    rng = random.Random(cfg.seed)
-    captions = [captions_for(it, taxonomy, cfg.captions_per_image, rng) for it in items]
-    caption_feats = pooled_text(model, tokenizer, [c for cs in captions for c in cs]).view(
-        len(items), cfg.captions_per_image, -1
-    )
-    templates = taxonomy.templates_for(cfg.modality)  # type: ignore[arg-type]
-    prompts, index = [], []
-    for ci, cond in enumerate(conditions):
-        for name in cond.prompt_names:
-            for tpl in templates:
-                prompts.append(tpl.format(name))
-                index.append(ci)
-    prompt_feats = pooled_text(model, tokenizer, prompts)
-    prompt_index = torch.tensor(index)
-    initial = deepcopy({k: v.clone() for k, v in model.state_dict().items() if not k.startswith("text.transformer.")})
+    run = _prepare(items, class_ids, taxonomy, cfg, cache_dir)
     result = TrainResult(
         class_ids=class_ids,
         image_ids=[i.stem for i in items],
-        groups=groups.tolist(),
+        groups=run.groups.tolist(),
         labels=[i.condition_id for i in items],
         folds=[-1] * len(items),
     )
-    n_classes = len(class_ids)
-    malignant = torch.tensor([c.malignant for c in conditions])
-
     if cross_validate:
-        oof = {m: np.zeros((len(items), n_classes)) for m in TTA_MODES}
-        splitter = StratifiedGroupKFold(n_splits=cfg.folds, shuffle=True, random_state=cfg.seed)
-        for fold, (tr, te) in enumerate(splitter.split(np.zeros(len(labels)), labels, groups)):
-            assert not set(groups[tr]) & set(groups[te]), "a patient in both train and test"
-            model.load_state_dict(initial, strict=False)
-            fit(
-                model,
-                top,
-                tr,
-                labels,
-                train_feats,
-                caption_feats,
-                prompt_feats,
-                prompt_index,
-                n_classes,
-                cfg,
-                cfg.seed + fold,
-                f"fold {fold + 1}/{cfg.folds}",
-                malignant,
-            )
-            probs = predict_tta(model, top, tta_feats[te], prompt_feats, prompt_index, n_classes)
-            for m in TTA_MODES:
-                oof[m][te] = probs[m]
-            for i in te:
-                result.folds[i] = fold
-            fold_acc = float((probs["flip4"].argmax(1) == labels[te]).mean())
-            log.info("fold %d: accuracy %.3f (%.0f s)", fold + 1, fold_acc, time.time() - t0)
-        fitz = [i.fitzpatrick for i in items]
-        result.oof_probs = oof
-        result.reports = {
-            m: classification_report(oof[m], labels, class_ids, malignant.tolist(), fitz) for m in TTA_MODES
-        }
+        _cross_validate(run, items, result, cfg, t0)
     if not final_fit:
         result.seconds = time.time() - t0
         return result
 
-    model.load_state_dict(initial, strict=False)
-    fit(
-        model,
-        top,
-        np.arange(len(items)),
-        labels,
-        train_feats,
-        caption_feats,
-        prompt_feats,
-        prompt_index,
-        n_classes,
-        cfg,
-        cfg.seed + 100,
-        "final fit",
-        malignant,
-    )
+    run.fit(np.arange(len(items)), cfg, cfg.seed + 100, "final fit")
     result.state_dict = {
-        k: v.detach().clone() for k, v in model.state_dict().items() if not k.startswith("text.transformer.")
+        k: v.detach().clone() for k, v in run.model.state_dict().items() if not k.startswith("text.transformer.")
     }
     result.seconds = time.time() - t0
     result.reports["config"] = asdict(cfg)  # type: ignore[assignment]

@@ -1,3 +1,4 @@
+# size: the taxonomy's schema and its validation rules (pydantic) in one place; most lines are field declarations
 """Skin-condition taxonomy: the classes zero-shot scoring ranks and triage maps to urgency.
 
 The data lives in ``models/knowledge/taxonomy.yaml``; this module validates it with pydantic at load time

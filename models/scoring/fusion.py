@@ -1,3 +1,4 @@
+# size: the fusion's file format, its two-level computation and the per-factor contributions are one model
 """Fuse image evidence, symptom text and risk factors into one posterior over conditions.
 
 The model is additive in log-odds, so every answer can show what each part contributed:
@@ -27,7 +28,6 @@ so urgency never drops when bleeding or growth is added, whatever the fitted wei
 from __future__ import annotations
 
 import functools
-import hashlib
 import itertools
 import logging
 from collections.abc import Mapping, Sequence
@@ -35,32 +35,43 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from models.backends.artifacts import ModelIdentity
+from models.backends.base import ImageTextModel
+from models.backends.registry import default_artifacts
 from models.knowledge.risk_factors import BodySite, RiskFactors
 from models.knowledge.risk_priors import LiteraturePriors, load_priors
 from models.knowledge.symptoms import SymptomFindings, apply_findings, findings_provenance
+from models.scoring.features import LabelScores
 
 log = logging.getLogger(__name__)
 
 __all__ = [
     "ALARM_FIELDS",
-    "DEFAULT_FUSION_PATH",
+    "EvidenceSource",
     "FactorContribution",
     "FeatureEncoding",
+    "FusionBlock",
     "FusionModel",
+    "FusionParts",
     "FusionResult",
+    "alarm_variants",
     "fuse",
+    "fuse_scores",
     "fusion_for_model",
+    "label_scores",
     "load_fusion",
+    "symptom_text_scores",
     "symptom_text_sims",
 ]
 
-DEFAULT_FUSION_PATH = Path(__file__).resolve().parents[1] / "embedded" / "fusion.json"
 FORMAT = "dermtriage-fusion/1"
 LOG_FLOOR = 1e-4  # image probabilities are floored before the log: one overconfident zero must not veto
 ALARM_FIELDS = ("bleeding", "changed_size", "rapid_growth", "changed_shape", "changed_colour")
-Modality = Literal["baseline", "image", "symptoms", "risk_factors"]
+# where a contribution to the fused log-odds comes from (not the photo kind, `taxonomy.Modality`)
+EvidenceSource = Literal["baseline", "image", "symptoms", "risk_factors"]
 
 # one feature per PAD-UFES-20 region (the fit's sites); the other sites borrow their nearest region
 PAD_SITES = (
@@ -173,6 +184,12 @@ class FusionModel(BaseModel):
     )
 
     @property
+    def made_for(self) -> ModelIdentity:
+        """The image model (and weights) this fusion was fitted on."""
+        m = self.image_model
+        return ModelIdentity(str(m.get("name", "")), str(m.get("version", "")), m.get("weights_sha256") or None)
+
+    @property
     def fitted(self) -> bool:
         return bool(self.classes) and self.encoding is not None
 
@@ -193,47 +210,36 @@ class FusionModel(BaseModel):
         return b, v.reshape(len(labels), len(self.features))
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 @functools.lru_cache(maxsize=4)
 def _read_fusion(path: Path) -> FusionModel:
     return FusionModel.model_validate_json(path.read_text(encoding="utf-8"))
 
 
-def load_fusion(
-    image_model: str | None = None, path: Path = DEFAULT_FUSION_PATH, weights_sha256: str | None = None
-) -> FusionModel:
-    """The fitted fusion for `image_model` (its name; None = whatever was fitted), else the generic form.
+def load_fusion(identity: ModelIdentity | None = None, path: Path | None = None) -> FusionModel:
+    """The fusion in `path` (default: the default model's declared file) when it was fitted for
+    `identity` (None: whoever it was fitted for), else its generic form.
 
-    A fusion fitted for other weights (`weights_sha256` differs) falls back to generic too: its
-    image weight and intercepts were tuned to another model's probabilities.
+    A fusion fitted for another model or other weights falls back to generic: its image weight and
+    intercepts were tuned to another model's probabilities.
     """
-    if not path.exists():
+    path = path if path is not None else default_artifacts().fusion
+    if path is None or not path.exists():
         log.warning("fusion parameters %s missing: generic fusion (cited priors only)", path)
         return FusionModel()
     model = _read_fusion(path)
-    name_ok = image_model is None or model.image_model.get("name") == image_model
-    sha_ok = weights_sha256 is None or model.image_model.get("weights_sha256") in (None, weights_sha256)
-    if name_ok and sha_ok:
+    if identity is None or identity.accepts(model.made_for):
         return model
-    log.info("fusion fitted for %s, not %s: generic form", model.image_model, image_model)
+    log.info("fusion fitted for %s, not %s: generic form", model.made_for.fingerprint, identity.fingerprint)
     return model.generic()
 
 
-def fusion_for_model(model: Any, path: Path = DEFAULT_FUSION_PATH) -> FusionModel:
-    """The fusion to use with an image model (a backend): fitted when it is the model the fit was
-    made for (name, and weights when its fingerprint carries a hash), the generic form otherwise."""
-    card = getattr(model, "card", None)
-    name = getattr(card, "name", None)
-    fingerprint = str(getattr(model, "fingerprint", "") or "")
-    sha = fingerprint.rpartition("#")[2] if "#" in fingerprint else None
-    fitted = load_fusion(name, path)
-    if sha and fitted.fitted and not str(fitted.image_model.get("weights_sha256", "")).startswith(sha):
-        log.info("fusion fitted for other weights of %s: generic form", name)
-        return fitted.generic()
-    return fitted
+def fusion_for_model(model: ImageTextModel) -> FusionModel:
+    """The fusion an image model declares (`model.artifacts.fusion`): fitted when made for this model
+    and these weights, the generic form otherwise (also when it declares none)."""
+    path = model.artifacts.fusion
+    if path is None:
+        return FusionModel()
+    return load_fusion(model.artifacts.identity, path)
 
 
 class FactorContribution(BaseModel):
@@ -256,7 +262,7 @@ class FusionResult(BaseModel):
 
     posterior: dict[str, float]
     log_odds: dict[str, float] = Field(description="log p_c - mean log p: the sum of the contributions")
-    contributions: dict[Modality, dict[str, float]]
+    contributions: dict[EvidenceSource, dict[str, float]]
     factors: list[FactorContribution]
     posterior_upper: dict[str, float] = Field(description="alarm-robust posterior that urgency reads")
     fitted_conditions: list[str] = Field(description="conditions whose weights were fitted on PAD-UFES-20")
@@ -267,8 +273,8 @@ class FusionResult(BaseModel):
     findings: SymptomFindings | None = None
 
 
-def symptom_text_sims(model: Any, label_embeddings: Any, labels: Sequence[str], text: str | None) -> dict | None:
-    """Cosine similarity of the symptoms text with each label's text embedding (None without text).
+def symptom_text_scores(model: ImageTextModel, label_embeddings: torch.Tensor, text: str | None) -> np.ndarray | None:
+    """(C,) cosine similarity of the symptoms text with each label's text embedding (None without text).
 
     `model.encode_text` must return unit vectors; `label_embeddings` is the (C, D) unit-row tensor
     of the label set the image was scored against (`LabelSet.embeddings`).
@@ -276,14 +282,21 @@ def symptom_text_sims(model: Any, label_embeddings: Any, labels: Sequence[str], 
     if not text or not text.strip():
         return None
     z = model.encode_text([text.strip()])
-    sims = (z @ label_embeddings.T)[0]
-    return {label: float(s) for label, s in zip(labels, sims.tolist(), strict=True)}
+    return (z @ label_embeddings.T)[0].detach().float().cpu().numpy().astype(np.float64)
+
+
+def symptom_text_sims(
+    model: ImageTextModel, label_embeddings: torch.Tensor, labels: Sequence[str], text: str | None
+) -> dict[str, float] | None:
+    """`symptom_text_scores` keyed by label (for callers that hold dicts: fitting, SHAP)."""
+    sims = symptom_text_scores(model, label_embeddings, text)
+    return None if sims is None else dict(zip(labels, sims.tolist(), strict=True))
 
 
 # ----------------------------------------------------------------------------- the computation
 
 
-class _Block:
+class FusionBlock:
     """Flat additive logits over `labels`: intercepts, image, text and risk terms of one FusionModel."""
 
     def __init__(
@@ -321,7 +334,7 @@ def _logsumexp(z: np.ndarray) -> np.ndarray:
     return (m + np.log(np.exp(z - m).sum(-1, keepdims=True)))[..., 0]
 
 
-class _Parts:
+class FusionParts:
     """The fused posterior over the labels of one answer.
 
     When the fitted conditions are only part of the label set (the 6 PAD-UFES-20 classes among the
@@ -336,28 +349,22 @@ class _Parts:
     generic form.
     """
 
-    def __init__(
-        self,
-        model: FusionModel,
-        priors: LiteraturePriors,
-        image_probs: Mapping[str, float],
-        text_sims: Mapping[str, float] | None,
-    ) -> None:
-        self.labels = list(image_probs)
-        p = np.clip(np.array([float(image_probs[c]) for c in self.labels]), LOG_FLOOR, 1.0)
-        sims = np.array([float(text_sims.get(c, 0.0)) for c in self.labels]) if text_sims else None
+    def __init__(self, model: FusionModel, priors: LiteraturePriors, scores: LabelScores) -> None:
+        self.labels = list(scores.keys)
+        p = np.clip(np.asarray(scores.image, dtype=np.float64), LOG_FLOOR, 1.0)
+        sims = None if scores.text is None else np.asarray(scores.text, dtype=np.float64)
         fitted = [i for i, c in enumerate(self.labels) if c in model.intercepts] if model.fitted else []
         if model.fitted and not fitted:
             model = model.generic()
         self.model = model
-        self.flat = _Block(model, priors, self.labels, p, sims)  # factor detail; the posterior when not split
+        self.flat = FusionBlock(model, priors, self.labels, p, sims)  # factor detail; the posterior when not split
         self.split = 0 < len(fitted) < len(self.labels)
         if self.split:
             self.f = np.array(fitted)
             sub = [self.labels[i] for i in fitted]
-            self.gen = _Block(model.generic(), priors, self.labels, p, sims)
+            self.gen = FusionBlock(model.generic(), priors, self.labels, p, sims)
             pf = p[self.f] / p[self.f].sum()
-            self.fit = _Block(model, priors, sub, pf, sims[self.f] if sims is not None else None)
+            self.fit = FusionBlock(model, priors, sub, pf, sims[self.f] if sims is not None else None)
 
     def posteriors(self, risks: Sequence[RiskFactors]) -> np.ndarray:
         """(K, C) posteriors for K risk records."""
@@ -400,7 +407,7 @@ def alarm_variants(risk: RiskFactors) -> list[RiskFactors]:
 
 
 def _factor_contributions(
-    parts: _Block, risk: RiskFactors, from_text: frozenset[str]
+    parts: FusionBlock, risk: RiskFactors, from_text: frozenset[str]
 ) -> tuple[list[FactorContribution], np.ndarray, np.ndarray]:
     """Per-factor centred effects, plus the summed (C,) risk and symptoms terms."""
     factors: list[FactorContribution] = []
@@ -450,6 +457,13 @@ def _show(value: Any) -> str:
     return str(getattr(value, "value", value)).lower()
 
 
+def label_scores(image_probs: Mapping[str, float], text_sims: Mapping[str, float] | None = None) -> LabelScores:
+    """Dict-shaped evidence (fitting, tests) as `LabelScores` over the keys of `image_probs`."""
+    keys = tuple(image_probs)
+    text = np.array([float(text_sims.get(c, 0.0)) for c in keys]) if text_sims else None
+    return LabelScores(keys, np.array([float(image_probs[c]) for c in keys]), text)
+
+
 def fuse(
     image_probs: Mapping[str, float],
     symptom_text_sims: Mapping[str, float] | None = None,
@@ -459,19 +473,31 @@ def fuse(
     model: FusionModel | None = None,
     priors: LiteraturePriors | None = None,
 ) -> FusionResult:
-    """Posterior over the labels of `image_probs` from image, symptom text and risk factors.
-
-    `image_probs` is the image model's softmax over its label set (condition ids; other labels get
-    image and text evidence only). `symptom_text_sims` are the text-tower similarities of the
-    symptoms text with the same labels (`symptom_text_sims()`); `findings` fill unknown risk fields.
-    """
+    """`fuse_scores` for dict-shaped evidence: `image_probs` is the image model's softmax over its
+    label set (condition ids; other labels get image and text evidence only), `symptom_text_sims`
+    the text-tower similarities of the symptoms text with the same labels."""
     if not image_probs:
         raise ValueError("fuse needs at least one label in image_probs")
+    return fuse_scores(label_scores(image_probs, symptom_text_sims), risk, findings, model=model, priors=priors)
+
+
+def fuse_scores(
+    scores: LabelScores,
+    risk: RiskFactors | None = None,
+    findings: SymptomFindings | None = None,
+    *,
+    model: FusionModel | None = None,
+    priors: LiteraturePriors | None = None,
+) -> FusionResult:
+    """Posterior over the labels of `scores` from image, symptom text and risk factors; `findings`
+    (read from the symptoms text) fill the risk fields the caller left unknown."""
+    if not scores.keys:
+        raise ValueError("fuse needs at least one label")
     model = model if model is not None else load_fusion()
     priors = priors if priors is not None else load_priors()
     merged = apply_findings(risk, findings)
     from_text = findings_provenance(risk, findings)
-    parts = _Parts(model, priors, image_probs, symptom_text_sims)
+    parts = FusionParts(model, priors, scores)
     factors, risk_term, text_risk_term = _factor_contributions(parts.flat, merged, from_text)
 
     variants = alarm_variants(merged)
@@ -479,7 +505,7 @@ def fuse(
     posterior, upper = post[0], post.max(0)
     log_p = np.log(np.clip(posterior, 1e-300, None))
     base, image, text = parts.terms(merged)
-    contributions: dict[Modality, np.ndarray] = {
+    contributions: dict[EvidenceSource, np.ndarray] = {
         "baseline": _centre(base),
         "image": _centre(image),
         "symptoms": _centre(text + text_risk_term),

@@ -1,3 +1,5 @@
+# size: every urgency rule (NG12, red flags, condition tiers) and its figures in one place, so the rules are read
+#   together
 """How soon should this be seen: a category, a score in [0, 1], the reasons and a next step.
 
 Three sources, the most severe wins:
@@ -20,25 +22,36 @@ band plus a monotone position inside it, so it is monotone too.
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from models.backends.base import ImageTextModel
+from models.backends.registry import default_artifacts
 from models.knowledge.risk_factors import CHANGE_FIELDS, RiskFactors, is_immunosuppressed
 from models.knowledge.taxonomy import Condition, Taxonomy, UrgencyTier, load_taxonomy
-from models.scoring.fusion import FusionResult, load_fusion
+from models.scoring.fusion import FusionResult
 
 __all__ = [
+    "Decision",
+    "LabelTable",
     "NG12Result",
     "Reason",
     "UrgencyResult",
     "UrgencyThresholds",
     "assess_urgency",
+    "decide",
     "default_thresholds",
+    "fired_rules",
+    "label_table",
+    "load_thresholds",
     "ng12_checklist",
+    "thresholds_for_model",
     "urgency_inputs",
     "urgency_report",
 ]
@@ -80,11 +93,26 @@ class UrgencyThresholds(BaseModel):
         return self.plausible
 
 
-@functools.lru_cache(maxsize=1)
-def default_thresholds() -> UrgencyThresholds:
-    """The thresholds tuned with the committed fusion (fusion.json); the class defaults without one."""
-    tuned = load_fusion().urgency_thresholds
+@functools.lru_cache(maxsize=8)
+def load_thresholds(path: Path | None) -> UrgencyThresholds:
+    """Thresholds from a declared file (a fusion file's `urgency_thresholds`, or a file of their own);
+    the class defaults when there is none."""
+    if path is None or not path.exists():
+        return UrgencyThresholds()
+    data = json.loads(path.read_text(encoding="utf-8"))
+    tuned = data.get("urgency_thresholds", data) if isinstance(data, dict) else None
     return UrgencyThresholds.model_validate(tuned) if tuned else UrgencyThresholds()
+
+
+def thresholds_for_model(model: ImageTextModel) -> UrgencyThresholds:
+    """The thresholds an image model declares (`model.artifacts.urgency_thresholds`): tuned on its
+    fused answers; the class defaults for a model that declares none."""
+    return load_thresholds(model.artifacts.urgency_thresholds)
+
+
+def default_thresholds() -> UrgencyThresholds:
+    """The default model's declared thresholds (tuned with the committed fusion)."""
+    return load_thresholds(default_artifacts().urgency_thresholds)
 
 
 class NG12Result(BaseModel):
@@ -155,7 +183,7 @@ _ALARM = ("bleeding", "ulceration", "rapid_growth", *CHANGE_FIELDS)
 
 
 @dataclass(frozen=True)
-class _Rule:
+class Rule:
     category: UrgencyTier
     kind: Literal["condition", "checklist", "red_flag", "default"]
     text: str
@@ -163,7 +191,7 @@ class _Rule:
 
 
 @dataclass(frozen=True)
-class _LabelTable:
+class LabelTable:
     """Per label set: each label's threshold, tier and role, as arrays (the rules run vectorised)."""
 
     ids: tuple[str, ...]
@@ -176,16 +204,16 @@ class _LabelTable:
     zoster: int | None
 
 
-_TABLES: dict[tuple[tuple[str, ...], str, str], _LabelTable] = {}
+_TABLES: dict[tuple[tuple[str, ...], str, str], LabelTable] = {}
 
 
-def _table(ids: tuple[str, ...], t: UrgencyThresholds, taxonomy: Taxonomy) -> _LabelTable:
+def label_table(ids: tuple[str, ...], t: UrgencyThresholds, taxonomy: Taxonomy) -> LabelTable:
     key = (ids, t.model_dump_json(), taxonomy.fingerprint)
     table = _TABLES.get(key)
     if table is None:
         conds = tuple(taxonomy.get(c) if c in taxonomy else None for c in ids)
         never = 2.0  # a threshold no probability reaches: custom labels propose no tier
-        table = _LabelTable(
+        table = LabelTable(
             ids=ids,
             conditions=conds,
             threshold=np.array([t.threshold(c) if c else never for c in conds]),
@@ -201,19 +229,19 @@ def _table(ids: tuple[str, ...], t: UrgencyThresholds, taxonomy: Taxonomy) -> _L
     return table
 
 
-def _rules(
+def fired_rules(
     upper: np.ndarray,
     risk: RiskFactors,
     said_shingles: bool,
     ng12: NG12Result,
     t: UrgencyThresholds,
-    table: _LabelTable,
-) -> list[_Rule]:
+    table: LabelTable,
+) -> list[Rule]:
     """Checklist and red-flag rules that fired (condition rules are read off the posterior)."""
-    out: list[_Rule] = []
+    out: list[Rule] = []
     if risk.fever and risk.spreading_redness:
         out.append(
-            _Rule(
+            Rule(
                 UrgencyTier.EMERGENCY,
                 "red_flag",
                 "fever with spreading redness: treat as cellulitis today",
@@ -223,7 +251,7 @@ def _rules(
     if risk.widespread_blistering or risk.skin_pain:
         what = "widespread blistering" if risk.widespread_blistering else "painful skin"
         out.append(
-            _Rule(
+            Rule(
                 UrgencyTier.EMERGENCY,
                 "red_flag",
                 f"{what}: possible Stevens-Johnson syndrome / toxic epidermal necrolysis",
@@ -233,7 +261,7 @@ def _rules(
     zoster = table.zoster is not None and upper[table.zoster] >= t.zoster_threshold
     if risk.near_eye and (said_shingles or zoster):
         out.append(
-            _Rule(
+            Rule(
                 UrgencyTier.EMERGENCY,
                 "red_flag",
                 "shingles near the eye: sight-threatening, same-day eye assessment",
@@ -241,18 +269,18 @@ def _rules(
             )
         )
     if is_immunosuppressed(risk) and any(getattr(risk, f) for f in (*CHANGE_FIELDS, "rapid_growth")):
-        out.append(_Rule(UrgencyTier.URGENT, "red_flag", "a changing lesion in an immunosuppressed patient"))
+        out.append(Rule(UrgencyTier.URGENT, "red_flag", "a changing lesion in an immunosuppressed patient"))
     if _rapid_growth(risk, t.rapid_growth_days):
-        out.append(_Rule(UrgencyTier.URGENT, "red_flag", "rapid growth"))
+        out.append(Rule(UrgencyTier.URGENT, "red_flag", "rapid growth"))
     if risk.ulceration:
-        out.append(_Rule(UrgencyTier.URGENT, "red_flag", "ulceration"))
+        out.append(Rule(UrgencyTier.URGENT, "red_flag", "ulceration"))
     if risk.bleeding:
-        out.append(_Rule(UrgencyTier.SOON, "red_flag", "bleeding"))
+        out.append(Rule(UrgencyTier.SOON, "red_flag", "bleeding"))
     if ng12.suspected_cancer and upper[table.pigmented].sum() >= t.pigmented_threshold:
         # NG12's checklist is for pigmented lesions: it refers only a plausibly pigmented one
         mel = "melanoma" if "melanoma" in table.ids else None
         out.append(
-            _Rule(
+            Rule(
                 UrgencyTier.URGENT,
                 "checklist",
                 f"NG12 7-point checklist: {ng12.points} points on a pigmented lesion",
@@ -263,35 +291,35 @@ def _rules(
 
 
 @dataclass(frozen=True)
-class _Decision:
+class Decision:
     category: UrgencyTier
     score: float
-    driver: _Rule | None
-    rules: list[_Rule]
+    driver: Rule | None
+    rules: list[Rule]
     plausible: np.ndarray  # condition rules that fired (mask over labels)
     ng12: NG12Result
     self_care_top: int | None
 
 
-def _decide(
+def decide(
     upper: np.ndarray,
     post: np.ndarray,
     risk: RiskFactors,
     said_shingles: bool,
     t: UrgencyThresholds,
-    table: _LabelTable,
-) -> _Decision:
+    table: LabelTable,
+) -> Decision:
     """Category and score: the one place the rules combine (assess_urgency and SHAP both call it)."""
     ng12 = ng12_checklist(risk, t.ng12_referral_points)
-    rules = _rules(upper, risk, said_shingles, ng12, t, table)
+    rules = fired_rules(upper, risk, said_shingles, ng12, t, table)
     plausible = upper >= table.threshold
-    candidates: list[_Rule] = list(rules)
+    candidates: list[Rule] = list(rules)
     if plausible.any():
         idx = np.flatnonzero(plausible)
         best = idx[np.lexsort((-upper[idx], table.rank[idx]))[0]]
         cond = table.conditions[best]
         assert cond is not None
-        candidates.append(_Rule(cond.urgency, "condition", "", cond.id))
+        candidates.append(Rule(cond.urgency, "condition", "", cond.id))
     candidates.sort(key=lambda r: (r.category.rank, r.kind != "condition"))
     category, driver = UrgencyTier.ROUTINE, None
     if candidates and candidates[0].category.rank <= UrgencyTier.ROUTINE.rank:
@@ -304,10 +332,10 @@ def _decide(
     serious = upper[table.serious].max() if table.serious.any() else 0.0
     within = 0.5 * min(1.0, ng12.points / 7) + 0.5 * float(serious)
     score = BAND[category] + 0.2 * min(within, 0.999)
-    return _Decision(category, float(score), driver, rules, plausible, ng12, self_care_top)
+    return Decision(category, float(score), driver, rules, plausible, ng12, self_care_top)
 
 
-def _next_step(category: UrgencyTier, driver: _Rule | None, taxonomy: Taxonomy) -> str:
+def _next_step(category: UrgencyTier, driver: Rule | None, taxonomy: Taxonomy) -> str:
     cond = taxonomy.get(driver.condition) if driver and driver.condition and driver.condition in taxonomy else None
     if category is UrgencyTier.EMERGENCY:
         if driver and driver.condition == "cellulitis":
@@ -344,8 +372,8 @@ def assess_urgency(
     t = thresholds or default_thresholds()
     taxonomy = taxonomy or load_taxonomy()
     ids, upper, post, said_shingles = urgency_inputs(fused)
-    table = _table(ids, t, taxonomy)
-    d = _decide(upper, post, fused.risk, said_shingles, t, table)
+    table = label_table(ids, t, taxonomy)
+    d = decide(upper, post, fused.risk, said_shingles, t, table)
     reasons: list[Reason] = []
     for i in np.flatnonzero(d.plausible):
         cond = table.conditions[i]

@@ -43,10 +43,6 @@ def save_label_set(labels: LabelSet, path: Path) -> None:
     tmp.replace(path)
 
 
-def model_identity(model: ImageTextModel) -> str:
-    return getattr(model, "fingerprint", None) or f"{model.card.name}@{model.card.version}"
-
-
 def ensemble_embedding(model: ImageTextModel, names: Sequence[str], templates: Sequence[str]) -> torch.Tensor:
     """One unit vector for a class named several ways, each way put through several templates."""
     prompts = [tpl.format(name) for name in names for tpl in templates]
@@ -67,7 +63,7 @@ class ZeroShotClassifier:
         self._custom: OrderedDict[tuple[str, str], torch.Tensor] = OrderedDict()
 
     def cache_key(self, modality: Modality) -> str:
-        blob = f"{model_identity(self.model)}|{self.taxonomy.fingerprint}|{modality}"
+        blob = f"{self.model.artifacts.fingerprint}|{self.taxonomy.fingerprint}|{modality}"
         return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
     def condition_set(self, modality: Modality = "clinical") -> LabelSet:
@@ -81,7 +77,7 @@ class ZeroShotClassifier:
         ids = tuple(self.taxonomy.ids)
         name = f"text-{self.cache_key(modality)}.pt"
         path = self.cache_dir / name if self.cache_dir else None
-        shipped = getattr(self.model, "text_cache_dir", None)  # read-only cache a model may ship
+        shipped = self.model.artifacts.text_cache  # read-only cache a model may ship
         for candidate in (path, shipped / name if shipped else None):
             if candidate is not None and candidate.exists():
                 blob = torch.load(candidate, weights_only=True)

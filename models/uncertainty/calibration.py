@@ -27,10 +27,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from scipy.optimize import minimize_scalar
 from sklearn.model_selection import StratifiedGroupKFold
 
+from models.backends.artifacts import ModelIdentity
 from models.uncertainty.conformal import Method, conformal_quantile, conformity_scores, prediction_sets, set_coverage
 
 __all__ = [
-    "DEFAULT_CALIBRATION_PATH",
     "CalibrationFile",
     "CalibrationMismatchError",
     "CalibrationStage",
@@ -48,7 +48,6 @@ __all__ = [
 ]
 
 FORMAT = "dermtriage-calibration/1"
-DEFAULT_CALIBRATION_PATH = Path(__file__).resolve().parents[1] / "embedded" / "calibration.json"
 PROB_FLOOR = 1e-12
 ECE_BINS = 15
 Stage = Literal["image", "fused"]
@@ -173,19 +172,20 @@ def load_calibration(path: Path) -> CalibrationFile:
 
 
 def check_calibration(
-    cal: CalibrationFile, *, model_name: str, model_fingerprint: str, taxonomy_fingerprint: str, source: str = ""
+    cal: CalibrationFile, *, identity: ModelIdentity, taxonomy_fingerprint: str, source: str = ""
 ) -> None:
     """Raise CalibrationMismatchError unless `cal` was made for this model, these weights and this taxonomy."""
     where = f"{source}: " if source else ""
-    if cal.model.get("name") != model_name:
+    made_for = ModelIdentity.parse(cal.model.get("fingerprint") or cal.model.get("name", ""))
+    if made_for.name != identity.name:
         raise CalibrationMismatchError(
-            f"{where}calibration made for model {cal.model.get('name')!r}, not {model_name!r}; "
-            f"run `dermtriage calibrate --model {model_name} --data DIR` or point DERMTRIAGE_CALIBRATION elsewhere"
+            f"{where}calibration made for model {made_for.name!r}, not {identity.name!r}; "
+            f"run `dermtriage calibrate --model {identity.name} --data DIR` or point DERMTRIAGE_CALIBRATION elsewhere"
         )
-    if cal.model.get("fingerprint") != model_fingerprint:
+    if not identity.accepts(made_for):
         raise CalibrationMismatchError(
-            f"{where}calibration made for {cal.model.get('fingerprint')!r}, but the loaded weights are "
-            f"{model_fingerprint!r}; recalibrate after changing the weights"
+            f"{where}calibration made for {made_for.fingerprint!r}, but the loaded weights are "
+            f"{identity.fingerprint!r}; recalibrate after changing the weights"
         )
     if cal.taxonomy.get("fingerprint") != taxonomy_fingerprint:
         raise CalibrationMismatchError(

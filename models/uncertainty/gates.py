@@ -16,10 +16,22 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from models.backends.artifacts import ModelIdentity
+from models.backends.base import ImageTextModel
+from models.knowledge.taxonomy import Taxonomy
 from models.uncertainty.contract import Flag, Uncertainty
 from models.uncertainty.ood import OodScore
 
-__all__ = ["GateThresholds", "UncertaintyGate", "assess", "entropy", "ood_flags", "quality_flags", "top2_margin"]
+__all__ = [
+    "GateThresholds",
+    "UncertaintyGate",
+    "answer_flags",
+    "assess",
+    "entropy",
+    "ood_flags",
+    "quality_flags",
+    "top2_margin",
+]
 
 
 class GateThresholds(BaseModel):
@@ -103,6 +115,45 @@ def ood_flags(score: OodScore) -> list[Flag]:
     ]
 
 
+def answer_flags(
+    labels: Sequence[str],
+    p: np.ndarray,
+    order: np.ndarray,
+    prediction_set: list[str] | None,
+    t: GateThresholds,
+    *,
+    calibrated_ok: bool,
+    top_validated: bool | None,
+    fitzpatrick: int | None,
+    underrepresented: Sequence[int],
+) -> list[Flag]:
+    """Flags about the answer itself: confidence, set size, validation, skin type, calibration."""
+    flags: list[Flag] = []
+    top = float(p[order[0]])
+    if top < t.low_confidence:
+        message = f"The most likely condition has only {top:.0%} probability."
+        flags.append(Flag(name="low_confidence", measure="top_probability", value=round(top, 4),
+                          threshold=t.low_confidence, requires_review=True, message=message))  # fmt: skip
+    if prediction_set is not None and len(prediction_set) > t.max_set_size:
+        message = f"{len(prediction_set)} conditions are needed to reach the set's coverage."
+        flags.append(Flag(name="ambiguous", measure="prediction_set_size", value=float(len(prediction_set)),
+                          threshold=float(t.max_set_size), requires_review=False, message=message))  # fmt: skip
+    if top_validated is False:
+        message = f"The top condition ({labels[order[0]]}) was never validated for this model."
+        flags.append(Flag(name="unvalidated_condition", measure="top_condition", value=labels[order[0]],
+                          threshold="validated_for_model", requires_review=True, message=message))  # fmt: skip
+    if fitzpatrick is not None and fitzpatrick in set(underrepresented):
+        message = f"Fitzpatrick type {fitzpatrick} has too few validation photos for this model."
+        flags.append(Flag(name="underrepresented_skin_type", measure="fitzpatrick", value=float(fitzpatrick),
+                          threshold=",".join(map(str, sorted(underrepresented))), requires_review=True,
+                          message=message))  # fmt: skip
+    if not calibrated_ok:
+        message = "No calibration was fitted for this model: probabilities are raw zero-shot scores."
+        flags.append(Flag(name="uncalibrated", measure="calibration_file", value=None, threshold=None,
+                          requires_review=False, message=message))  # fmt: skip
+    return flags
+
+
 def assess(
     labels: Sequence[str],
     calibrated: np.ndarray,
@@ -123,68 +174,23 @@ def assess(
     t = thresholds or GateThresholds()
     p = np.asarray(calibrated, dtype=float)
     order = np.argsort(-p, kind="stable")
+    prediction_set = [labels[i] for i in order if member is not None and member[i]]
     flags: list[Flag] = []
     if ood is not None:
         flags += ood_flags(ood)
     if quality is not None:
         flags += quality_flags(quality, t)
-    top = float(p[order[0]])
-    if top < t.low_confidence:
-        flags.append(
-            Flag(
-                name="low_confidence",
-                measure="top_probability",
-                value=round(top, 4),
-                threshold=t.low_confidence,
-                requires_review=True,
-                message=f"The most likely condition has only {top:.0%} probability.",
-            )
-        )
-    prediction_set = [labels[i] for i in order if member is not None and member[i]]
-    if member is not None and len(prediction_set) > t.max_set_size:
-        flags.append(
-            Flag(
-                name="ambiguous",
-                measure="prediction_set_size",
-                value=float(len(prediction_set)),
-                threshold=float(t.max_set_size),
-                requires_review=False,
-                message=f"{len(prediction_set)} conditions are needed to reach the set's coverage.",
-            )
-        )
-    if top_validated is False:
-        flags.append(
-            Flag(
-                name="unvalidated_condition",
-                measure="top_condition",
-                value=labels[order[0]],
-                threshold="validated_for_model",
-                requires_review=True,
-                message=f"The top condition ({labels[order[0]]}) was never validated for this model.",
-            )
-        )
-    if fitzpatrick is not None and fitzpatrick in set(underrepresented):
-        flags.append(
-            Flag(
-                name="underrepresented_skin_type",
-                measure="fitzpatrick",
-                value=float(fitzpatrick),
-                threshold=",".join(map(str, sorted(underrepresented))),
-                requires_review=True,
-                message=f"Fitzpatrick type {fitzpatrick} has too few validation photos for this model.",
-            )
-        )
-    if not calibrated_ok:
-        flags.append(
-            Flag(
-                name="uncalibrated",
-                measure="calibration_file",
-                value=None,
-                threshold=None,
-                requires_review=False,
-                message="No calibration was fitted for this model: probabilities are raw zero-shot scores.",
-            )
-        )
+    flags += answer_flags(
+        labels,
+        p,
+        order,
+        prediction_set if member is not None else None,
+        t,
+        calibrated_ok=calibrated_ok,
+        top_validated=top_validated,
+        fitzpatrick=fitzpatrick,
+        underrepresented=underrepresented,
+    )
     reasons = list(dict.fromkeys(f.message for f in flags if f.requires_review))
     return Uncertainty(
         calibrated=calibrated_ok,
@@ -203,53 +209,41 @@ def assess(
 class UncertaintyGate:
     """Everything the engine needs, loaded and checked once at start-up.
 
-    `calibration_path=None` uses the shipped file when it was made for this model, and runs
-    uncalibrated (with an `uncalibrated` flag) otherwise; an explicit path made for another model,
-    other weights or another taxonomy raises CalibrationMismatchError.
+    The calibration and OOD statistics are the files the model's spec declares
+    (`model.artifacts`); `calibration_path` / `ood_path` override them. Without a calibration the
+    gate runs uncalibrated (with an `uncalibrated` flag); a calibration made for another model,
+    other weights or another taxonomy raises CalibrationMismatchError (OOD statistics made for other
+    weights are ignored: the rules that need them stay off).
     """
 
     def __init__(
         self,
-        model: Any,
-        taxonomy: Any,
+        model: ImageTextModel,
+        taxonomy: Taxonomy,
         calibration_path: Path | None = None,
         coverage: float = 0.9,
         thresholds: GateThresholds | None = None,
         ood_path: Path | None = None,
     ) -> None:
-        from models.scoring.zeroshot import model_identity
-        from models.uncertainty.calibration import (
-            DEFAULT_CALIBRATION_PATH,
-            Calibrator,
-            check_calibration,
-            load_calibration,
-        )
-        from models.uncertainty.ood import DEFAULT_OOD_PATH, OodDetector, OodStats
+        from models.uncertainty.calibration import Calibrator, check_calibration, load_calibration
+        from models.uncertainty.ood import OodDetector, OodStats
 
         self.thresholds = thresholds or GateThresholds()
         self.coverage = coverage
-        fingerprint = model_identity(model)
-        name = model.card.name
+        identity = model.artifacts.identity
         self.calibrator: Calibrator | None = None
-        path = Path(calibration_path) if calibration_path else DEFAULT_CALIBRATION_PATH
-        if path.exists():
+        path = Path(calibration_path) if calibration_path else model.artifacts.calibration
+        if path is not None and path.exists():
             cal = load_calibration(path)
-            if calibration_path is not None or cal.model.get("name") == name:
-                check_calibration(
-                    cal,
-                    model_name=name,
-                    model_fingerprint=fingerprint,
-                    taxonomy_fingerprint=taxonomy.fingerprint,
-                    source=str(path),
-                )
-                self.calibrator = Calibrator(cal, coverage)
+            check_calibration(cal, identity=identity, taxonomy_fingerprint=taxonomy.fingerprint, source=str(path))
+            self.calibrator = Calibrator(cal, coverage)
         elif calibration_path is not None:
             raise FileNotFoundError(f"calibration file {path} does not exist")
         stats = None
-        ood_file = Path(ood_path) if ood_path else DEFAULT_OOD_PATH
-        if ood_file.exists():
+        ood_file = Path(ood_path) if ood_path else model.artifacts.ood_stats
+        if ood_file is not None and ood_file.exists():
             loaded = OodStats.load(ood_file)
-            stats = loaded if loaded.model_fingerprint == fingerprint else None
+            stats = loaded if identity.accepts(ModelIdentity.parse(loaded.model_fingerprint)) else None
         self.ood = OodDetector(model, stats)
         self.underrepresented = list(getattr(model.card, "underrepresented_fitzpatrick", []) or [])
 

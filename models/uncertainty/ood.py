@@ -37,7 +37,6 @@ import torch
 from PIL import Image
 
 __all__ = [
-    "DEFAULT_OOD_PATH",
     "NON_SKIN_PROMPTS",
     "SKIN_PROMPTS",
     "OodDetector",
@@ -50,7 +49,6 @@ __all__ = [
     "skin_typical_classes",
 ]
 
-DEFAULT_OOD_PATH = Path(__file__).resolve().parents[1] / "embedded" / "ood_stats.npz"
 SKIN_PROMPTS = (
     "a close-up photo of human skin",
     "a clinical photo of a skin lesion",

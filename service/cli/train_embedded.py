@@ -1,0 +1,65 @@
+"""`dermtriage train-embedded`: reproduce the embedded model (CV figures, then weights, card, text cache)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from service.cli._common import add_data, subparser
+
+
+def add_parser(sub: Any) -> argparse.ArgumentParser:
+    p = subparser(sub, "train-embedded", "reproduce the embedded model (CV figures, weights, card)", run)
+    add_data(p, "PAD-UFES-20 folder")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epochs", type=int, default=25)
+    p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--version", default="1.1.0", help="the trained model's version on its card")
+    p.add_argument("--cache-dir", default=".cache/embedded")
+    p.add_argument(
+        "--out",
+        metavar="DIR",
+        help="folder for weights/, model_card.json, MODEL_CARD.md, validation/ and text_cache/ (default: "
+        "./artifacts/embedded-pad-lite0; the shipped model is replaced only with --out models/embedded)",
+    )
+    p.add_argument("--dry-run", action="store_true", help="report CV figures, write nothing")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    from models.backends.registry import load_model
+    from models.embedded.model import MODEL_NAME
+    from models.fitting.embedded_card import choose_test_time_views, write_release
+    from models.fitting.outputs import TEXT_CACHE_DIR, resolve_output
+    from models.fitting.text_cache import build_text_cache
+    from models.fitting.train_embedded import TrainConfig, train_embedded
+    from models.knowledge.taxonomy import load_taxonomy
+
+    out = resolve_output(args.out, MODEL_NAME)
+    cfg = TrainConfig(seed=args.seed, epochs=args.epochs, folds=args.folds, threads=args.threads)
+    taxonomy = load_taxonomy()
+    result = train_embedded(
+        Path(args.data),
+        cfg,
+        cache_dir=Path(args.cache_dir),
+        taxonomy=taxonomy,
+        cross_validate=True,
+        final_fit=not args.dry_run,  # the CV figures need no final fit
+    )
+    reports = {k: v for k, v in result.reports.items() if k != "config"}
+    for mode, rep in reports.items():
+        print(
+            f"{mode:7s} balanced accuracy {rep['balanced_accuracy']:.3f}  "
+            f"malignant AUROC {rep['malignant_auroc']:.3f}  melanoma sensitivity {rep['melanoma_sensitivity']:.3f}"
+        )
+    print(f"chosen test-time views: {choose_test_time_views(reports)}; {result.seconds:.0f} s in all")
+    if args.dry_run:
+        return 0
+    spec = write_release(result, args.version, out)
+    print(f"wrote weights, model card and out-of-fold predictions to {out}")
+    cache = out / TEXT_CACHE_DIR
+    build_text_cache(load_model(spec), taxonomy, cache)
+    print(f"wrote condition embeddings for {MODEL_NAME} to {cache}")
+    return 0
