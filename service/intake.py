@@ -14,26 +14,24 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from dataclasses import dataclass
 from typing import Any
 
 from litestar import Request
 from litestar.datastructures import FormMultiDict, UploadFile
 from litestar.exceptions import ClientException, ValidationException
 from litestar.exceptions.http_exceptions import RequestEntityTooLarge
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ConfigDict, Field, ValidationError
 
-from models.knowledge.risk_factors import RiskFactors
 from service.problems import ACCEPTED_MEDIA_TYPES, Problem, field_errors, validated, validation_problem
-from service.schemas import MAX_SYMPTOMS_CHARS, ClinicalInput, TriageOptions
+from service.schemas import ClinicalInput, TriageInput, TriageOptions
 
 FORM_OPTION_FIELDS = ("top_k", "modality", "candidate_labels", "explain", "heatmap_grid")
 FORM_CLINICAL_FIELDS = ("symptoms", "risk_factors")
 FORM_FIELDS = frozenset({"image", "options", *FORM_OPTION_FIELDS, *FORM_CLINICAL_FIELDS})
 
 
-class TriageJSONRequest(BaseModel):
-    """The ``application/json`` request form."""
+class TriageJSONRequest(ClinicalInput):
+    """The ``application/json`` request form: the photo and options beside the clinical input's fields."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -41,15 +39,6 @@ class TriageJSONRequest(BaseModel):
         description="the photo, base64 (standard or URL-safe alphabet, padding optional; a `data:` URL is accepted)"
     )
     options: TriageOptions = Field(default_factory=TriageOptions)
-    symptoms: str | None = Field(default=None, max_length=MAX_SYMPTOMS_CHARS, description="the patient's own words")
-    risk_factors: RiskFactors | None = Field(default=None, description="all optional; units in each field")
-
-
-@dataclass(frozen=True, slots=True)
-class TriageInput:
-    image: bytes
-    options: TriageOptions
-    clinical: ClinicalInput
 
 
 def _unsupported(media_type: str) -> Problem:

@@ -22,7 +22,7 @@ from service.images import DecodedImage, ImageLimits, decode_image
 from service.metrics import Metrics
 from service.problems import Problem
 from service.results import MemoryResultStore, ResultStore
-from service.schemas import ClinicalInput, Timings, TriageOptions, TriageResult
+from service.schemas import ClinicalInput, Timings, TriageInput, TriageOptions, TriageResult
 from service.settings import Settings
 
 GIL_SWITCH_INTERVAL_S = 0.0005
@@ -269,6 +269,15 @@ class ServiceState:
     load_error: str | None = None
     specs: list[ModelSpec] = field(default_factory=list)
     cards: dict[str, ModelCard] = field(default_factory=dict)
+
+    async def triage(self, received: TriageInput, request_id: str) -> TriageResult:
+        """The one place a request is answered and kept: every face (REST, FHIR, CDS Hooks) calls it."""
+        if received.image is None:
+            raise Problem("no-photo", 422, "The request carries no photo to triage.", title="No photo")
+        engine = self.require_engine()
+        result = await self.runner.triage(engine, received.image, received.options, request_id, received.clinical)
+        self.results.put(result)
+        return result
 
     def require_engine(self) -> TriageEngine:
         if self.ready and self.engine is not None:

@@ -6,6 +6,7 @@ that may be null; clients that ignore unknown keys keep working.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -134,6 +135,21 @@ class Timings(BaseModel):
         """The one place timings are rounded and totalled."""
         parts = {"decode_ms": decode_ms, "queue_ms": queue_ms, "inference_ms": inference_ms, "heatmap_ms": heatmap_ms}
         return cls(**{k: round(v, 2) for k, v in parts.items()}, total_ms=round(sum(parts.values()), 2))
+
+
+@dataclass(frozen=True)
+class TriageInput:
+    """One triage request, whichever face it came through (REST form or JSON, FHIR `$triage`, CDS Hooks
+    prefetch): the photo's bytes (None when a CDS prefetch holds no photo), the options, the clinical
+    input, and the caller's references that the FHIR and CDS answers echo back."""
+
+    image: bytes | None
+    options: TriageOptions
+    clinical: ClinicalInput
+    subject: str | None = None  # "Patient/123" when the caller's Patient has an id
+    photo_ref: str | None = None  # "Media/9" when the caller's photo resource has an id
+    photo_taken: str = ""  # when the photo was taken, as the resource says
+    inputs: list[str] = field(default_factory=list)  # Observation references that were used
 
 
 class TriageResult(BaseModel):

@@ -10,6 +10,12 @@ import pytest
 from models.backends.artifacts import ModelIdentity
 from models.backends.registry import default_artifacts
 from models.embedded.model import MODEL_NAME, WEIGHTS_PATH, load_card
+from models.fitting.calibration_stats import (
+    cross_fit_calibration,
+    expected_calibration_error,
+    fit_stage,
+    fit_temperature,
+)
 from models.knowledge.taxonomy import load_taxonomy
 from models.uncertainty.calibration import (
     CalibrationFile,
@@ -17,10 +23,6 @@ from models.uncertainty.calibration import (
     Calibrator,
     apply_temperature,
     check_calibration,
-    cross_fit_calibration,
-    expected_calibration_error,
-    fit_stage,
-    fit_temperature,
     load_calibration,
 )
 from models.uncertainty.conformal import conformal_quantile, conformity_scores, prediction_sets, set_coverage

@@ -18,9 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from models.knowledge.taxonomy import Taxonomy
-from models.uncertainty.calibration import (
-    CalibrationFile,
+from models.backends.base import ImageTextModel
+from models.fitting.calibration_stats import (
     coverage_report,
     cross_fit_calibration,
     expected_calibration_error,
@@ -28,6 +27,8 @@ from models.uncertainty.calibration import (
     provenance,
     reliability_bins,
 )
+from models.knowledge.taxonomy import Taxonomy
+from models.uncertainty.calibration import CalibrationFile
 from models.uncertainty.conformal import Method
 
 __all__ = ["FolderAnswers", "calibrate_folder", "calibration_output", "folder_answers", "stage_figures"]
@@ -53,7 +54,7 @@ class FolderAnswers:
 
 
 def folder_answers(
-    model: Any, taxonomy: Taxonomy, data_dir: str | Path, modality: str = "clinical", progress: bool = False
+    model: ImageTextModel, taxonomy: Taxonomy, data_dir: str | Path, modality: str = "clinical", progress: bool = False
 ) -> FolderAnswers:
     """Uncalibrated answers of each stage on the folder, honest for a model trained on it."""
     from models.fitting.datasets import load_labelled_folder
@@ -116,7 +117,7 @@ def stage_figures(
 
 
 def calibrate_folder(
-    model: Any,
+    model: ImageTextModel,
     taxonomy: Taxonomy,
     data_dir: str | Path,
     *,
@@ -162,7 +163,7 @@ def calibrate_folder(
     return cal, figures
 
 
-def ood_rates(model: Any, items: Sequence[Any]) -> dict[str, Any] | None:
+def ood_rates(model: ImageTextModel, items: Sequence[Any]) -> dict[str, Any] | None:
     """OOD flag rate on the folder's photos (cross-fitted) and on the non-skin set, with the shipped thresholds."""
     from models.backends.artifacts import ModelIdentity
     from models.fitting.ood_fit import (
@@ -203,7 +204,7 @@ def ood_rates(model: Any, items: Sequence[Any]) -> dict[str, Any] | None:
 
 
 def uncertainty_report(
-    model: Any,
+    model: ImageTextModel,
     taxonomy: Taxonomy,
     data_dir: str | Path,
     *,

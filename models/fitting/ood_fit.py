@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from models.backends.base import ImageTextModel
 from models.uncertainty.ood import (
     OodDetector,
     OodStats,
@@ -45,7 +46,7 @@ IMAGENET_CLASS_SHARE = 0.01  # skin-typical: classes with >= 1% of the mean Imag
 
 
 @torch.inference_mode()
-def embed_pil(model: Any, images: Sequence[Image.Image], batch_size: int = 16) -> np.ndarray:
+def embed_pil(model: ImageTextModel, images: Sequence[Image.Image], batch_size: int = 16) -> np.ndarray:
     """(N, D) unit image embeddings through the model's own preprocessing (and its test-time views)."""
     out = []
     for i in range(0, len(images), batch_size):
@@ -54,7 +55,7 @@ def embed_pil(model: Any, images: Sequence[Image.Image], batch_size: int = 16) -
     return np.concatenate(out) if out else np.zeros((0, 0))
 
 
-def cached_embeddings(model: Any, key: str, load: Any, n: int, cache_dir: Path = CACHE_DIR) -> np.ndarray:
+def cached_embeddings(model: ImageTextModel, key: str, load: Any, n: int, cache_dir: Path = CACHE_DIR) -> np.ndarray:
     """Embeddings of n images (load(i) -> PIL image), cached under a key of the model and the image list."""
     digest = hashlib.sha256(f"{model.artifacts.fingerprint}|{key}".encode()).hexdigest()[:16]
     path = cache_dir / f"embeddings-{digest}.npy"
@@ -67,7 +68,9 @@ def cached_embeddings(model: Any, key: str, load: Any, n: int, cache_dir: Path =
 
 
 @torch.inference_mode()
-def cached_imagenet_probs(model: Any, key: str, load: Any, n: int, cache_dir: Path = CACHE_DIR) -> np.ndarray | None:
+def cached_imagenet_probs(
+    model: ImageTextModel, key: str, load: Any, n: int, cache_dir: Path = CACHE_DIR
+) -> np.ndarray | None:
     """(n, 1000) frozen-ImageNet probabilities for models that offer them (`encode_image_with_domain`), cached."""
     digest = hashlib.sha256(f"{model.artifacts.fingerprint}|imagenet|{key}".encode()).hexdigest()[:16]
     path = cache_dir / f"imagenet-{digest}.npy"
@@ -106,7 +109,7 @@ class PhotoSet:
     imagenet: np.ndarray | None  # (N, 1000) frozen-ImageNet probabilities; None: the model has no such trunk
 
 
-def _photo_set(model: Any, key: str, names: list[str], load: Any) -> PhotoSet:
+def _photo_set(model: ImageTextModel, key: str, names: list[str], load: Any) -> PhotoSet:
     n = len(names)
     return PhotoSet(
         names=names,
@@ -116,14 +119,14 @@ def _photo_set(model: Any, key: str, names: list[str], load: Any) -> PhotoSet:
     )
 
 
-def dev_photos(model: Any, items: Sequence[Any]) -> PhotoSet:
+def dev_photos(model: ImageTextModel, items: Sequence[Any]) -> PhotoSet:
     from models.photos import load_photo
 
     names = [i.stem for i in items]
     return _photo_set(model, "|".join(names), names, lambda j: load_photo(items[j].path))
 
 
-def non_skin_photos(model: Any) -> PhotoSet:
+def non_skin_photos(model: ImageTextModel) -> PhotoSet:
     """The non-skin set (models/fitting/ood_data.py), generated once."""
     from models.fitting.ood_data import non_skin_images
 
@@ -172,7 +175,7 @@ def cross_fitted_distances(emb: np.ndarray, groups: Sequence[str], folds: int = 
     return out
 
 
-def fit_ood(model: Any, items: Sequence[Any], prompts: bool = True) -> tuple[OodStats, dict[str, Any]]:
+def fit_ood(model: ImageTextModel, items: Sequence[Any], prompts: bool = True) -> tuple[OodStats, dict[str, Any]]:
     """Statistics on all development photos, thresholds and held-out figures (skin and non-skin)."""
     dev = dev_photos(model, items)
     emb, inet = dev.embeddings, dev.imagenet
@@ -255,7 +258,9 @@ def _kind(name: str) -> str:
     return name.split(":")[1] if name.startswith("synthetic:") else "package_photo"
 
 
-def fit_ood_on_folder(model: Any, data_dir: str | Path, *, prompts: bool = True) -> tuple[OodStats, dict[str, Any]]:
+def fit_ood_on_folder(
+    model: ImageTextModel, data_dir: str | Path, *, prompts: bool = True
+) -> tuple[OodStats, dict[str, Any]]:
     """`fit_ood` on the photos of a labelled folder (`dermtriage fit ood`)."""
     from models.fitting.datasets import load_labelled_folder
     from models.knowledge.taxonomy import load_taxonomy

@@ -36,6 +36,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from models.backends.base import ImageTextModel
+
 __all__ = [
     "NON_SKIN_PROMPTS",
     "SKIN_PROMPTS",
@@ -199,12 +201,12 @@ class OodScore:
 class OodDetector:
     """Scores image embeddings; prompt embeddings are computed once, at construction."""
 
-    def __init__(self, model: Any, stats: OodStats | None = None) -> None:
+    def __init__(self, model: ImageTextModel, stats: OodStats | None = None) -> None:
         self.stats = stats
         with torch.inference_mode():
             z = model.encode_text(list(SKIN_PROMPTS + NON_SKIN_PROMPTS)).float().cpu()
         self.prompts = z.numpy().astype(np.float64)
-        self.logit_scale = float(getattr(model, "logit_scale", 100.0))
+        self.logit_scale = float(model.logit_scale)
         self.n_skin = len(SKIN_PROMPTS)
 
     def skin_probability(self, embeddings: np.ndarray) -> np.ndarray:

@@ -13,7 +13,6 @@ import json
 import urllib.parse
 import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ValidationError
@@ -22,7 +21,7 @@ from service.cds_hooks.services import PHOTO_KEYS, PREFETCH, REQUIRED_PREFETCH, 
 from service.fhir.intake import ClinicalReader, photo_bytes, photo_time
 from service.fhir.outcome import FhirError
 from service.problems import Problem
-from service.schemas import ClinicalInput
+from service.schemas import TriageInput, TriageOptions
 
 FhirFetcher = Callable[[str, str | None], dict[str, Any] | None]
 """(absolute URL, bearer token or None) -> the FHIR JSON resource, or None if it cannot be had."""
@@ -39,16 +38,6 @@ def fetch_fhir(url: str, token: str | None, timeout_s: float = 3.0) -> dict[str,
             return json.loads(response.read(50_000_000))  # type: ignore[no-any-return]
     except Exception:
         return None
-
-
-@dataclass
-class PatientData:
-    """The photo chosen (newest with inline image data) and the clinical input gathered."""
-
-    image: bytes | None
-    photo_ref: str | None
-    photo_taken: str
-    clinical: ClinicalInput
 
 
 def precondition_failed(missing: list[str]) -> Problem:
@@ -103,7 +92,7 @@ def _resources(value: Any) -> list[Any]:
     return [parse_resource(value, (value.get("resourceType") or "?",))]
 
 
-def read_patient_data(data: dict[str, Any]) -> PatientData:
+def read_patient_data(data: dict[str, Any], options: TriageOptions) -> TriageInput:
     """Validated FHIR -> the newest photo with inline data and the clinical input (malformed FHIR: 400)."""
     try:
         reader = ClinicalReader()
@@ -126,7 +115,7 @@ def read_patient_data(data: dict[str, Any]) -> PatientData:
     except ValidationError:
         raise Problem("invalid-prefetch", 400, "Prefetch data is not valid FHIR.", title="Invalid prefetch") from None
     if not photos:
-        return PatientData(None, None, "", clinical)
+        return TriageInput(None, options, clinical)
     taken, resource, image = max(photos, key=lambda p: p[0])
     ref = f"{resource.get_resource_type()}/{resource.id}" if resource.id else None
-    return PatientData(image, ref, taken, clinical)
+    return TriageInput(image, options, clinical, photo_ref=ref, photo_taken=taken)

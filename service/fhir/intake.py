@@ -30,23 +30,11 @@ from pydantic import ValidationError
 from models.knowledge.risk_factors import BODY_SITE_SNOMED, RiskFactors
 from service.fhir.bundle import CS_RISK_FACTOR, CS_TRIAGE, LOINC
 from service.fhir.outcome import FhirError
-from service.schemas import MAX_SYMPTOMS_CHARS, ClinicalInput, TriageOptions
+from service.schemas import MAX_SYMPTOMS_CHARS, ClinicalInput, TriageInput, TriageOptions
 
 PHOTO_TYPES = ("Media", "Binary", "DocumentReference")
 _SNOMED_BODY_SITE = {code.code: site for site, code in BODY_SITE_SNOMED.items() if code is not None}
 _GENDER_TO_SEX = {"male": "male", "female": "female", "other": "other"}
-
-
-@dataclass
-class FhirTriageInput:
-    """What a FHIR request carries, ready for the engine, plus references to echo in the answer."""
-
-    image: bytes
-    options: TriageOptions
-    clinical: ClinicalInput
-    subject: str | None = None  # "Patient/123" when the caller's Patient has an id
-    photo: str | None = None  # "Media/9" when the caller's photo resource has an id
-    inputs: list[str] = field(default_factory=list)  # Observation references that were used
 
 
 def _errors_to_outcome(exc: ValidationError, where: str) -> FhirError:
@@ -235,7 +223,7 @@ def _parameter_value(p: Any) -> Any:
     return None
 
 
-def read_fhir_triage(payload: Any) -> FhirTriageInput:
+def read_fhir_triage(payload: Any) -> TriageInput:
     """A Parameters or Bundle payload (parsed JSON) -> the engine's input; raises FhirError."""
     resource = parse_resource(payload, ("Parameters", "Bundle"))
     reader = ClinicalReader()
@@ -287,11 +275,11 @@ def read_fhir_triage(payload: Any) -> FhirTriageInput:
             "contentType); links to photos are not fetched.",
             code="required",
         )
-    return FhirTriageInput(
+    return TriageInput(
         image=data,
         options=_options(option_values),
         clinical=reader.clinical(),
         subject=subject,
-        photo=_ref(photos[0]),
+        photo_ref=_ref(photos[0]),
         inputs=reader.used,
     )

@@ -139,19 +139,18 @@ class CdsHooksController(Controller):
             raise Problem("unsupported-hook", 400, f"This service answers patient-view, not {call.hook[:40]!r}.")
         state = cds_state(request)
         data = await anyio.to_thread.run_sync(gather, call, state.fhir_fetcher)
-        patient = await anyio.to_thread.run_sync(read_patient_data, data)
+        patient = await anyio.to_thread.run_sync(read_patient_data, data, CDS_OPTIONS)
         if patient.image is None:
             return {"cards": []}
         key = photo_key(patient.image, CDS_OPTIONS, patient.clinical)
         rid = request_id_of(request)
         cached = state.cache.get(key)
-        if cached is not None:
+        if cached is not None:  # a repeat call on the same photo: the same answer under this call's id
             result = cached.model_copy(update={"request_id": rid})
+            service.results.put(result)
         else:
-            engine = service.require_engine()
-            result = await runner.triage(engine, patient.image, CDS_OPTIONS, rid, patient.clinical)
+            result = await service.triage(patient, rid)
             state.cache.put(key, result)
-        service.results.put(result)
         base = auth_of(request).base_url(request)
         card = triage_card(result, base, photo_ref=patient.photo_ref, photo_taken=patient.photo_taken)
         state.cards.add(card["uuid"], rid)

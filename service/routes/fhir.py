@@ -179,8 +179,7 @@ class FhirController(Controller):
                 headers={"Accept-Post": FHIR_JSON},
             )
         received = read_fhir_triage(parse_json_body(await request.body()))
-        result = await runner.triage(
-            engine, received.image, received.options, request_id_of(request), received.clinical
+        result = await service.triage(received, request_id_of(request))
+        return fhir_response(
+            request, result, subject=received.subject, photo=received.photo_ref, inputs=received.inputs
         )
-        service.results.put(result)
-        return fhir_response(request, result, subject=received.subject, photo=received.photo, inputs=received.inputs)

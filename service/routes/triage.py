@@ -56,10 +56,7 @@ class TriageController(Controller):
     ) -> TriageResult | Response[bytes]:
         runner.check_capacity()  # back-pressure before reading a body of up to max_body_bytes
         received = await read_triage_input(request)
-        result = await runner.triage(
-            engine, received.image, received.options, request_id_of(request), received.clinical
-        )
-        service.results.put(result)
+        result = await service.triage(received, request_id_of(request))
         return fhir_response(request, result) if wants_fhir(request, output_format) else result
 
     @get(
