@@ -1,6 +1,7 @@
 """Why the model said it: heatmaps per differential, their rendering and their faithfulness.
 
 Imports run one way: `service -> explain -> models`; nothing here imports `service`.
+`faithfulness.py` measures offline and is never imported per request.
 """
 
 from explain.gradcam import (

@@ -64,6 +64,22 @@ def test_imports_run_service_explain_models(module: str) -> None:
     assert not wrong, f"{module} imports {wrong}: imports run service -> explain -> models"
 
 
+ROOMS = {  # models room -> the models rooms it may import (fitting and models/photos.py: any)
+    "backends": {"backends", "embedded"},
+    "embedded": {"backends", "embedded"},
+    "knowledge": {"knowledge"},
+    "scoring": {"backends", "knowledge", "scoring"},
+    "uncertainty": {"backends", "knowledge", "uncertainty"},
+}
+
+
+@pytest.mark.parametrize("module", sorted(m for m in MODULES if m.split(".")[:2][-1] in ROOMS and _room(m) == "models"))
+def test_model_rooms_import_only_what_their_docstring_allows(module: str) -> None:
+    allowed = ROOMS[module.split(".")[1]]
+    wrong = [m for m, _ in _imports(MODULES[module]) if m.startswith("models.") and m.split(".")[1] not in allowed]
+    assert not wrong, f"{module} imports {wrong}; its room may import {sorted(allowed)}"
+
+
 @pytest.mark.parametrize("module", sorted(m for m in MODULES if not _is_offline(m) and not _is_cli(m)))
 def test_runtime_never_imports_the_offline_rooms(module: str) -> None:
     """Only the CLI (which runs fitting commands) and the offline rooms themselves reach fitting code."""

@@ -1,5 +1,5 @@
 """How far to trust one answer: calibration, conformal sets, out-of-distribution statistics and the gates.
 
-Runtime room. May import `models.knowledge` and the contract in `models.uncertainty.contract`; never
-`models.fitting`.
+Runtime room. May import `models.backends` and `models.knowledge`; never `models.fitting` (the
+calibration's fitting maths live in `models/fitting/calibration_stats.py`).
 """
