@@ -43,7 +43,9 @@ def main() -> None:
     else:
         photo = jpeg_bytes(lesion_photo(0, (1024, 768)))
     keys = EhrKeys()
-    settings = Settings(cds_issuers=ISSUER, cds_jwks=json.dumps(keys.jwks()), cache_dir=REPO / ".cache/text-embeddings")
+    settings = Settings(
+        cds_issuers=ISSUER, cds_jwks=json.dumps(keys.jwks()), public_url=BASE, cache_dir=REPO / ".cache/text-embeddings"
+    )
     prefetch = {
         "patient": patient(),
         "photos": searchset(media(photo)),

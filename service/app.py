@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Protocol
 
 import anyio
 from litestar import Litestar
@@ -20,7 +21,7 @@ from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 
 from service.auth.guard import SECURITY_COMPONENTS, build_auth, require_credentials
-from service.cds_hooks.state import CdsState, MemoryFeedbackStore, PhotoResultCache
+from service.cds_hooks.state import CdsState
 from service.engine import TriageEngine
 from service.metrics import Metrics
 from service.middleware import RequestContextMiddleware
@@ -32,9 +33,45 @@ from service.routes.deps import provide_engine, provide_runner, provide_service
 from service.runtime import InferenceRunner, ServiceState, build_engine, registry_catalog
 from service.settings import Settings
 
+if TYPE_CHECKING:
+    from litestar.types import ASGIApp, Message, Receive, Scope, Send
+
 API_VERSION = "1.0.0"
+# Routes whose answers (and errors) may carry patient data: never cached by browsers or proxies.
+PATIENT_DATA_PREFIXES = ("/v1/triage", "/fhir", "/cds-services")
 MAX_FORM_PARTS = 64  # image + options + up to 50 repeated candidate_labels, with room
 log = logging.getLogger("dermtriage.service")
+
+
+class Purgeable(Protocol):
+    def purge(self) -> int: ...
+
+
+class SecurityHeaders:
+    """Outermost ASGI wrapper: ``X-Content-Type-Options: nosniff`` on every response, and
+    ``Cache-Control: no-store`` on every response of a route that carries patient data
+    (``PATIENT_DATA_PREFIXES``), errors and 404s included, whatever the handler set."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        patient_data = scope["path"].startswith(PATIENT_DATA_PREFIXES)
+        drop = (b"x-content-type-options", b"cache-control") if patient_data else (b"x-content-type-options",)
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = [h for h in message.get("headers", []) if h[0].lower() not in drop]
+                headers.append((b"x-content-type-options", b"nosniff"))
+                if patient_data:
+                    headers.append((b"cache-control", b"no-store"))
+                message = {**message, "headers": headers}  # type: ignore[typeddict-item]
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
 
 
 def _load(service: ServiceState) -> TriageEngine:
@@ -64,11 +101,27 @@ async def _start(service: ServiceState) -> None:
     )
 
 
-def _lifespan(service: ServiceState):  # type: ignore[no-untyped-def]
+async def purge_expired(stores: Sequence[Purgeable], interval_s: float) -> None:
+    """Every ``interval_s``: drop expired answers (patient data) from memory, read or not. Runs until
+    cancelled (the lifespan cancels it at shutdown)."""
+    while True:
+        await anyio.sleep(interval_s)
+        for store in stores:
+            try:
+                dropped = store.purge()
+            except Exception:  # a broken store must not end the timer
+                log.exception("result purge failed")
+                continue
+            if dropped:
+                log.debug("purged expired results", extra={"count": dropped})
+
+
+def _lifespan(service: ServiceState, purgeable: Sequence[Purgeable]):  # type: ignore[no-untyped-def]
     @asynccontextmanager
     async def lifespan(_: Litestar) -> AsyncIterator[None]:
         async with anyio.create_task_group() as tg:
             tg.start_soon(_start, service)
+            tg.start_soon(purge_expired, purgeable, service.settings.result_purge_interval_s)
             try:
                 yield
             finally:
@@ -89,9 +142,11 @@ def create_app(settings: Settings | None = None, engine: TriageEngine | None = N
         metrics=metrics,
         runner=runner,
         engine=engine,
-        results=MemoryResultStore(settings.result_store_size, settings.result_ttl_s),
+        results=MemoryResultStore(
+            settings.result_store_size, settings.result_ttl_s, max_heatmap_bytes=settings.result_heatmap_bytes
+        ),
     )
-    cds = CdsState(PhotoResultCache(settings.cds_cache_size, settings.cds_cache_ttl_s), MemoryFeedbackStore())
+    cds = CdsState.from_settings(settings)
     cors = (
         CORSConfig(allow_origins=settings.cors_origins, allow_methods=["GET", "POST"], expose_headers=["X-Request-ID"])
         if settings.cors_origins
@@ -99,7 +154,7 @@ def create_app(settings: Settings | None = None, engine: TriageEngine | None = N
     )
     app = Litestar(
         route_handlers=CONTROLLERS,
-        lifespan=[_lifespan(service)],
+        lifespan=[_lifespan(service, (service.results, cds.cache))],
         state=State({"service": service, "auth": build_auth(settings), "cds": cds}),
         guards=[require_credentials],
         dependencies={
@@ -125,6 +180,7 @@ def create_app(settings: Settings | None = None, engine: TriageEngine | None = N
         logging_config=None,
     )
     # Outermost, so 404s and errors raised before routing get a request id, a log line and metrics too.
-    app.asgi_handler = RequestContextMiddleware(app.asgi_handler, metrics)
+    context = RequestContextMiddleware(app.asgi_handler, metrics, settings.body_read_timeout_s)
+    app.asgi_handler = SecurityHeaders(context)
     finish_openapi(app.openapi_schema)  # corrections found by fuzzing (service/openapi.py)
     return app

@@ -117,6 +117,7 @@ class ImageLimits:
     max_pixels: int = 40_000_000
     max_side: int = 12_000
     min_side: int = 64
+    working_side: int = 2048  # decoded photos are downscaled to this long side before they are queued
 
 
 class ImageQuality(BaseModel):
@@ -133,8 +134,11 @@ class ImageQuality(BaseModel):
 
 class ImageInfo(BaseModel):
     format: ImageFormat
-    width: int = Field(description="Width after EXIF orientation was applied.")
-    height: int = Field(description="Height after EXIF orientation was applied.")
+    width: int = Field(
+        description="Width after EXIF orientation was applied, as sent (the model and heatmaps work on a copy "
+        "downscaled to at most 2048 px on the long side; heatmaps give that copy's size as photo_width/height)."
+    )
+    height: int = Field(description="Height after EXIF orientation was applied, as sent.")
     original_width: int
     original_height: int
     bytes: int = Field(description="Size of the encoded upload.")
@@ -148,8 +152,8 @@ class ImageInfo(BaseModel):
 
 @dataclass(frozen=True, slots=True)
 class DecodedImage:
-    image: Image.Image  # RGB, no info/EXIF/ICC
-    info: ImageInfo
+    image: Image.Image  # RGB, no info/EXIF/ICC, long side at most ImageLimits.working_side
+    info: ImageInfo  # the photo as sent (sizes, quality measured before downscaling)
 
 
 # --------------------------------------------------------------------------- checks
@@ -243,6 +247,20 @@ def _quality(rgb: Image.Image) -> ImageQuality:
     )
 
 
+def _downscale(rgb: Image.Image, long_side: int) -> Image.Image:
+    """``rgb`` scaled down (never up) so its long side is at most ``long_side``; same aspect ratio.
+
+    Memory: a 40-megapixel upload would otherwise wait in the queue as 120 MB of pixels, and the
+    model's preprocessing resizes to a few hundred pixels anyway.
+    """
+    w, h = rgb.size
+    if max(w, h) <= long_side:
+        return rgb
+    scale = long_side / max(w, h)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return rgb.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
+
+
 def _open(data: bytes, limits: ImageLimits) -> Image.Image:
     try:
         return Image.open(io.BytesIO(data), formats=list(_PILLOW_FORMATS))
@@ -291,7 +309,8 @@ def decode_image(data: bytes, limits: ImageLimits | None = None) -> DecodedImage
     """Validate and decode an upload into a metadata-free RGB image plus a summary.
 
     Raises only :class:`ImageError` subclasses, whatever the input bytes.
-    Dimensions are checked from the header before any pixel buffer exists.
+    Dimensions are checked from the header before any pixel buffer exists. The returned pixels are
+    downscaled to ``limits.working_side`` on the long side; the summary describes the photo as sent.
     """
     limits = limits if limits is not None else ImageLimits()
     size = len(data)
@@ -357,4 +376,4 @@ def decode_image(data: bytes, limits: ImageLimits | None = None) -> DecodedImage
         metadata_stripped=stripped,
         quality=quality,
     )
-    return DecodedImage(image=rgb, info=info)
+    return DecodedImage(image=_downscale(rgb, limits.working_side), info=info)

@@ -16,6 +16,7 @@ import binascii
 import json
 from typing import Any
 
+import anyio
 from litestar import Request
 from litestar.datastructures import FormMultiDict, UploadFile
 from litestar.exceptions import ClientException, ValidationException
@@ -106,23 +107,89 @@ def decode_base64(text: str) -> bytes:
         ) from None
 
 
-def _parse_json(data: bytes | str, where: str) -> Any:
+MAX_JSON_DEPTH = 64  # FHIR nests about 10 deep; deeper only serves to exhaust a recursive validator
+MAX_JSON_ITEMS = 100_000  # objects, arrays and comma-separated values in one body (see load_json)
+_RESOURCE_KEY = b'"resourceType"'
+
+
+def _json_problem(slug: str, status: int, detail: str) -> Problem:
+    titles = {"malformed-json": "Malformed JSON", "json-too-complex": "JSON too complex"}
+    return Problem(slug, status, detail, title=titles.get(slug, "Too many FHIR resources"))
+
+
+def _too_many_resources(where: str, limit: int) -> Problem:
+    return _json_problem(
+        "too-many-resources",
+        413,
+        f"{where} holds more than {limit:,} FHIR resources; send fewer (e.g. only the "
+        "Patient, the photo and the Observations that matter).",
+    )
+
+
+def _count_items(data: bytes | str) -> int:
+    if isinstance(data, str):
+        return data.count("{") + data.count("[") + data.count(",")
+    return data.count(b"{") + data.count(b"[") + data.count(b",")
+
+
+def _check_shape(payload: Any, where: str, max_resources: int | None) -> None:
+    """Depth and FHIR resource count of a parsed body, walked without recursion."""
+    stack: list[tuple[Any, int]] = [(payload, 1)]
+    resources = 0
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            raise _json_problem("json-too-complex", 400, f"{where} nests deeper than {MAX_JSON_DEPTH} levels.")
+        if isinstance(node, dict):
+            if isinstance(node.get("resourceType"), str):
+                resources += 1
+                if max_resources is not None and resources > max_resources:
+                    raise _too_many_resources(where, max_resources)
+            children: Any = node.values()
+        elif isinstance(node, list):
+            children = node
+        else:
+            continue
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+
+
+def load_json(data: bytes | str, where: str = "The request body", *, max_resources: int | None = None) -> Any:
+    """Parse a request's JSON within limits; every refusal is a 4xx :class:`Problem`, never a 500.
+
+    ``json.loads`` holds the GIL for the whole parse (no thread switch inside C code), so what it may
+    be given is bounded first with a byte count: at most :data:`MAX_JSON_ITEMS` objects, arrays and
+    comma-separated values and, with ``max_resources``, at most that many ``"resourceType"`` keys.
+    Integers over Python's 4,300-digit limit, nesting past the parser's recursion limit or past
+    :data:`MAX_JSON_DEPTH` are refused too. Run it in a worker thread for large bodies.
+    """
+    key = _RESOURCE_KEY if isinstance(data, bytes) else _RESOURCE_KEY.decode()
+    if max_resources is not None and data.count(key) > max_resources:  # type: ignore[arg-type]
+        raise _too_many_resources(where, max_resources)
+    if _count_items(data) > MAX_JSON_ITEMS:
+        raise _json_problem(
+            "json-too-complex", 400, f"{where} holds more than {MAX_JSON_ITEMS:,} JSON objects, arrays and values."
+        )
     try:
-        return json.loads(data)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        pos = f" at line {exc.lineno} column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else ""
-        raise Problem(
-            "malformed-json",
-            400,
-            f"{where} is not valid JSON{pos}: {exc.msg if isinstance(exc, json.JSONDecodeError) else 'not UTF-8'}.",
-            title="Malformed JSON",
-        ) from None
+        payload = json.loads(data)
+    except json.JSONDecodeError as exc:
+        detail = f"{where} is not valid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}."
+        raise _json_problem("malformed-json", 400, detail) from None
+    except UnicodeDecodeError:
+        raise _json_problem("malformed-json", 400, f"{where} is not valid JSON: not UTF-8.") from None
+    except RecursionError:
+        raise _json_problem("json-too-complex", 400, f"{where} nests deeper than {MAX_JSON_DEPTH} levels.") from None
+    except ValueError:  # an integer over sys.get_int_max_str_digits() digits
+        raise _json_problem("json-too-complex", 400, f"{where} holds a number over 4,300 digits long.") from None
+    _check_shape(payload, where, max_resources)
+    return payload
 
 
-async def _read_json(request: Request[Any, Any, Any]) -> TriageInput:
-    body = await request.body()
-    if not body.strip():
-        raise _empty_body()
+def _parse_json(data: bytes | str, where: str) -> Any:
+    return load_json(data, where)
+
+
+def _json_input(body: bytes) -> TriageInput:
+    """Blocking (a worker thread): the JSON form's body -> the engine's input."""
     payload = _parse_json(body, "The request body")
     try:
         parsed = TriageJSONRequest.model_validate(payload)
@@ -136,6 +203,13 @@ async def _read_json(request: Request[Any, Any, Any]) -> TriageInput:
         raise validation_problem(exc) from None
     clinical = ClinicalInput(symptoms=parsed.symptoms, risk_factors=parsed.risk_factors)
     return TriageInput(decode_base64(parsed.image), parsed.options, clinical)
+
+
+async def _read_json(request: Request[Any, Any, Any]) -> TriageInput:
+    body = await request.body()
+    if not body.strip():
+        raise _empty_body()
+    return await anyio.to_thread.run_sync(_json_input, body)
 
 
 async def _form(request: Request[Any, Any, Any]) -> FormMultiDict:

@@ -10,6 +10,9 @@ from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+# Label values are bounded: h11 accepts any token as a method (3,000 characters included), and every
+# distinct label value is a new time series kept for the life of the process.
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"})
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
@@ -64,8 +67,14 @@ class Metrics:
         self.ready = Gauge("dermtriage_ready", "1 once the model is loaded and warmed up", registry=r)
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
+        method = method_label(method)
         self.requests.labels(method, route, str(status)).inc()
         self.latency.labels(method, route).observe(seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def method_label(method: str) -> str:
+    """The HTTP method as a metric label: a standard method as sent, anything else ``other``."""
+    return method if method in HTTP_METHODS else "other"

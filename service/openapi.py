@@ -108,6 +108,7 @@ NOT_READY = (
 )
 
 TRIAGE_RESULT_EXAMPLE: dict[str, Any] = {
+    "id": "9c1f0e7a2b4d4e6f8a0b1c2d3e4f5a6b",
     "request_id": "3f2b9c1e-8a4d-4c7e-9b21-5d0c6e7f8a90",
     "model": {"name": "embedded-pad-lite0", "version": "1.1.0", "card_url": "/v1/models/embedded-pad-lite0"},
     "taxonomy_version": "2025.1",

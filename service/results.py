@@ -1,22 +1,39 @@
-"""Recent triage answers by request id, so a viewer link or a CDS Hooks card can open one later.
+"""Recent triage answers by their server-minted result id, so a viewer link or a CDS Hooks card can open
+one later, for the principal that made it.
 
 `ResultStore` is the interface; `MemoryResultStore` keeps a bounded number of answers for a bounded
-time in this process (answers hold patient data: nothing is written to disk). A shared store
-(Redis, a database) can implement the same two methods for several workers. `TtlCache` is the
-bounded, time-limited map under it, also used for the CDS Hooks photo cache.
+time in this process (answers hold patient data: nothing is written to disk). Each answer is kept
+with its owner (`api-key:<name>`, the CDS principal, or `anonymous` when authentication is off) and
+a share token (a capability for that one answer, put in CDS Hooks card links); a read by anyone
+else is answered like a missing id. Nothing overwrites a stored answer. A shared store (Redis, a
+database) can implement the same methods for several workers. `TtlCache` is the bounded,
+time-limited map under it, also used for the CDS Hooks photo cache.
 """
 
 from __future__ import annotations
 
+import hmac
+import secrets
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Generic, Protocol, TypeVar
+from dataclasses import dataclass, replace
+from typing import Any, Generic, Protocol, TypeVar
 
 from service.schemas import TriageResult
 
 V = TypeVar("V")
+ANONYMOUS = "anonymous"
+SHARE_HEADER = "X-Result-Share"  # a result's share token, from a CDS Hooks card link
+DEFAULT_HEATMAP_BYTES = 64 * 1024 * 1024
+
+
+def principal_of(connection: Any) -> str:
+    """Who is asking: the principal the auth guard put in ``scope["state"]``, else ``anonymous``
+    (authentication off). ``connection``: a Litestar Request or any ASGI connection."""
+    principal = connection.scope.get("state", {}).get("principal")
+    return str(principal) if principal else ANONYMOUS
 
 
 class TtlCache(Generic[V]):
@@ -61,27 +78,146 @@ class TtlCache(Generic[V]):
             while len(self._items) > self.max_items:
                 self._items.popitem(last=False)
 
+    def add(self, key: str, value: V) -> bool:
+        """Put unless a live value is held under ``key`` (then refuse: False). Never overwrites."""
+        if self.max_items <= 0:
+            return False
+        with self._lock:
+            held = self._items.get(key)
+            if held is not None and self._clock() - held[0] <= self.ttl_s:
+                return False
+            self._items[key] = (self._clock(), value)
+            self._items.move_to_end(key)
+            while len(self._items) > self.max_items:
+                self._items.popitem(last=False)
+            return True
+
+    def replace(self, key: str, value: V) -> None:
+        """Swap the value held under ``key`` keeping its time and place (no-op when absent)."""
+        with self._lock:
+            item = self._items.get(key)
+            if item is not None:
+                self._items[key] = (item[0], value)
+
+    def values(self) -> list[tuple[str, V]]:
+        """The live (unexpired) items, oldest put first."""
+        with self._lock:
+            now = self._clock()
+            return [(k, v) for k, (t, v) in self._items.items() if now - t <= self.ttl_s]
+
+    def purge(self) -> int:
+        """Drop every expired item now (not only when read); returns how many."""
+        with self._lock:
+            now = self._clock()
+            expired = [k for k, (t, _) in self._items.items() if now - t > self.ttl_s]
+            for key in expired:
+                del self._items[key]
+            return len(expired)
+
     def __len__(self) -> int:
         return len(self._items)
 
 
-class ResultStore(Protocol):
-    def put(self, result: TriageResult) -> None: ...
+class ResultExists(Exception):
+    """A result is already held under this id: stored results are never replaced."""
 
-    def get(self, request_id: str) -> TriageResult | None: ...
+
+@dataclass(frozen=True)
+class StoredResult:
+    result: TriageResult
+    owner: str
+    share_token: str
+    heatmap_bytes: int = 0
+
+
+def heatmap_bytes(result: TriageResult) -> int:
+    """Bytes the result's heatmap PNGs (base64) and grids take, about."""
+    total = 0
+    for h in result.heatmaps or ():
+        grid = 8 * h.grid_shape[0] * h.grid_shape[1] if h.grid is not None else 0
+        total += len(h.png_base64) + len(h.legend_png_base64) + grid
+    return total
+
+
+class ResultStore(Protocol):
+    def put(self, result: TriageResult, owner: str) -> None:
+        """Keep ``result`` under ``result.id`` for ``owner``; raise :class:`ResultExists` if the id is held."""
+        ...
+
+    def get(self, result_id: str, principal: str, share_token: str | None = None) -> TriageResult | None:
+        """The result, to its owner or to a holder of its share token; None to everyone else."""
+        ...
+
+    def share_token(self, result_id: str, principal: str) -> str | None:
+        """The result's share token, to its owner only."""
+        ...
+
+    def purge(self) -> int:
+        """Drop expired results now; returns how many."""
+        ...
 
 
 class MemoryResultStore:
-    """At most `max_items` answers, each for at most `ttl_s` seconds; oldest evicted first."""
+    """At most ``max_items`` answers, each for at most ``ttl_s`` seconds; oldest evicted first.
 
-    def __init__(self, max_items: int = 256, ttl_s: float = 3600.0, clock: Callable[[], float] = time.monotonic):
-        self._cache: TtlCache[TriageResult] = TtlCache(max_items, ttl_s, clock)
+    Heatmap PNGs are the bulk of an explained answer: the heatmaps of all held answers together are
+    capped at ``max_heatmap_bytes`` (the oldest answers lose theirs first, ``heatmaps: null``; an
+    answer whose heatmaps alone exceed the cap is kept without them).
+    """
 
-    def put(self, result: TriageResult) -> None:
-        self._cache.put(result.request_id, result)
+    def __init__(
+        self,
+        max_items: int = 256,
+        ttl_s: float = 3600.0,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        max_heatmap_bytes: int = DEFAULT_HEATMAP_BYTES,
+    ):
+        self._cache: TtlCache[StoredResult] = TtlCache(max_items, ttl_s, clock)
+        self.max_heatmap_bytes = max_heatmap_bytes
+        self._lock = threading.Lock()
 
-    def get(self, request_id: str) -> TriageResult | None:
-        return self._cache.get(request_id)
+    def put(self, result: TriageResult, owner: str) -> None:
+        size = heatmap_bytes(result)
+        if size > self.max_heatmap_bytes:
+            result, size = result.model_copy(update={"heatmaps": None}), 0
+        stored = StoredResult(result, owner, secrets.token_urlsafe(16), size)
+        with self._lock:
+            if not self._cache.add(result.id, stored):
+                raise ResultExists(f"a result is already held under id {result.id[:8]}...")
+            self._cap_heatmaps()
+
+    def _cap_heatmaps(self) -> None:
+        items = self._cache.values()
+        total = sum(s.heatmap_bytes for _, s in items)
+        for key, stored in items:
+            if total <= self.max_heatmap_bytes:
+                return
+            if stored.heatmap_bytes:
+                bare = stored.result.model_copy(update={"heatmaps": None})
+                self._cache.replace(key, replace(stored, result=bare, heatmap_bytes=0))
+                total -= stored.heatmap_bytes
+
+    def _readable(self, result_id: str, principal: str, share_token: str | None) -> StoredResult | None:
+        stored = self._cache.get(result_id)
+        if stored is None:
+            return None
+        if hmac.compare_digest(stored.owner.encode(), principal.encode()):
+            return stored
+        if share_token and hmac.compare_digest(stored.share_token.encode(), share_token.encode()):
+            return stored
+        return None
+
+    def get(self, result_id: str, principal: str, share_token: str | None = None) -> TriageResult | None:
+        stored = self._readable(result_id, principal, share_token)
+        return stored.result if stored is not None else None
+
+    def share_token(self, result_id: str, principal: str) -> str | None:
+        stored = self._readable(result_id, principal, None)
+        return stored.share_token if stored is not None else None
+
+    def purge(self) -> int:
+        return self._cache.purge()
 
     def __len__(self) -> int:
         return len(self._cache)

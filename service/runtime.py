@@ -22,7 +22,7 @@ from service.images import DecodedImage, ImageLimits, decode_image
 from service.metrics import Metrics
 from service.problems import Problem
 from service.results import MemoryResultStore, ResultStore
-from service.schemas import ClinicalInput, Timings, TriageInput, TriageOptions, TriageResult
+from service.schemas import ClinicalInput, Timings, TriageInput, TriageOptions, TriageResult, new_result_id
 from service.settings import Settings
 
 GIL_SWITCH_INTERVAL_S = 0.0005
@@ -270,14 +270,24 @@ class ServiceState:
     specs: list[ModelSpec] = field(default_factory=list)
     cards: dict[str, ModelCard] = field(default_factory=dict)
 
-    async def triage(self, received: TriageInput, request_id: str) -> TriageResult:
-        """The one place a request is answered and kept: every face (REST, FHIR, CDS Hooks) calls it."""
+    async def triage(self, received: TriageInput, request_id: str, owner: str) -> TriageResult:
+        """The one place a request is answered and kept: every face (REST, FHIR, CDS Hooks) calls it.
+
+        ``request_id`` is the caller's correlation id (echoed in the answer, never a key); ``owner`` the
+        principal (:func:`service.results.principal_of`) that alone may read the answer back.
+        """
         if received.image is None:
             raise Problem("no-photo", 422, "The request carries no photo to triage.", title="No photo")
         engine = self.require_engine()
         result = await self.runner.triage(engine, received.image, received.options, request_id, received.clinical)
-        self.results.put(result)
-        return result
+        return self.keep(result, owner)
+
+    def keep(self, result: TriageResult, owner: str) -> TriageResult:
+        """Store ``result`` for ``owner`` under a fresh server-minted id (128 random bits); returns it
+        with that id. The caller's ids never become the key, and nothing replaces a stored result."""
+        kept = result.model_copy(update={"id": new_result_id()})
+        self.results.put(kept, owner)
+        return kept
 
     def require_engine(self) -> TriageEngine:
         if self.ready and self.engine is not None:

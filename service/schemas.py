@@ -6,6 +6,7 @@ that may be null; clients that ignore unknown keys keep working.
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -152,10 +153,21 @@ class TriageInput:
     inputs: list[str] = field(default_factory=list)  # Observation references that were used
 
 
+def new_result_id() -> str:
+    """A fresh result id: 128 random bits as 32 hex digits (safe in URLs and as a FHIR id)."""
+    return secrets.token_hex(16)
+
+
 class TriageResult(BaseModel):
     """The domain answer for one photo."""
 
-    request_id: str
+    id: str = Field(
+        default_factory=new_result_id,
+        description="the result id, minted by the server (128 random bits): `GET /v1/triage/{id}` reads it back",
+    )
+    request_id: str = Field(
+        description="the caller's X-Request-ID (or a server-made one): a correlation id for logs, never a key"
+    )
     model: ModelRef
     taxonomy_version: str
     modality: Literal["clinical", "dermoscopic"]

@@ -6,12 +6,16 @@ builds the same :class:`Settings` (flags override the environment, which overrid
 On SIGTERM uvicorn closes the listening socket, lets requests in flight finish for up to
 ``shutdown_grace_s``, then runs the lifespan shutdown (which stops the batcher after its queue is
 empty), so no admitted request is lost.
+
+With ``auth_disabled`` the server binds only a loopback address unless
+``allow_unauthenticated_network`` is also set, and it logs a warning at start either way.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import ipaddress
 import logging
 import logging.config
 import os
@@ -39,6 +43,36 @@ def limit_malloc_arenas(arenas: int = 2) -> None:
             ctypes.CDLL("libc.so.6").mallopt(M_ARENA_MAX, value)
 
 
+def is_loopback(host: str) -> bool:
+    """Whether binding ``host`` keeps the server on this machine (``localhost``, 127.0.0.0/8, ``::1``)."""
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a host name other than localhost, or a wildcard such as "" or "*"
+        return False
+
+
+def unauthenticated_bind_refusal(settings: Settings) -> str | None:
+    """Why this configuration must not start (auth off on a network address), or None."""
+    if not settings.auth_disabled or is_loopback(settings.host) or settings.allow_unauthenticated_network:
+        return None
+    return (
+        f"refusing to serve without authentication on {settings.host!r}: DERMTRIAGE_AUTH_DISABLED=1 is for "
+        "local use and binds only a loopback address (--host 127.0.0.1). Configure API keys "
+        "(DERMTRIAGE_API_KEYS) to serve a network, or set DERMTRIAGE_ALLOW_UNAUTHENTICATED_NETWORK=1 to "
+        "accept that anyone who can reach this address gets every answer without credentials."
+    )
+
+
+def warn_if_unauthenticated(settings: Settings) -> None:
+    if settings.auth_disabled:
+        log.warning(
+            "authentication is DISABLED: /v1, /fhir and /cds-services answer anyone who can connect",
+            extra={"host": settings.host, "network_allowed": settings.allow_unauthenticated_network},
+        )
+
+
 def serve(overrides: dict[str, Any]) -> int:
     given = {k: v for k, v in overrides.items() if v is not None}
     try:
@@ -52,6 +86,10 @@ def serve(overrides: dict[str, Any]) -> int:
         get_spec(settings.model)
     except KeyError as exc:
         print(f"error: {exc.args[0]}", file=sys.stderr)
+        return 2
+    refusal = unauthenticated_bind_refusal(settings)
+    if refusal:
+        print(f"error: {refusal}", file=sys.stderr)
         return 2
     for key, value in given.items():
         os.environ[Settings.env_name(key)] = str(value)
@@ -70,6 +108,7 @@ def serve(overrides: dict[str, Any]) -> int:
             "workers": settings.workers,
         },
     )
+    warn_if_unauthenticated(settings)
     uvicorn.run(
         "service.app:create_app",
         factory=True,
@@ -80,6 +119,7 @@ def serve(overrides: dict[str, Any]) -> int:
         log_level=settings.log_level,
         access_log=False,  # the app writes its own access lines (with request ids)
         server_header=False,
+        limit_concurrency=settings.limit_concurrency,  # connections from their first byte; more get 503
         timeout_graceful_shutdown=settings.shutdown_grace_s,  # SIGTERM: stop accepting, drain, then exit
     )
     return 0

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from models.backends.registry import DEFAULT_MODEL
+from service.auth.cds_config import IssuerConfig, decode_issuers_setting, parse_issuers
 from service.images import ImageLimits
 
 MIB = 1024 * 1024
@@ -27,6 +28,18 @@ class Settings(BaseSettings):
     port: int = Field(default=8000, ge=0, le=65535)
     workers: int = Field(default=1, ge=1, description="uvicorn worker processes (each loads the model)")
     max_body_bytes: int = Field(default=12 * MIB, ge=1024, description="request body limit (JSON and multipart)")
+    max_fhir_resources: int = Field(
+        default=1000, ge=1, description="FHIR resources in one request body (Bundle entries, CDS prefetch); more: 413"
+    )
+    body_read_timeout_s: float = Field(
+        default=30.0, gt=0, description="longest time to receive a request body (slow uploads get 408 and are cut off)"
+    )
+    limit_concurrency: int = Field(
+        default=256, ge=1, description="connections served at once, counted from their first byte; more get 503"
+    )
+    allow_unauthenticated_network: bool = Field(
+        default=False, description="with auth_disabled, allow binding a non-loopback address (never in production)"
+    )
     max_image_bytes: int = Field(default=10 * MIB, ge=1, description="encoded image limit")
     max_pixels: int = Field(default=40_000_000, ge=1, description="decoded pixel limit (decompression bombs)")
     max_side: int = Field(default=12_000, ge=1, description="longest allowed side in pixels")
@@ -69,6 +82,12 @@ class Settings(BaseSettings):
     )
     result_store_size: int = Field(default=256, ge=0, description="recent answers kept in memory for GET by id")
     result_ttl_s: float = Field(default=3600.0, gt=0, description="how long an answer can be fetched by id")
+    result_purge_interval_s: float = Field(
+        default=60.0, gt=0, description="how often expired answers (and CDS Hooks photo results) are purged"
+    )
+    result_heatmap_bytes: int = Field(
+        default=64 * MIB, ge=0, description="heatmap PNG bytes kept across stored answers (oldest dropped first)"
+    )
     # authentication (issue 7): see service/auth/ and the README's Authentication section
     public_url: str | None = Field(
         default=None, description="the service's external base URL (JWT aud, card links); None: the request's"
@@ -78,12 +97,21 @@ class Settings(BaseSettings):
     )
     api_rate_per_minute: float = Field(default=60.0, gt=0, description="default requests per minute per API key")
     api_rate_burst: int = Field(default=10, ge=1, description="requests a key may send at once before waiting")
-    cds_issuers: Annotated[list[str], NoDecode] = Field(
-        default_factory=list, description="CDS Hooks JWT issuers (iss) accepted"
+    cds_issuers: Annotated[dict[str, Any] | list[str], NoDecode] = Field(
+        default_factory=list,
+        description="CDS Hooks issuers: JSON object iss -> {jwks, jku, fhir} (service/auth/cds_config.py) or file",
     )
-    cds_jwks: str | None = Field(default=None, description="CDS Hooks JWT keys: a JWKS as JSON text or a file path")
+    cds_jwks: str | None = Field(default=None, description="older form, one issuer only: its JWKS (JSON text or file)")
     cds_jku_allowlist: Annotated[list[str], NoDecode] = Field(
-        default_factory=list, description="JWKS URLs (jku) that CDS Hooks JWTs may name; fetched and cached"
+        default_factory=list, description="older form, one issuer only: JWKS URLs (jku) its JWTs may name"
+    )
+    cds_fetch_allow_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="hosts a CDS fetch (fhirServer, jku) may reach over plain http or at a non-public address",
+    )
+    cds_fetch_timeout_s: float = Field(default=10.0, gt=0, description="one deadline for all FHIR reads of a CDS call")
+    cds_fetch_max_bytes: int = Field(
+        default=32 * MIB, ge=1024, description="bytes all FHIR reads of one CDS Hooks call may return together"
     )
     cds_cache_size: int = Field(default=256, ge=0, description="CDS Hooks photo results kept for repeat calls")
     cds_cache_ttl_s: float = Field(default=900.0, gt=0, description="how long a CDS Hooks photo result is reused")
@@ -93,7 +121,7 @@ class Settings(BaseSettings):
     def _lower_level(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value
 
-    @field_validator("cors_origins", "api_keys", "cds_issuers", "cds_jku_allowlist", mode="before")
+    @field_validator("cors_origins", "api_keys", "cds_jku_allowlist", "cds_fetch_allow_hosts", mode="before")
     @classmethod
     def _split_origins(cls, value: object) -> object:
         """Accept a JSON list or a comma-separated string (``https://a.example,https://b.example``)."""
@@ -103,6 +131,25 @@ class Settings(BaseSettings):
                 return json.loads(text)
             return [part.strip() for part in text.split(",") if part.strip()]
         return value
+
+    @field_validator("cds_issuers", mode="before")
+    @classmethod
+    def _decode_issuers(cls, value: object) -> object:
+        return decode_issuers_setting(value)
+
+    @model_validator(mode="after")
+    def _cds_needs_public_url(self) -> Settings:
+        """CDS issuers: each with its own keys and FHIR servers, and the JWT aud on the configured public URL."""
+        public = self.public_url or ""
+        if self.cds_issuer_configs() and not public.startswith(("https://", "http://")):
+            raise ValueError(
+                "DERMTRIAGE_PUBLIC_URL (an absolute http(s) URL) is required with DERMTRIAGE_CDS_ISSUERS: "
+                "the CDS Hooks JWT audience is checked against it, never against the request's Host"
+            )
+        return self
+
+    def cds_issuer_configs(self) -> dict[str, IssuerConfig]:
+        return parse_issuers(self.cds_issuers, self.cds_jwks, self.cds_jku_allowlist, self.cds_fetch_allow_hosts)
 
     def image_limits(self) -> ImageLimits:
         return ImageLimits(

@@ -1,11 +1,17 @@
-"""An EHR for the tests: signing keys it generates, JWTs as a CDS Client sends them, FHIR photo resources."""
+"""An EHR for the tests: signing keys it generates, JWTs as a CDS Client sends them, FHIR photo resources,
+the issuer configuration (``DERMTRIAGE_CDS_ISSUERS``) and a FHIR server on 127.0.0.1 to fetch from."""
 
 from __future__ import annotations
 
 import base64
 import json
+import threading
 import time
 import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import jwt
@@ -63,6 +69,111 @@ class EhrKeys:
         if jku:
             headers["jku"] = jku
         return jwt.encode(claims, key, algorithm=alg, headers=headers)
+
+
+def issuers(*entries: tuple[str, EhrKeys | None, dict[str, Any]]) -> str:
+    """``DERMTRIAGE_CDS_ISSUERS`` as JSON: (issuer, its keys or None, extra fields such as ``fhir``/``jku``)."""
+    config = {iss: ({"jwks": k.jwks()} if k is not None else {}) | extra for iss, k, extra in entries}
+    return json.dumps(config)
+
+
+def cds_settings(keys: EhrKeys, **extra: Any) -> dict[str, Any]:
+    """Settings keywords for one issuer (``ISSUER`` with ``keys``) and the test client's public URL."""
+    fhir = extra.pop("fhir", [])
+    return {"cds_issuers": issuers((ISSUER, keys, {"fhir": fhir})), "public_url": BASE, **extra}
+
+
+def raw_jwt(header: dict[str, Any], claims: dict[str, Any]) -> str:
+    """A JWT with any header at all (e.g. a list where a string belongs); the signature is junk."""
+
+    def part(value: dict[str, Any]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(value).encode()).rstrip(b"=").decode()
+
+    return f"{part(header)}.{part(claims)}.{part({'sig': 'junk'})}"
+
+
+Reply = Callable[[BaseHTTPRequestHandler], None]
+
+
+@dataclass
+class FhirTestServer:
+    """An HTTP server on 127.0.0.1 in a thread: ``routes`` maps a path prefix to a reply function; every
+    connection and request is counted, so a test can show that nothing was sent to it."""
+
+    routes: dict[str, Reply] = field(default_factory=dict)
+    requests: list[tuple[str, dict[str, str]]] = field(default_factory=list)
+    connections: int = 0
+    port: int = 0
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}/fhir"
+
+
+def reply_json(value: dict[str, Any], *, trickle_s: float = 0.0) -> Reply:
+    """200 with ``value``; with ``trickle_s``, the body is sent a few bytes at a time over that long."""
+
+    def reply(handler: BaseHTTPRequestHandler) -> None:
+        body = json.dumps(value).encode()
+        handler.send_response(200)
+        handler.send_header("Content-Type", "application/fhir+json")
+        handler.send_header("Content-Length", str(len(body)))
+        handler.end_headers()
+        if not trickle_s:
+            handler.wfile.write(body)
+            return
+        step = max(1, len(body) // 40)
+        for i in range(0, len(body), step):
+            handler.wfile.write(body[i : i + step])
+            handler.wfile.flush()
+            time.sleep(trickle_s / 40)
+
+    return reply
+
+
+def reply_redirect(location: str) -> Reply:
+    def reply(handler: BaseHTTPRequestHandler) -> None:
+        handler.send_response(302)
+        handler.send_header("Location", location)
+        handler.send_header("Content-Length", "0")
+        handler.end_headers()
+
+    return reply
+
+
+@contextmanager
+def fhir_server(routes: dict[str, Reply] | None = None) -> Iterator[FhirTestServer]:
+    """A :class:`FhirTestServer` answering ``routes`` (path prefix -> reply, first match wins), else 404."""
+    state = FhirTestServer(dict(routes or {}))
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            state.requests.append((self.path, dict(self.headers)))
+            for prefix, reply in state.routes.items():
+                if self.path.startswith(prefix):
+                    reply(self)
+                    return
+            self.send_error(404)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    class Server(ThreadingHTTPServer):
+        daemon_threads = True
+
+        def verify_request(self, request: Any, client_address: Any) -> bool:
+            state.connections += 1
+            return True
+
+    server = Server(("127.0.0.1", 0), Handler)
+    state.port = server.server_address[1]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield state
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def b64(data: bytes) -> str:

@@ -13,13 +13,14 @@ from typing import Any
 
 import jwt
 import pytest
-from ehr_client import BASE, ISSUER, JKU, SERVICE_URL, EhrKeys
+from ehr_client import BASE, ISSUER, JKU, SERVICE_URL, EhrKeys, issuers
 from litestar.testing import TestClient
 from test_service_api import wait_ready
 
 from models.knowledge.taxonomy import load_taxonomy
 from service.app import create_app
 from service.auth.api_keys import ApiKeyRegistry, generate_api_key, hash_key, parse_key_line
+from service.auth.cds_config import IssuerConfig, parse_issuers
 from service.auth.cds_jwt import CdsJwtVerifier, JwtRejected
 from service.auth.rate_limit import RateLimiter
 from service.cli import main as cli_main
@@ -75,7 +76,7 @@ def test_token_bucket() -> None:
 
 
 def verifier(keys: EhrKeys, **kw: Any) -> CdsJwtVerifier:
-    return CdsJwtVerifier([ISSUER], keys.jwks(), **kw)
+    return CdsJwtVerifier([IssuerConfig(ISSUER, keys.jwks())], **kw)
 
 
 def test_jwt_accepted_es384_and_rs384(keys: EhrKeys) -> None:
@@ -126,7 +127,7 @@ def test_jwt_keys_from_allowlisted_jku(keys: EhrKeys) -> None:
         calls.append(url)
         return keys.jwks()
 
-    v = CdsJwtVerifier([ISSUER], None, [JKU], fetch)
+    v = CdsJwtVerifier([IssuerConfig(ISSUER, jku=(JKU,))], fetch)
     assert v.configured
     v.verify(keys.token(jku=JKU), SERVICE_URL)
     v.verify(keys.token(jku=JKU, alg="RS384"), SERVICE_URL)
@@ -140,7 +141,40 @@ def test_jwt_keys_from_allowlisted_jku(keys: EhrKeys) -> None:
         raise OSError("unreachable")
 
     with pytest.raises(JwtRejected, match="could not be read"):
-        CdsJwtVerifier([ISSUER], None, [JKU], broken).verify(keys.token(jku=JKU), SERVICE_URL)
+        CdsJwtVerifier([IssuerConfig(ISSUER, jku=(JKU,))], broken).verify(keys.token(jku=JKU), SERVICE_URL)
+
+
+def test_cds_issuer_configuration(keys: EhrKeys, tmp_path: Any) -> None:
+    """The JSON object per issuer (text or file), the older one-issuer form, and the refusals at start-up."""
+    jwks_file = tmp_path / "jwks.json"
+    jwks_file.write_text(json.dumps(keys.jwks()))
+    text = json.dumps({ISSUER: {"jwks": str(jwks_file), "jku": [JKU], "fhir": ["HTTPS://EHR.example.org:443/fhir/"]}})
+    (config,) = Settings(cds_issuers=text, public_url=BASE).cds_issuer_configs().values()
+    assert config.jwks == keys.jwks() and config.jku == (JKU,) and config.fhir == ("https://ehr.example.org/fhir",)
+    config_file = tmp_path / "issuers.json"
+    config_file.write_text(text)
+    assert Settings(cds_issuers=str(config_file), public_url=BASE).cds_issuer_configs()[ISSUER] == config
+    older = Settings(cds_issuers=ISSUER, cds_jwks=json.dumps(keys.jwks()), cds_jku_allowlist=JKU, public_url=BASE)
+    assert older.cds_issuer_configs()[ISSUER] == IssuerConfig(ISSUER, keys.jwks(), (JKU,), ())
+    bad = [
+        ({"https://a.example,https://b.example": None}, "object"),  # not an entry
+        ({ISSUER: {"fhir": ["https://ehr.example.org/fhir"]}}, "signing keys"),
+        ({ISSUER: {"jwks": keys.jwks(), "keys": []}}, "unknown keys"),
+        ({ISSUER: {"jwks": keys.jwks(), "fhir": ["http://ehr.example.org/fhir"]}}, "https"),
+        ({ISSUER: {"jwks": keys.jwks(), "fhir": ["file:///etc"]}}, "http"),
+        ({ISSUER: {"jwks": keys.jwks(), "fhir": ["https://u:p@ehr.example.org/fhir"]}}, "user info"),
+        ({ISSUER: {"jku": ["http://ehr.example.org/jwks.json"]}}, "https"),
+        ({ISSUER: {"jwks": {"no": "keys"}}}, "JWKS"),
+        (["https://a.example", "https://b.example"], "JSON form"),  # several issuers, one key set: refused
+    ]
+    for raw, reason in bad:
+        with pytest.raises(ValueError, match=reason):
+            parse_issuers(raw, keys.jwks() if isinstance(raw, list) else None)
+    assert parse_issuers(
+        {ISSUER: {"jwks": keys.jwks(), "fhir": ["http://127.0.0.1:8080/fhir"]}}, allow_hosts=["127.0.0.1"]
+    )[ISSUER].fhir == ("http://127.0.0.1:8080/fhir",)
+    with pytest.raises(ValueError, match="older form"):
+        Settings(cds_issuers=issuers((ISSUER, keys, {})), cds_jwks=json.dumps(keys.jwks()), public_url=BASE)
 
 
 # --------------------------------------------------------------------------- enforcement through the app
@@ -153,8 +187,9 @@ def secured(tiny_clip: Any, keys: EhrKeys) -> Iterator[tuple[TestClient, str, st
     settings = Settings(
         api_keys=f"{record.line()},{slow.line()}",
         api_rate_burst=4,
-        cds_issuers=ISSUER,
+        cds_issuers=ISSUER,  # the older one-issuer form still works
         cds_jwks=json.dumps(keys.jwks()),
+        public_url=BASE,
     )
     assert not settings.auth_disabled
     with TestClient(create_app(settings, engine=TriageEngine(tiny_clip, load_taxonomy())), base_url=BASE) as client:

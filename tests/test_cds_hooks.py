@@ -12,12 +12,15 @@ import httpx
 import pytest
 from ehr_client import (
     BASE,
-    ISSUER,
     SERVICE_ID,
     EhrKeys,
+    FhirTestServer,
     cds_request,
+    cds_settings,
+    fhir_server,
     media,
     patient,
+    reply_json,
     risk_observation,
     searchset,
     symptoms_observation,
@@ -41,8 +44,15 @@ def keys() -> EhrKeys:
 
 
 @pytest.fixture(scope="module")
-def client(tiny_clip: Any, keys: EhrKeys) -> Iterator[TestClient]:
-    settings = Settings(cds_issuers=ISSUER, cds_jwks=json.dumps(keys.jwks()))
+def ehr_fhir() -> Iterator[FhirTestServer]:
+    """The EHR's FHIR server on 127.0.0.1 (allowlisted for plain http in the client's settings)."""
+    with fhir_server() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def client(tiny_clip: Any, keys: EhrKeys, ehr_fhir: FhirTestServer) -> Iterator[TestClient]:
+    settings = Settings(**cds_settings(keys, fhir=[ehr_fhir.base], cds_fetch_allow_hosts="127.0.0.1"))
     app = create_app(settings, engine=TriageEngine(tiny_clip, load_taxonomy()))
     with TestClient(app, base_url=BASE) as c:
         wait_ready(c)
@@ -87,12 +97,13 @@ def test_patient_view_card(client: TestClient, keys: EhrKeys) -> None:
     assert "| 1 |" in card["detail"] and "Photo: Media/new" in card["detail"]
     assert card["source"]["label"].startswith("dermtriage (") and card["source"]["url"].startswith(BASE + "/v1/models/")
     (link,) = card["links"]
-    rid = r.headers["x-request-id"]
-    assert link["type"] == "smart" and link["url"] == f"{BASE}/viewer?result={rid}"
-    assert json.loads(link["appContext"]) == {"result": rid}
+    context = json.loads(link["appContext"])
+    rid, share = context["result"], context["share"]  # the server-minted result id and its share token
+    assert rid != r.headers["x-request-id"] and len(rid) == 32 and len(share) >= 22
+    assert link["type"] == "smart" and link["url"] == f"{BASE}/viewer?result={rid}&share={share}"
     stored = client.get(f"/v1/triage/{rid}", headers={"X-API-Key": "none"})  # /v1 needs a key here
     assert stored.status_code == 401
-    result = client.app.state.service.results.get(rid)
+    result = client.app.state.service.results.get(rid, "someone-else", share)
     assert result is not None and result.risk_factors.bleeding is True and result.risk_factors.fitzpatrick == 2
     assert result.risk_factors.age is not None and result.risk_factors.sex.value == "male"
     if result.urgency is not None:
@@ -116,7 +127,9 @@ def test_repeat_call_on_same_photo_is_cached_and_fast(client: TestClient, keys: 
     assert cache.hits == hits + 5
     assert again.json()["cards"][0]["summary"] == first.json()["cards"][0]["summary"]
     assert again.headers["x-request-id"] != first.headers["x-request-id"]
-    assert client.app.state.service.results.get(again.headers["x-request-id"]) is not None  # the link opens
+    links = [json.loads(x.json()["cards"][0]["links"][0]["appContext"]) for x in (first, again)]
+    assert links[0]["result"] != links[1]["result"]  # each call's answer is kept under its own fresh id
+    assert client.app.state.service.results.get(links[1]["result"], "-", links[1]["share"]) is not None  # it opens
     assert sorted(times)[2] < 500, times  # the CDS Hooks budget, with a wide margin on a busy machine
 
 
@@ -147,33 +160,30 @@ def test_missing_required_prefetch_is_412(client: TestClient, keys: EhrKeys, pre
     assert r.status_code == 412 and r.json()["type"].endswith("/prefetch-missing")
 
 
-def test_missing_prefetch_is_fetched_with_fhir_authorization(client: TestClient, keys: EhrKeys) -> None:
+def test_missing_prefetch_is_fetched_with_fhir_authorization(
+    client: TestClient, keys: EhrKeys, ehr_fhir: FhirTestServer
+) -> None:
     photo = jpeg_bytes(lesion_photo(24))
-    asked: list[tuple[str, str | None]] = []
-
-    def fetch(url: str, token: str | None) -> dict[str, Any] | None:
-        asked.append((url, token))
-        if "/Patient/p1" in url:
-            return patient(gender="female")
-        if "/Media?" in url:
-            return searchset(media(photo, "fetched"))
-        return None  # observations, photo documents: not available
-
-    state = client.app.state.cds
-    original, state.fhir_fetcher = state.fhir_fetcher, fetch
-    try:
-        extra = {
-            "fhirServer": "https://ehr.example.org/fhir",
-            "fhirAuthorization": {"access_token": "t0k", "token_type": "Bearer"},
-        }
-        r = call(client, keys, cds_request(None, **extra))
-        assert r.status_code == 200, r.text
-        assert "Media/fetched" in r.json()["cards"][0]["detail"]
-        assert all(token == "t0k" and url.startswith("https://ehr.example.org/fhir/") for url, token in asked)
-        state.fhir_fetcher = lambda url, token: None
-        assert call(client, keys, cds_request(None, **extra)).status_code == 412  # could not be fetched
-    finally:
-        state.fhir_fetcher = original
+    ehr_fhir.routes.clear()
+    ehr_fhir.routes["/fhir/Patient/p1"] = reply_json(patient(gender="female"))
+    ehr_fhir.routes["/fhir/Media?"] = reply_json(searchset(media(photo, "fetched")))
+    ehr_fhir.requests.clear()  # observations, photo documents: 404
+    extra = {"fhirServer": ehr_fhir.base + "/", "fhirAuthorization": {"access_token": "t0k", "token_type": "Bearer"}}
+    r = call(client, keys, cds_request(None, **extra))
+    assert r.status_code == 200, r.text
+    assert "Media/fetched" in r.json()["cards"][0]["detail"]
+    assert [path.split("?")[0] for path, _ in ehr_fhir.requests] == [
+        "/fhir/Patient/p1",
+        "/fhir/Observation",
+        "/fhir/Media",
+        "/fhir/DocumentReference",
+    ]
+    assert all(headers["Authorization"] == "Bearer t0k" for _, headers in ehr_fhir.requests)
+    ehr_fhir.routes.clear()
+    r = call(client, keys, cds_request(None, **extra))
+    assert r.status_code == 412 and "HTTP 404" in r.json()["detail"]  # could not be fetched
+    other = call(client, keys, cds_request(None, **extra | {"fhirServer": "https://elsewhere.example/fhir"}))
+    assert other.status_code == 412 and "not a FHIR server configured for this issuer" in other.json()["detail"]
 
 
 def test_bad_requests(client: TestClient, keys: EhrKeys) -> None:

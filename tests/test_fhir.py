@@ -122,7 +122,9 @@ def _references(node: Any) -> list[str]:
 
 def test_full_result_round_trips(full_result: TriageResult) -> None:
     bundle = round_trip(triage_bundle(full_result, "https://dt.example").model_dump_json())
-    assert bundle["type"] == "collection" and bundle["identifier"]["value"] == "fhir-full-1"
+    assert bundle["type"] == "collection" and bundle["identifier"]["value"] == full_result.id
+    (report,) = entries(bundle, "DiagnosticReport")
+    assert [i["value"] for i in report["identifier"]] == [full_result.id, "fhir-full-1"]  # result id, then caller's
     kinds = [e["resource"]["resourceType"] for e in bundle["entry"]]
     assert {"Patient", "Device", "DocumentReference", "Media", "Observation", "RiskAssessment"} <= set(kinds)
     assert kinds.count("DiagnosticReport") == kinds.count("Provenance") == 1
@@ -223,13 +225,14 @@ def test_v1_triage_as_fhir(client: TestClient, photo: bytes) -> None:
     r = client.post("/v1/triage?format=fhir", files=files, data=data)
     assert r.status_code == 200 and r.headers["content-type"].startswith(FHIR)
     bundle = round_trip(r.content)
-    assert bundle["identifier"]["value"] == r.headers["x-request-id"]
+    result_id = bundle["identifier"]["value"]  # the server-minted result id, never the caller's X-Request-ID
+    assert bundle["identifier"]["system"].endswith("/result-id") and result_id != r.headers["x-request-id"]
     assert len(entries(bundle, "Media")) == 3  # the photo's description + 2 heatmaps
     via_accept = client.post("/v1/triage", files=files, data={"top_k": "2"}, headers={"Accept": FHIR})
     assert via_accept.headers["content-type"].startswith(FHIR) and round_trip(via_accept.content)
     plain = client.post("/v1/triage", files=files, data={"top_k": "2"})
     assert plain.headers["content-type"].startswith("application/json") and "differentials" in plain.json()
-    stored = client.get(f"/v1/triage/{r.headers['x-request-id']}", headers={"Accept": FHIR})
+    stored = client.get(f"/v1/triage/{result_id}", headers={"Accept": FHIR})
     assert stored.status_code == 200 and round_trip(stored.content)["identifier"] == bundle["identifier"]
     assert client.post("/v1/triage?format=xml", files=files).status_code == 422
 
@@ -266,7 +269,7 @@ def test_fhir_triage_with_parameters(client: TestClient, photo: bytes) -> None:
     assert not entries(bundle, "Patient")  # the caller's Patient is referenced, not copied
     codes = {c["code"] for o in entries(bundle, "Observation") for c in o["code"]["coding"]}
     assert {"age", "sex", "diameter_mm", "bleeding", "changed_size", "urgency-score"} <= codes  # age from birthDate
-    stored = client.get(f"/v1/triage/{r.headers['x-request-id']}").json()
+    stored = client.get(f"/v1/triage/{bundle['identifier']['value']}").json()  # the result id, in the Bundle
     assert stored["risk_factors"]["bleeding"] is True and stored["risk_factors"]["sex"] == "male"
     assert "changed_size" in stored["findings"]["present"]
 

@@ -376,7 +376,7 @@ def test_logs_are_json_and_private(client: TestClient, caplog: pytest.LogCapture
 def test_result_by_id_round_trip(client: TestClient, photo: bytes) -> None:
     r = post_file(client, photo)
     assert r.status_code == 200
-    rid = r.json()["request_id"]
+    rid = r.json()["id"]  # minted by the server; request_id is the caller's correlation id
     again = client.get(f"/v1/triage/{rid}")
     assert again.status_code == 200
     assert again.json() == r.json()

@@ -378,7 +378,7 @@ def test_triage_in_the_browser(page: Any, base_url: str, photo_path: Path) -> No
         assert page.locator(".shap-row").count() == len(answer["urgency_shap"]["values"])
 
     # the URL now opens this answer
-    assert page.url.endswith(f"/viewer?result={answer['request_id']}")
+    assert page.url.endswith(f"/viewer?result={answer['id']}")
     shot = artifact("viewer-desktop.png")
     page.screenshot(path=str(shot), full_page=True)
     print(f"screenshot: {shot}")
@@ -405,16 +405,16 @@ def test_keyboard_focus_is_visible(page: Any, base_url: str) -> None:
 
 
 def test_open_result_by_id(page: Any, base_url: str, photo_path: Path) -> None:
-    rid = f"viewer-open-{int(time.time() * 1000)}"
     r = httpx.post(
         f"{base_url}/v1/triage",
         files={"image": (photo_path.name, photo_path.read_bytes(), "image/jpeg")},
         data={"options": json.dumps({"top_k": 3, "explain": True}), "symptoms": "itchy red patch"},
-        headers={"X-Request-ID": rid},
+        headers={"X-Request-ID": f"viewer-open-{int(time.time() * 1000)}"},
         timeout=120,
     )
     assert r.status_code == 200, r.text
     answer = r.json()
+    rid = answer["id"]  # the server-minted result id, not the X-Request-ID
 
     # the API key typed once is kept for the tab (sessionStorage) and sent as X-API-Key
     page.goto(f"{base_url}/viewer")

@@ -16,6 +16,7 @@ present: for triage a missed alarm costs more than a false one.
 from __future__ import annotations
 
 import re
+from bisect import bisect_left, bisect_right
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -133,7 +134,7 @@ _PRE_CUES = re.compile(
     _W + r"(?:no|not|never|denies|denied|deny|without|none|nor|neither|negative for|free of|absence of|"
     r"hasn'?t|haven'?t|hadn'?t|doesn'?t|don'?t|didn'?t|isn'?t|aren'?t|wasn'?t|won'?t|cannot|can'?t|no longer)" + _E
 )
-_POST_CUE = re.compile(r"^\s*(?:[:=\-–]\s*)?(?:no|none|denied|absent|negative|not present)" + _E)
+_POST_CUE = re.compile(r"\s*+(?:[:=\-–]\s*+)?(?:no|none|denied|absent|negative|not present)" + _E)
 _CLAUSE_END = re.compile(
     r"[.;!?\n]|" + _W + r"(?:but|however|although|though|yet|except|apart from|and it|and has|"
     r"and is|and was|and now|and i|which|that|so)" + _E
@@ -169,10 +170,15 @@ _NUMBER_WORDS = {
 _UNIT_DAYS = {"hour": 1 / 24, "day": 1.0, "week": 7.0, "month": 30.44, "year": 365.25}
 _UNIT = r"(hours?|hrs?|days?|d|weeks?|wks?|months?|mos?|years?|yrs?|y)"
 _UNIT_KEY = {"h": "hour", "d": "day", "w": "week", "m": "month", "y": "year"}
-_DIAMETER = re.compile(_W + r"(\d+(?:\.\d+)?)\s*(mm|cm|millimet\w*|centimet\w*)" + _E)
-_NUM = r"(\d+(?:\.\d+)?)(?:\s*(?:-|to)\s*(\d+(?:\.\d+)?))?"
+# Linear time (issue 15): a number starts only where no digit precedes it (``_N``), runs of digits,
+# spaces and dashes are matched possessively (what follows them never starts with one), so a long
+# run of digits or spaces is walked once instead of once per start position.
+_N = r"(?<![a-z0-9])"
+_FLOAT = r"(\d++(?:\.\d++)?+)"
+_DIAMETER = re.compile(_N + _FLOAT + r"\s*+(mm|cm|millimet\w{0,20}+|centimet\w{0,20}+)" + _E)
+_NUM = _FLOAT + r"(?:\s*+(?:-|to)\s*+" + _FLOAT + ")?"
 _WORDNUM = "|".join(sorted((re.escape(k) for k in _NUMBER_WORDS), key=len, reverse=True))
-_DURATION_NUM = re.compile(_W + rf"(?:{_NUM}\s*-?\s*|({_WORDNUM})[\s-]+){_UNIT}" + _E)
+_DURATION_NUM = re.compile(rf"(?:{_N}{_NUM}\s*+(?:-\s*+)?|{_W}({_WORDNUM})[\s-]++){_UNIT}" + _E)
 _DURATION_SINCE = re.compile(
     _W + r"since (?:(last|this|a) (week|month|year|morning|night)|(yesterday)|(childhood|birth))" + _E
 )
@@ -205,10 +211,14 @@ class SymptomFindings(BaseModel):
     spans: tuple[FindingSpan, ...] = ()
 
 
+_WORD_TAIL = r"\w{0,40}+"  # a stem's ending: bounded and possessive, so a long run is walked once
+
+
 def _compile() -> list[tuple[str, bool, re.Pattern[str]]]:
+    """The lexicon as compiled patterns; ``\\w*`` (readable above) becomes :data:`_WORD_TAIL`."""
     out = []
     for concept, patterns in _LEXICON.items():
-        out.extend((concept, False, re.compile(_W + f"(?:{p})" + _E)) for p in patterns)
+        out.extend((concept, False, re.compile(_W + f"(?:{p})".replace(r"\w*", _WORD_TAIL) + _E)) for p in patterns)
     for concept, patterns in _NEGATIVE_FORMS.items():
         out.extend((concept, True, re.compile(_W + f"(?:{p})" + _E)) for p in patterns)
     return out
@@ -221,36 +231,62 @@ def _mentions(text: str) -> list[tuple[int, int, str, bool]]:
     """Non-overlapping concept mentions, the longest (then earliest) match winning each region."""
     found = [(m.start(), m.end(), c, neg) for c, neg, p in _PATTERNS for m in p.finditer(text)]
     found.sort(key=lambda f: (-(f[1] - f[0]), f[0]))
+    occupied = bytearray(len(text))  # 1 where a mention was taken: one lookup per candidate, not a scan of all
     taken: list[tuple[int, int, str, bool]] = []
     for f in found:
-        if all(f[1] <= t[0] or f[0] >= t[1] for t in taken):
+        if occupied.find(1, f[0], f[1]) < 0:
+            occupied[f[0] : f[1]] = b"\x01" * (f[1] - f[0])
             taken.append(f)
     return sorted(taken)
 
 
-def _clause_start(text: str, pos: int) -> int:
-    start = 0
-    for m in _CLAUSE_END.finditer(text, 0, pos):
-        start = m.end()
-    return start
+class _Clauses:
+    """Clause ends, negation cues, commas and list words of one text, found once (linear time) and
+    looked up per mention by bisection, instead of re-scanning the text for every mention."""
 
+    def __init__(self, text: str) -> None:
+        self.text = text
+        ends = list(_CLAUSE_END.finditer(text))
+        self.end_starts = [m.start() for m in ends]
+        self.end_ends = [m.end() for m in ends]
+        cues = list(_PRE_CUES.finditer(text))
+        self.cue_starts = [m.start() for m in cues]
+        self.cue_ends = [m.end() for m in cues]
+        self.commas = [i for i, ch in enumerate(text) if ch == ","]
+        self.list_words = [(m.start(), m.end()) for m in _LIST_WORD.finditer(text)]
 
-def _is_negated(text: str, start: int, end: int) -> bool:
-    clause_start = _clause_start(text, start)
-    window = text[clause_start:start]
-    cues = list(_PRE_CUES.finditer(window))
-    if cues:
-        after_cue = window[cues[-1].end() :]
-        if "," not in after_cue:
-            return True
-        # the cue's scope crosses commas only in a list: "no bleeding, itch or pain"
-        rest = text[start:]
-        stop = _CLAUSE_END.search(rest)
-        tail = rest[: stop.start()] if stop else rest
-        if _LIST_WORD.search(after_cue + tail):
-            return True
-    tail = text[end:]
-    return bool(_POST_CUE.match(tail))
+    def start_of(self, pos: int) -> int:
+        """Where the clause holding ``pos`` starts: after the last clause end that ends by ``pos``."""
+        i = bisect_right(self.end_ends, pos)
+        return self.end_ends[i - 1] if i else 0
+
+    def stop_after(self, pos: int) -> int:
+        """Where the clause holding ``pos`` stops: the next clause end starting at or after ``pos``."""
+        i = bisect_left(self.end_starts, pos)
+        return self.end_starts[i] if i < len(self.end_starts) else len(self.text)
+
+    def last_cue_end(self, lo: int, hi: int) -> int | None:
+        """The end of the last negation cue inside ``[lo, hi)``, or None."""
+        i = bisect_right(self.cue_ends, hi) - 1
+        return self.cue_ends[i] if i >= 0 and self.cue_starts[i] >= lo else None
+
+    def has_comma(self, lo: int, hi: int) -> bool:
+        i = bisect_left(self.commas, lo)
+        return i < len(self.commas) and self.commas[i] < hi
+
+    def has_list_word(self, lo: int, hi: int) -> bool:
+        i = bisect_left(self.list_words, (lo, lo))
+        return i < len(self.list_words) and self.list_words[i][1] <= hi
+
+    def is_negated(self, start: int, end: int) -> bool:
+        cue_end = self.last_cue_end(self.start_of(start), start)
+        if cue_end is not None:
+            if not self.has_comma(cue_end, start):
+                return True
+            # the cue's scope crosses commas only in a list: "no bleeding, itch or pain"
+            if self.has_list_word(cue_end, self.stop_after(start)):
+                return True
+        return bool(_POST_CUE.match(self.text, end))
 
 
 def parse_duration(text: str) -> tuple[float, str] | None:
@@ -297,8 +333,9 @@ def extract_findings(text: str | None) -> SymptomFindings:
     present: set[str] = set()
     absent: set[str] = set()
     kind: Immunosuppression | None = None
+    clauses = _Clauses(low)
     for start, end, concept, negative_form in _mentions(low):
-        negated = negative_form != _is_negated(low, start, end)
+        negated = negative_form != clauses.is_negated(start, end)
         spans.append(FindingSpan(concept=concept, start=start, end=end, text=text[start:end], negated=negated))
         (absent if negated else present).add(concept)
         if concept == "immunosuppression" and not negated and kind is not Immunosuppression.TRANSPLANT:

@@ -1,39 +1,53 @@
 """CDS Hooks caller authentication: the EHR's signed JWT (``Authorization: Bearer <jwt>``).
 
-Checked, in order: the header's algorithm is an asymmetric one (never ``none`` or HMAC); ``iss`` is
-on the allowlist (before any key is fetched); the key comes from the configured JWKS or, when the
-header names a ``jku``, from that URL if it is on the allowlist (fetched through an injectable
-fetcher, cached); the signature; ``aud`` equals the exact URL of the service called; ``exp`` and
-``iat`` are present, ``iat`` is not in the future and ``exp`` at most ``max_lifetime_s`` ahead
-(the specification's five minutes); ``jti`` is present and not seen before (kept until its ``exp``).
+Checked, in order: the header's fields are strings and its algorithm an asymmetric one (never ``none``
+or HMAC); ``iss`` is a configured issuer (before any key is fetched); the key comes from *that
+issuer's* key set (its JWKS or, when the header names a ``jku``, that URL if the issuer allowlists it;
+fetched through an injectable fetcher and cached), so a key of EHR A never verifies a token that says
+it is from EHR B; the signature; ``aud`` equals the exact URL of the service called (built on the
+configured public URL); ``exp`` and ``iat`` are present, ``iat`` is not in the future and ``exp`` at
+most ``max_lifetime_s`` ahead (the specification's five minutes); ``jti`` is present and not seen
+before (kept until its ``exp``).
+
+A token naming an unknown ``kid`` may force a refetch of its ``jku`` (keys rotate), but at most one per
+``min_refresh_s`` per key set; a failed fetch is remembered for ``failure_ttl_s``, so tokens cannot make
+the service fetch on every request.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
-import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import jwt
 from jwt import PyJWK, PyJWKSet
 
+from service.auth.cds_config import IssuerConfig
+from service.safe_http import Budget, FetchRefused, OutboundPolicy, get
+
 ASYMMETRIC_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512")
+STRING_HEADERS = ("alg", "kid", "jku", "typ", "cty")
 JwksFetcher = Callable[[str], dict[str, Any]]
+log = logging.getLogger("dermtriage.auth")
 
 
 class JwtRejected(Exception):
     """The token is not accepted; the message says why (safe to return: it quotes no claim values)."""
 
 
-def fetch_jwks_url(url: str, timeout_s: float = 3.0) -> dict[str, Any]:
-    """Default fetcher: GET the JWKS (only ever called for allowlisted ``jku`` URLs)."""
-    request = urllib.request.Request(url, headers={"Accept": "application/json"})
-    with urllib.request.urlopen(request, timeout=timeout_s) as response:
-        return json.loads(response.read(1_000_000))  # type: ignore[no-any-return]
+def jwks_fetcher(policy: OutboundPolicy, timeout_s: float = 3.0, max_bytes: int = 1_000_000) -> JwksFetcher:
+    """Default fetcher: GET the JWKS under the outbound rules (only ever called for allowlisted ``jku`` URLs)."""
+
+    def fetch(url: str) -> dict[str, Any]:
+        body = get(url, policy, Budget(timeout_s, max_bytes), {"Accept": "application/json"})
+        return json.loads(body)  # type: ignore[no-any-return]
+
+    return fetch
 
 
 class ReplayCache:
@@ -56,96 +70,137 @@ class ReplayCache:
             return True
 
 
-@dataclass
-class _CachedJwks:
-    keys: PyJWKSet
-    fetched: float
+@dataclass(frozen=True)
+class _JkuEntry:
+    keys: PyJWKSet | None
+    fetched: float  # when ``keys`` were fetched
+    attempted: float  # the last fetch attempt
+    failed: bool  # the last attempt failed
+
+
+def _pick(keys: PyJWKSet | None, kid: str | None) -> PyJWK | None:
+    if keys is None:
+        return None
+    if kid is not None:
+        return next((k for k in keys.keys if k.key_id == kid), None)
+    return keys.keys[0] if len(keys.keys) == 1 else None
+
+
+def _unverified(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The header (string fields type-checked) and the claims, before any key is looked at."""
+    try:
+        header = jwt.get_unverified_header(token)
+        unverified = jwt.decode(token, options={"verify_signature": False})
+    except (jwt.PyJWTError, ValueError, TypeError, RecursionError):
+        raise JwtRejected("the token is not a well-formed JWT") from None
+    for name in STRING_HEADERS:
+        if name in header and not isinstance(header[name], str):
+            raise JwtRejected(f"the token's {name} header must be a string")
+    if "crit" in header:
+        raise JwtRejected("the token names critical header extensions (crit), which are not supported")
+    if header.get("alg") not in ASYMMETRIC_ALGORITHMS:
+        raise JwtRejected(f"the token's algorithm must be one of {', '.join(ASYMMETRIC_ALGORITHMS)}")
+    if not isinstance(unverified, dict):
+        raise JwtRejected("the token is not a well-formed JWT")
+    return header, unverified
 
 
 class CdsJwtVerifier:
     def __init__(
         self,
-        issuers: list[str],
-        jwks: dict[str, Any] | None = None,
-        jku_allowlist: list[str] | None = None,
-        fetcher: JwksFetcher = fetch_jwks_url,
+        issuers: Mapping[str, IssuerConfig] | Iterable[IssuerConfig],
+        fetcher: JwksFetcher | None = None,
         *,
         leeway_s: float = 30.0,
         max_lifetime_s: float = 300.0,
         jwks_ttl_s: float = 300.0,
+        min_refresh_s: float = 60.0,
+        failure_ttl_s: float = 10.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.issuers = list(issuers)
-        self.static_keys = PyJWKSet.from_dict(jwks) if jwks and jwks.get("keys") else None
-        self.jku_allowlist = set(jku_allowlist or [])
-        self.fetcher = fetcher
+        configs = issuers.values() if isinstance(issuers, Mapping) else issuers
+        self.issuers = {c.issuer: c for c in configs}
+        self.static_keys = {i: PyJWKSet.from_dict(c.jwks) for i, c in self.issuers.items() if c.jwks and c.jwks["keys"]}
+        self.fetcher = fetcher or jwks_fetcher(OutboundPolicy())
         self.leeway_s = leeway_s
         self.max_lifetime_s = max_lifetime_s
         self.jwks_ttl_s = jwks_ttl_s
+        self.min_refresh_s = min_refresh_s
+        self.failure_ttl_s = failure_ttl_s
         self._clock = clock
-        self._jku_cache: dict[str, _CachedJwks] = {}
-        self._lock = threading.Lock()
+        self._jku_cache: dict[str, _JkuEntry] = {}
+        self._locks = {url: threading.Lock() for c in self.issuers.values() for url in c.jku}
         self.replays = ReplayCache(clock)
 
     @property
     def configured(self) -> bool:
-        return bool(self.issuers) and (self.static_keys is not None or bool(self.jku_allowlist))
+        return bool(self.issuers)
 
-    def _jku_keys(self, jku: str, refresh: bool = False) -> PyJWKSet:
-        now = self._clock()
-        with self._lock:
-            cached = self._jku_cache.get(jku)
-        if cached is not None and not refresh and now - cached.fetched < self.jwks_ttl_s:
-            return cached.keys
+    def _should_fetch(self, entry: _JkuEntry | None, kid: str | None, now: float) -> bool:
+        if entry is None:
+            return True
+        if now - entry.attempted < (self.failure_ttl_s if entry.failed else self.min_refresh_s):
+            return False  # a cached failure, or a refresh too soon after the last one
+        if entry.keys is None or now - entry.fetched >= self.jwks_ttl_s:
+            return True  # expired
+        return _pick(entry.keys, kid) is None  # an unknown kid: perhaps the keys rotated
+
+    def _fetch(self, jku: str, entry: _JkuEntry | None, now: float) -> _JkuEntry:
         try:
-            keys = PyJWKSet.from_dict(self.fetcher(jku))
-        except Exception as exc:  # network, JSON, or not a JWKS
-            raise JwtRejected(f"the JWKS at the allowlisted jku could not be read ({type(exc).__name__})") from None
-        with self._lock:
-            self._jku_cache[jku] = _CachedJwks(keys, now)
-        return keys
+            return _JkuEntry(PyJWKSet.from_dict(self.fetcher(jku)), now, now, False)
+        except Exception as exc:  # network, refused by the outbound rules, JSON, or not a JWKS
+            reason = str(exc) if isinstance(exc, FetchRefused) else type(exc).__name__
+            log.warning("jwks fetch failed", extra={"jku": jku, "reason": reason})
+            return _JkuEntry(entry.keys if entry else None, entry.fetched if entry else float("-inf"), now, True)
 
-    @staticmethod
-    def _pick(keys: PyJWKSet, kid: str | None) -> PyJWK | None:
-        if kid is not None:
-            return next((k for k in keys.keys if k.key_id == kid), None)
-        return keys.keys[0] if len(keys.keys) == 1 else None
+    def _jku_keys(self, jku: str, kid: str | None) -> PyJWKSet:
+        with self._locks[jku]:  # one fetch per key set at a time; the others then read its result
+            now = self._clock()
+            entry = self._jku_cache.get(jku)
+            if self._should_fetch(entry, kid, now):
+                entry = self._jku_cache[jku] = self._fetch(jku, entry, now)
+        assert entry is not None
+        if entry.keys is None or now - entry.fetched >= self.jwks_ttl_s:
+            raise JwtRejected("the JWKS at the allowlisted jku could not be read (retried later)")
+        return entry.keys
 
-    def _key(self, header: dict[str, Any]) -> PyJWK:
-        kid = header.get("kid")
-        jku = header.get("jku")
+    def _key(self, config: IssuerConfig, header: dict[str, Any]) -> PyJWK:
+        kid, jku = header.get("kid"), header.get("jku")
         if jku is not None:
-            if jku not in self.jku_allowlist:
-                raise JwtRejected("the jku is not on the allowlist")
-            key = self._pick(self._jku_keys(jku), kid)
-            if key is None:  # perhaps rotated: refetch once
-                key = self._pick(self._jku_keys(jku, refresh=True), kid)
+            if jku not in config.jku:
+                raise JwtRejected("the jku is not on the allowlist for this issuer")
+            key = _pick(self._jku_keys(jku, kid), kid)
         else:
-            key = self._pick(self.static_keys, kid) if self.static_keys is not None else None
+            key = _pick(self.static_keys.get(config.issuer), kid)
         if key is None:
-            raise JwtRejected("no configured key matches the token's kid")
+            raise JwtRejected("no key configured for this issuer matches the token's kid")
         return key
 
     def verify(self, token: str, audience: str) -> dict[str, Any]:
         """The verified claims, or JwtRejected. Blocking when a jku must be fetched: run in a thread."""
-        try:
-            header = jwt.get_unverified_header(token)
-            unverified = jwt.decode(token, options={"verify_signature": False})
-        except jwt.PyJWTError:
-            raise JwtRejected("the token is not a well-formed JWT") from None
-        alg = header.get("alg")
-        if alg not in ASYMMETRIC_ALGORITHMS:
-            raise JwtRejected(f"the token's algorithm must be one of {', '.join(ASYMMETRIC_ALGORITHMS)}")
-        if unverified.get("iss") not in self.issuers:
+        header, unverified = _unverified(token)
+        issuer = unverified.get("iss")
+        if not isinstance(issuer, str) or issuer not in self.issuers:
             raise JwtRejected("the issuer is not on the allowlist")
-        key = self._key(header)
+        key = self._key(self.issuers[issuer], header)
+        claims = self._decode(token, key, header["alg"], audience, issuer)
+        now = self._clock()
+        if float(claims["exp"]) > now + self.max_lifetime_s + self.leeway_s:
+            raise JwtRejected(f"exp is more than {self.max_lifetime_s:g} s ahead")
+        if not isinstance(claims["jti"], str) or not claims["jti"]:
+            raise JwtRejected("jti must be a non-empty string")
+        if not self.replays.check_and_add(f"{claims['iss']}\x00{claims['jti']}", float(claims["exp"]) + self.leeway_s):
+            raise JwtRejected("the jti was used before (replay)")
+        return claims
+
+    def _decode(self, token: str, key: PyJWK, alg: str, audience: str, issuer: str) -> dict[str, Any]:
         try:
-            claims = jwt.decode(
+            return jwt.decode(  # type: ignore[no-any-return]
                 token,
                 key=key.key,
                 algorithms=[alg],
                 audience=audience,
-                issuer=self.issuers,
+                issuer=issuer,
                 leeway=self.leeway_s,
                 options={"require": ["iss", "aud", "exp", "iat", "jti"], "strict_aud": True},
             )
@@ -159,13 +214,5 @@ class CdsJwtVerifier:
             raise JwtRejected("aud is not this service's URL") from None
         except jwt.MissingRequiredClaimError as exc:
             raise JwtRejected(f"the token lacks the {exc.claim} claim") from None
-        except jwt.PyJWTError as exc:
+        except (jwt.PyJWTError, ValueError, TypeError) as exc:
             raise JwtRejected(f"the token is not valid ({type(exc).__name__})") from None
-        now = self._clock()
-        if float(claims["exp"]) > now + self.max_lifetime_s + self.leeway_s:
-            raise JwtRejected(f"exp is more than {self.max_lifetime_s:g} s ahead")
-        if not isinstance(claims["jti"], str) or not claims["jti"]:
-            raise JwtRejected("jti must be a non-empty string")
-        if not self.replays.check_and_add(f"{claims['iss']}\x00{claims['jti']}", float(claims["exp"]) + self.leeway_s):
-            raise JwtRejected("the jti was used before (replay)")
-        return claims

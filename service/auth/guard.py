@@ -9,10 +9,8 @@ routes turn into an OperationOutcome.
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 import anyio
@@ -21,9 +19,10 @@ from litestar.handlers.base import BaseRouteHandler
 from litestar.openapi.spec import Components, SecurityScheme
 
 from service.auth.api_keys import ApiKeyRegistry
-from service.auth.cds_jwt import CdsJwtVerifier, JwtRejected
+from service.auth.cds_jwt import CdsJwtVerifier, JwtRejected, jwks_fetcher
 from service.auth.rate_limit import RateLimiter, retry_after_header
 from service.problems import Problem
+from service.safe_http import OutboundPolicy
 from service.settings import Settings
 
 Scheme = Literal["open", "api_key", "cds_jwt"]
@@ -47,19 +46,6 @@ API_KEY_SECURITY: list[dict[str, list[str]]] = [{"apiKey": []}]
 CDS_JWT_SECURITY: list[dict[str, list[str]]] = [{"cdsJwt": []}]
 
 
-def load_jwks(value: str | None) -> dict[str, Any] | None:
-    """A JWKS given as JSON text or as a path to a JSON file."""
-    if not value:
-        return None
-    text = value.strip()
-    if not text.startswith("{"):
-        text = Path(text).read_text()
-    jwks = json.loads(text)
-    if not isinstance(jwks, dict) or not isinstance(jwks.get("keys"), list):
-        raise ValueError("DERMTRIAGE_CDS_JWKS must be a JWKS: a JSON object with a 'keys' list")
-    return jwks
-
-
 @dataclass
 class AuthState:
     disabled: bool
@@ -78,7 +64,9 @@ def build_auth(settings: Settings) -> AuthState:
         disabled=settings.auth_disabled,
         keys=ApiKeyRegistry.from_lines(settings.api_keys),
         limiter=RateLimiter(settings.api_rate_per_minute, settings.api_rate_burst),
-        cds=CdsJwtVerifier(settings.cds_issuers, load_jwks(settings.cds_jwks), settings.cds_jku_allowlist),
+        cds=CdsJwtVerifier(
+            settings.cds_issuer_configs(), jwks_fetcher(OutboundPolicy.allowing(settings.cds_fetch_allow_hosts))
+        ),
         public_url=settings.public_url,
     )
 
@@ -131,7 +119,15 @@ def check_api_key(connection: ASGIConnection[Any, Any, Any, Any], auth: AuthStat
 
 
 def cds_service_url(connection: ASGIConnection[Any, Any, Any, Any], auth: AuthState) -> str:
-    return f"{auth.base_url(connection)}/cds-services/{connection.path_params['service_id']}"
+    """The JWT's expected ``aud``: always on the configured public URL, never on the request's Host header."""
+    if not auth.public_url:
+        raise JwtRejected("DERMTRIAGE_PUBLIC_URL is not configured, so no audience can be checked")
+    return f"{auth.public_url.rstrip('/')}/cds-services/{connection.path_params['service_id']}"
+
+
+def cds_issuer_of(connection: ASGIConnection[Any, Any, Any, Any]) -> str | None:
+    """The verified ``iss`` of this CDS Hooks call (None when authentication is off)."""
+    return connection.scope.get("state", {}).get("cds_issuer")  # type: ignore[no-any-return]
 
 
 async def check_cds_jwt(connection: ASGIConnection[Any, Any, Any, Any], auth: AuthState) -> None:
@@ -141,8 +137,7 @@ async def check_cds_jwt(connection: ASGIConnection[Any, Any, Any, Any], auth: Au
         raise _unauthorized("CDS Hooks calls need a signed JWT: Authorization: Bearer <jwt>.", 'Bearer realm="cds"')
     if not auth.cds.configured:
         raise _unauthorized(
-            "No CDS Hooks issuer is configured (DERMTRIAGE_CDS_ISSUERS with DERMTRIAGE_CDS_JWKS or "
-            "DERMTRIAGE_CDS_JKU_ALLOWLIST).",
+            "No CDS Hooks issuer is configured (DERMTRIAGE_CDS_ISSUERS).",
             challenge,
         )
     try:
@@ -150,7 +145,9 @@ async def check_cds_jwt(connection: ASGIConnection[Any, Any, Any, Any], auth: Au
     except JwtRejected as exc:
         log.info("cds jwt rejected", extra={"reason": str(exc)})
         raise _unauthorized(f"The JWT is not accepted: {exc}.", challenge) from None
-    connection.scope.setdefault("state", {})["principal"] = f"cds:{claims['iss']}"
+    state = connection.scope.setdefault("state", {})
+    state["principal"] = f"cds:{claims['iss']}"
+    state["cds_issuer"] = claims["iss"]
 
 
 async def require_credentials(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:

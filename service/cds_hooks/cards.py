@@ -4,7 +4,7 @@
 routine/self_care -> info; a case that needs human review is at least a warning. Without an
 urgency (not computed), a malignant differential at 10 % or more is a warning. ``summary`` stays
 under 140 characters; ``detail`` is GitHub-flavoured markdown; the link opens the viewer on this
-answer as a SMART app (``appContext`` carries the result id).
+answer as a SMART app (``appContext`` carries the result id and its share token).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import uuid
 from typing import Any
+from urllib.parse import urlencode
 
 from service.fhir.bundle import CS_TRIAGE
 from service.schemas import ICD10_CM, SNOMED_CT, TriageResult
@@ -79,8 +80,25 @@ def detail(result: TriageResult, photo_ref: str | None = None, photo_taken: str 
     return "\n".join(lines)
 
 
+def viewer_link(result: TriageResult, base_url: str, share: str | None) -> dict[str, Any]:
+    """The SMART link to the viewer on this answer: its server-minted id and, when given, the share token
+    that lets a clinician with any valid API key read this one answer (it expires with the answer)."""
+    context = {"result": result.id, **({"share": share} if share else {})}
+    return {
+        "label": "Open in the dermtriage viewer",
+        "url": f"{base_url}/viewer?{urlencode(context)}",
+        "type": "smart",
+        "appContext": json.dumps(context),
+    }
+
+
 def triage_card(
-    result: TriageResult, base_url: str, *, photo_ref: str | None = None, photo_taken: str = ""
+    result: TriageResult,
+    base_url: str,
+    *,
+    share: str | None = None,
+    photo_ref: str | None = None,
+    photo_taken: str = "",
 ) -> dict[str, Any]:
     model = f"{result.model.name} {result.model.version}"
     source: dict[str, Any] = {
@@ -95,12 +113,5 @@ def triage_card(
         "indicator": indicator(result),
         "detail": detail(result, photo_ref, photo_taken),
         "source": source,
-        "links": [
-            {
-                "label": "Open in the dermtriage viewer",
-                "url": f"{base_url}/viewer?result={result.request_id}",
-                "type": "smart",
-                "appContext": json.dumps({"result": result.request_id}),
-            }
-        ],
+        "links": [viewer_link(result, base_url, share)],
     }

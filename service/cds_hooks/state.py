@@ -12,9 +12,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from service.cds_hooks.prefetch import FhirFetcher, fetch_fhir
+from service.cds_hooks.prefetch import FhirFetcher
 from service.results import TtlCache
 from service.schemas import ClinicalInput, TriageOptions, TriageResult
+from service.settings import Settings
 
 
 def photo_key(image: bytes, options: TriageOptions, clinical: ClinicalInput) -> str:
@@ -92,4 +93,13 @@ class CdsState:
     cache: PhotoResultCache
     feedback: FeedbackStore
     cards: IssuedCards = field(default_factory=IssuedCards)
-    fhir_fetcher: FhirFetcher = fetch_fhir
+    fhir_fetcher: FhirFetcher = field(default_factory=lambda: FhirFetcher({}))  # default: fetches nothing
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> CdsState:
+        """The cache sizes and the per-issuer FHIR fetching rules of ``settings``."""
+        return cls(
+            PhotoResultCache(settings.cds_cache_size, settings.cds_cache_ttl_s),
+            MemoryFeedbackStore(),
+            fhir_fetcher=FhirFetcher.from_settings(settings),
+        )

@@ -43,6 +43,7 @@ from service.fhir.codes import (
     PROVENANCE_PARTICIPANT,
     QUALITATIVE_RISK,
     REQUEST_ID_SYSTEM,
+    RESULT_ID_SYSTEM,
     RISK_PROBABILITY,
     BundleBuilder,
     codeable,
@@ -224,6 +225,14 @@ def _prediction(d: Differential, qualitative: dict[str, Any] | None) -> dict[str
     return prediction
 
 
+def _identifiers(result: TriageResult) -> list[dict[str, str]]:
+    """The answer's server-minted result id, then the caller's correlation id."""
+    return [
+        {"system": RESULT_ID_SYSTEM, "value": result.id},
+        {"system": REQUEST_ID_SYSTEM, "value": result.request_id},
+    ]
+
+
 def _risk_assessment(ctx: _Context, report_ref: str, basis: list[str]) -> str:
     result = ctx.result
     qualitative = _qualitative_risk(result)
@@ -236,7 +245,7 @@ def _risk_assessment(ctx: _Context, report_ref: str, basis: list[str]) -> str:
         "risk-assessment",
         {
             "resourceType": "RiskAssessment",
-            "identifier": [{"system": REQUEST_ID_SYSTEM, "value": result.request_id}],
+            "identifier": _identifiers(result),
             "status": "preliminary",
             "method": {
                 "text": f"{result.model.name} {result.model.version} ({result.label_source}, {result.modality})"
@@ -257,7 +266,7 @@ def _report(ctx: _Context, observations: list[str], media_links: list[dict[str, 
     result = ctx.result
     report: dict[str, Any] = {
         "resourceType": "DiagnosticReport",
-        "identifier": [{"system": REQUEST_ID_SYSTEM, "value": result.request_id}],
+        "identifier": _identifiers(result),
         "status": "preliminary",
         "code": codeable(CS_TRIAGE, "skin-photo-triage", "Skin photo triage (AI decision support)"),
         "subject": {"reference": ctx.subject},
@@ -311,7 +320,7 @@ def triage_bundle(
     describing the photo (format, size, no pixels) is added. ``inputs``: further references to the
     caller's resources used (e.g. Observations). ``base_url`` makes the model card link absolute.
     """
-    b = BundleBuilder(result.request_id)
+    b = BundleBuilder(result.id)
     when = timestamp or _now()
     ctx = _Context(b, result, when, subject or b.add("patient", _patient(result), ai=False))
     card_url = base_url.rstrip("/") + result.model.card_url if result.model.card_url else None
@@ -331,16 +340,16 @@ def triage_bundle(
         output_obs += uncertainty_observations(b, result.uncertainty, ctx.subject, when, ctx.device, names)
     media_links = _heatmap_media(ctx)
 
-    report_ref = f"urn:uuid:{resource_id(result.request_id, 'report')}"
+    report_ref = f"urn:uuid:{resource_id(result.id, 'report')}"
     _risk_assessment(ctx, report_ref, [photo_ref, *inputs_refs, *finding_refs])
     _report(ctx, output_obs, media_links)
     _provenance(ctx, photo_ref, card_ref, {ctx.subject, photo_ref, ctx.device, card_ref, *inputs_refs})
 
     bundle = {
         "resourceType": "Bundle",
-        "id": resource_id(result.request_id, "bundle"),
+        "id": resource_id(result.id, "bundle"),
         "meta": AI_META,
-        "identifier": {"system": REQUEST_ID_SYSTEM, "value": result.request_id},
+        "identifier": {"system": RESULT_ID_SYSTEM, "value": result.id},
         "type": "collection",
         "timestamp": when,
         "entry": [{"fullUrl": url, "resource": model} for url, model in b.entries],

@@ -20,7 +20,8 @@ CS_FINDING = DT + "symptom-finding"
 CS_TRIAGE = DT + "triage"
 CS_URGENCY = DT + "urgency-category"
 CS_FLAG = DT + "uncertainty-flag"
-REQUEST_ID_SYSTEM = "https://dermtriage.dev/fhir/request-id"
+REQUEST_ID_SYSTEM = "https://dermtriage.dev/fhir/request-id"  # the caller's correlation id
+RESULT_ID_SYSTEM = "https://dermtriage.dev/fhir/result-id"  # the server-minted id: GET /v1/triage/{id}
 
 LOINC = "http://loinc.org"
 UCUM = "http://unitsofmeasure.org"

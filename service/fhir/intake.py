@@ -18,7 +18,6 @@ Structural errors (not JSON, not FHIR, wrong resource type) are 400; valid FHIR 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -30,6 +29,8 @@ from pydantic import ValidationError
 from models.knowledge.risk_factors import BODY_SITE_SNOMED, RiskFactors
 from service.fhir.bundle import CS_RISK_FACTOR, CS_TRIAGE, LOINC
 from service.fhir.outcome import FhirError
+from service.intake import load_json
+from service.problems import Problem
 from service.schemas import MAX_SYMPTOMS_CHARS, ClinicalInput, TriageInput, TriageOptions
 
 PHOTO_TYPES = ("Media", "Binary", "DocumentReference")
@@ -60,13 +61,20 @@ def parse_resource(payload: Any, allowed: Iterable[str]) -> Any:
         raise _errors_to_outcome(exc, kind) from None
 
 
-def parse_json_body(body: bytes) -> Any:
+def parse_json_body(body: bytes, max_resources: int | None = None) -> Any:
+    """The body as JSON within :func:`service.intake.load_json`'s limits; refusals as OperationOutcome."""
     if not body.strip():
         raise FhirError(400, "The request body is empty; send a FHIR Parameters or Bundle resource.", code="required")
     try:
-        return json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise FhirError(400, "The body is not valid JSON; send FHIR JSON (application/fhir+json).") from None
+        return load_json(body, max_resources=max_resources)
+    except Problem as exc:
+        code = "too-costly" if exc.status == 413 else None
+        raise FhirError(exc.status, f"{exc.detail} Send FHIR JSON (application/fhir+json).", code=code) from None
+
+
+def read_fhir_body(body: bytes, max_resources: int | None = None) -> TriageInput:
+    """Blocking (run it in a worker thread): parse, validate and read a ``$triage`` body."""
+    return read_fhir_triage(parse_json_body(body, max_resources))
 
 
 def _ref(resource: Any) -> str | None:
@@ -127,8 +135,21 @@ class ClinicalReader:
 
     risk: dict[str, Any] = field(default_factory=dict)
     from_patient: dict[str, Any] = field(default_factory=dict)
-    symptoms: str | None = None
     used: list[str] = field(default_factory=list)
+    _symptoms: list[str] = field(default_factory=list)  # joined once: linear in the number of Observations
+    _symptom_chars: int = 0
+
+    def add_symptoms(self, text: Any) -> None:
+        """Append one symptom text; past ``MAX_SYMPTOMS_CHARS`` the rest is dropped (never stored)."""
+        if text is None or text == "" or self._symptom_chars >= MAX_SYMPTOMS_CHARS:
+            return
+        piece = str(text)[:MAX_SYMPTOMS_CHARS]
+        self._symptoms.append(piece)
+        self._symptom_chars += len(piece) + 2
+
+    @property
+    def symptoms(self) -> str | None:
+        return ". ".join(self._symptoms)[:MAX_SYMPTOMS_CHARS] if self._symptoms else None
 
     def patient(self, patient: Any) -> None:
         if patient.birthDate is not None:
@@ -146,7 +167,7 @@ class ClinicalReader:
         if value is None:
             return
         if fld == "symptoms":
-            self.symptoms = f"{self.symptoms}. {value}" if self.symptoms else str(value)
+            self.add_symptoms(value)
         else:
             self.risk.setdefault(fld, value)  # the first (most recent in a sorted search set) wins
         if ref := _ref(obs):
@@ -156,8 +177,7 @@ class ClinicalReader:
         values = {**self.from_patient, **self.risk}
         try:
             risk = RiskFactors.model_validate(values) if values else None
-            symptoms = self.symptoms[:MAX_SYMPTOMS_CHARS] if self.symptoms else None
-            return ClinicalInput(symptoms=symptoms, risk_factors=risk)
+            return ClinicalInput(symptoms=self.symptoms, risk_factors=risk)
         except ValidationError as exc:
             errors = exc.errors(include_url=False, include_input=False, include_context=False)
             expression = [f"Observation[{'.'.join(str(p) for p in e['loc'])}]" for e in errors[:10]]
@@ -236,7 +256,7 @@ def read_fhir_triage(payload: Any) -> TriageInput:
             if p.resource is not None:
                 resources.append(p.resource)
             elif p.name == "symptoms":
-                reader.symptoms = _parameter_value(p)
+                reader.add_symptoms(_parameter_value(p))
             elif p.name in _OPTION_PARAMETERS:
                 option_values[_OPTION_PARAMETERS[p.name]] = _parameter_value(p)
             else:

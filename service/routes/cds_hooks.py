@@ -3,27 +3,30 @@
 
 from __future__ import annotations
 
-import json
 import time
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 from litestar import Controller, Request, get, post
 from litestar.di import NamedDependency
 from litestar.openapi.spec import Example
 from litestar.params import Parameter
+from pydantic import BaseModel
 
-from service.auth.guard import CDS_JWT_SECURITY, auth_of
+from service.auth.guard import CDS_JWT_SECURITY, auth_of, cds_issuer_of
 from service.cds_hooks.cards import triage_card
 from service.cds_hooks.prefetch import gather, read_patient_data
 from service.cds_hooks.services import SERVICE_ID, CdsRequest, FeedbackRequest, discovery
 from service.cds_hooks.state import CdsState, FeedbackRecord, photo_key
+from service.intake import load_json
 from service.openapi import example_response, problem_example, problem_responses
 from service.problems import Problem, request_id_of, validated
+from service.results import principal_of
 from service.runtime import InferenceRunner, ServiceState
 from service.schemas import TriageOptions
 
 CDS_OPTIONS = TriageOptions(top_k=5)
+M = TypeVar("M", bound=BaseModel)
 CARDS_EXAMPLE = {
     "cards": [
         {
@@ -40,9 +43,10 @@ CARDS_EXAMPLE = {
             "links": [
                 {
                     "label": "Open in the dermtriage viewer",
-                    "url": "https://dermtriage.example.org/viewer?result=3f2b9c1e-8a4d-4c7e-9b21-5d0c6e7f8a90",
+                    "url": "https://dermtriage.example.org/viewer?result=9c1f0e7a2b4d4e6f8a0b1c2d3e4f5a6b"
+                    "&share=Hk3xq0Vb2mN9pL4sT7wY1A",
                     "type": "smart",
-                    "appContext": '{"result": "3f2b9c1e-8a4d-4c7e-9b21-5d0c6e7f8a90"}',
+                    "appContext": '{"result": "9c1f0e7a2b4d4e6f8a0b1c2d3e4f5a6b", "share": "Hk3xq0Vb2mN9pL4sT7wY1A"}',
                 }
             ],
         }
@@ -63,12 +67,16 @@ def _known_service(service_id: str) -> None:
         raise Problem("unknown-cds-service", 404, _UNKNOWN_SERVICE_DETAIL)
 
 
-async def _json(request: Request[Any, Any, Any]) -> Any:
+def _parse(body: bytes, model: type[M], max_resources: int) -> M:
+    """Blocking (a worker thread): the body as JSON within limits, validated as ``model``."""
+    return validated(model, load_json(body, max_resources=max_resources))
+
+
+async def _json(request: Request[Any, Any, Any], model: type[M]) -> M:
+    """The body parsed and validated off the event loop (4xx problems for every refusal)."""
     body = await request.body()
-    try:
-        return json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise Problem("malformed-json", 400, "The body is not valid JSON.", title="Malformed JSON") from None
+    max_resources = request.app.state.service.settings.max_fhir_resources
+    return await anyio.to_thread.run_sync(_parse, body, model, max_resources)
 
 
 _SERVICE_ID = Parameter(description="the CDS service id from discovery", examples=[Example(value=SERVICE_ID)])
@@ -134,25 +142,25 @@ class CdsHooksController(Controller):
         service_id: str = _SERVICE_ID,
     ) -> dict[str, Any]:
         _known_service(service_id)
-        call = validated(CdsRequest, await _json(request))
+        call = await _json(request, CdsRequest)
         if call.hook != "patient-view":
             raise Problem("unsupported-hook", 400, f"This service answers patient-view, not {call.hook[:40]!r}.")
         state = cds_state(request)
-        data = await anyio.to_thread.run_sync(gather, call, state.fhir_fetcher)
+        data = await anyio.to_thread.run_sync(gather, call, state.fhir_fetcher, cds_issuer_of(request))
         patient = await anyio.to_thread.run_sync(read_patient_data, data, CDS_OPTIONS)
         if patient.image is None:
             return {"cards": []}
         key = photo_key(patient.image, CDS_OPTIONS, patient.clinical)
-        rid = request_id_of(request)
+        rid, owner = request_id_of(request), principal_of(request)
         cached = state.cache.get(key)
-        if cached is not None:  # a repeat call on the same photo: the same answer under this call's id
-            result = cached.model_copy(update={"request_id": rid})
-            service.results.put(result)
+        if cached is not None:  # a repeat call on the same photo: the same answer, kept under a fresh id
+            result = service.keep(cached.model_copy(update={"request_id": rid}), owner)
         else:
-            result = await service.triage(patient, rid)
+            result = await service.triage(patient, rid, owner)
             state.cache.put(key, result)
+        share = service.results.share_token(result.id, owner)  # the card link's capability for this answer
         base = auth_of(request).base_url(request)
-        card = triage_card(result, base, photo_ref=patient.photo_ref, photo_taken=patient.photo_taken)
+        card = triage_card(result, base, share=share, photo_ref=patient.photo_ref, photo_taken=patient.photo_taken)
         state.cards.add(card["uuid"], rid)
         return {"cards": [card]}
 
@@ -173,7 +181,7 @@ class CdsHooksController(Controller):
     )
     async def feedback(self, request: Request[Any, Any, Any], service_id: str = _SERVICE_ID) -> dict[str, Any]:
         _known_service(service_id)
-        parsed = validated(FeedbackRequest, await _json(request))
+        parsed = await _json(request, FeedbackRequest)
         state = cds_state(request)
         for item in parsed.feedback:
             state.feedback.add(

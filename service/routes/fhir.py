@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import anyio
 from litestar import Controller, Request, Response, post
 from litestar.di import NamedDependency
 from litestar.exceptions import HTTPException
@@ -14,12 +15,13 @@ from litestar.openapi.spec.enums import OpenAPIType
 
 from service.auth.guard import API_KEY_SECURITY
 from service.engine import TriageEngine
-from service.fhir.intake import parse_json_body, read_fhir_triage
+from service.fhir.intake import read_fhir_body
 from service.fhir.negotiate import fhir_response
 from service.fhir.outcome import FHIR_JSON, FhirError, handle_fhir_error, handle_problem_as_outcome, outcome_response
 from service.images import ImageError
 from service.openapi import example_response
 from service.problems import Problem, request_id_of
+from service.results import principal_of
 from service.runtime import InferenceRunner, ServiceState
 
 _B64 = "/9j/4AAQSkZJRgABAQAAAQABAAD/2wBDAAgGBgcGBQgHBwcJCQgKDBQNDAsLDBkSEw8UHSEaHR8e..."
@@ -178,8 +180,9 @@ class FhirController(Controller):
                 f"Content-Type {media_type or 'none'!r} is not accepted; send application/fhir+json.",
                 headers={"Accept-Post": FHIR_JSON},
             )
-        received = read_fhir_triage(parse_json_body(await request.body()))
-        result = await service.triage(received, request_id_of(request))
+        body = await request.body()  # parsing and FHIR validation run in a worker thread, never on the event loop
+        received = await anyio.to_thread.run_sync(read_fhir_body, body, service.settings.max_fhir_resources)
+        result = await service.triage(received, request_id_of(request), principal_of(request))
         return fhir_response(
             request, result, subject=received.subject, photo=received.photo_ref, inputs=received.inputs
         )

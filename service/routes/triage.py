@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from litestar import Controller, Request, Response, get, post
 from litestar.di import NamedDependency
 from litestar.openapi import ResponseSpec
 from litestar.openapi.spec import Example
-from litestar.params import Parameter
+from litestar.params import HeaderParameter, Parameter
 
 from service.auth.guard import API_KEY_SECURITY
 from service.engine import TriageEngine
@@ -16,8 +16,19 @@ from service.fhir.negotiate import FormatQuery, fhir_response, wants_fhir
 from service.intake import read_triage_input
 from service.openapi import TRIAGE_PROBLEMS, TRIAGE_RESULT_EXAMPLE, TriageOperation, example_response
 from service.problems import Problem, request_id_of
+from service.results import SHARE_HEADER, principal_of
 from service.runtime import InferenceRunner, ServiceState
 from service.schemas import TriageResult
+
+ShareHeader = Annotated[
+    str | None,
+    HeaderParameter(
+        name=SHARE_HEADER,
+        required=False,
+        max_length=64,
+        description="the share token from a CDS Hooks card link (`share` in its URL and appContext)",
+    ),
+]
 
 
 class TriageController(Controller):
@@ -56,20 +67,27 @@ class TriageController(Controller):
     ) -> TriageResult | Response[bytes]:
         runner.check_capacity()  # back-pressure before reading a body of up to max_body_bytes
         received = await read_triage_input(request)
-        result = await service.triage(received, request_id_of(request))
+        result = await service.triage(received, request_id_of(request), principal_of(request))
         return fhir_response(request, result) if wants_fhir(request, output_format) else result
 
     @get(
-        "/{request_id:str}",
-        summary="A recent answer by its request id",
+        "/{result_id:str}",
+        summary="A recent answer by its result id",
         description=(
+            "`result_id` is the answer's `id`, minted by the server (never the caller's X-Request-ID). Only the "
+            "principal that made the answer may read it (the same API key; `anonymous` when authentication is "
+            "off); anyone else gets the same 404 as for a missing id. A CDS Hooks card link carries a share "
+            "token for its one answer: send it as `X-Result-Share` to read that answer with any valid API key. "
             "Answers are kept in memory for a limited time (`DERMTRIAGE_RESULT_TTL_S`) and number "
-            "(`DERMTRIAGE_RESULT_STORE_SIZE`); the viewer and CDS Hooks cards open them by id."
+            "(`DERMTRIAGE_RESULT_STORE_SIZE`); the heatmaps of older answers may be dropped "
+            "(`DERMTRIAGE_RESULT_HEATMAP_BYTES`, then `heatmaps` is null)."
         ),
         responses={
             200: example_response(TriageResult, "the stored answer", "a stored answer", TRIAGE_RESULT_EXAMPLE),
             404: ResponseSpec(
-                data_container=dict, description="no answer with this id is held", media_type="application/problem+json"
+                data_container=dict,
+                description="no answer with this id is held for this caller",
+                media_type="application/problem+json",
             ),
         },
     )
@@ -77,13 +95,14 @@ class TriageController(Controller):
         self,
         request: Request[Any, Any, Any],
         service: NamedDependency[ServiceState],
-        request_id: str = Parameter(
-            description="the X-Request-ID of the triage answer", examples=[Example(value="5f0c2a9e4b7d4c1e")]
+        result_id: str = Parameter(
+            description="the answer's `id`", examples=[Example(value="9c1f0e7a2b4d4e6f8a0b1c2d3e4f5a6b")]
         ),
+        share_token: ShareHeader = None,
         output_format: FormatQuery = None,
     ) -> TriageResult | Response[bytes]:
-        result = service.results.get(request_id)
-        if result is None:
+        result = service.results.get(result_id, principal_of(request), share_token)
+        if result is None:  # missing, expired, evicted or someone else's: one answer, nothing confirmed
             raise Problem(
                 "result-not-found",
                 404,

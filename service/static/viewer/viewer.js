@@ -127,8 +127,10 @@
     this.message = (body && (body.detail || body.title)) || fallback || "HTTP " + status;
   }
 
-  function request(method, url, body) {
-    return fetch(url, { method: method, headers: authHeaders(), body: body, credentials: "same-origin" }).then(
+  function request(method, url, body, extraHeaders) {
+    var headers = authHeaders();
+    if (extraHeaders) Object.keys(extraHeaders).forEach(function (k) { headers[k] = extraHeaders[k]; });
+    return fetch(url, { method: method, headers: headers, body: body, credentials: "same-origin" }).then(
       function (resp) {
         var type = resp.headers.get("content-type") || "";
         var parse = type.indexOf("json") >= 0 ? resp.json().catch(function () { return null; }) : Promise.resolve(null);
@@ -296,12 +298,12 @@
     setBusy(true, "Analysing the photo… heatmaps take a few seconds.");
     request("POST", "/v1/triage", form)
       .then(function (result) {
-        state.photoFor = result.request_id;
+        state.photoFor = result.id;
         render(result, photoURL);
         setBusy(false, summary(result) + " (" + ((Date.now() - started) / 1000).toFixed(1) + " s)");
         $("results").focus({ preventScroll: true });
         try {
-          history.replaceState(null, "", "/viewer?result=" + encodeURIComponent(result.request_id));
+          history.replaceState(null, "", "/viewer?result=" + encodeURIComponent(result.id));
         } catch (e) {
           /* file:// or sandboxed: keep the URL */
         }
@@ -312,15 +314,16 @@
       });
   }
 
-  function openById(id) {
+  /* share: the token a CDS Hooks card link carries for its one answer (sent as X-Result-Share). */
+  function openById(id, share) {
     id = (id || "").trim();
     if (!id) return;
     $("error").hidden = true;
     setBusy(true, "Opening result " + id + "…");
-    request("GET", "/v1/triage/" + encodeURIComponent(id))
+    request("GET", "/v1/triage/" + encodeURIComponent(id), undefined, share ? { "X-Result-Share": share } : null)
       .then(function (result) {
-        render(result, state.photoFor === result.request_id ? state.fileURL : null);
-        setBusy(false, "Result " + result.request_id + " opened. " + summary(result));
+        render(result, state.photoFor === result.id ? state.fileURL : null);
+        setBusy(false, "Result " + result.id + " opened. " + summary(result));
       })
       .catch(function (err) {
         setBusy(false, "");
@@ -353,7 +356,7 @@
     renderMeta(result);
     $("disclaimer").textContent = result.disclaimer || "";
     $("result").hidden = false;
-    $("open-id").value = result.request_id || "";
+    $("open-id").value = result.id || "";
     var box = $("results");
     if (box.scrollIntoView && window.matchMedia && window.matchMedia("(max-width: 900px)").matches) {
       box.scrollIntoView({ block: "start" });
@@ -822,8 +825,8 @@
       dd(meta, "Photo", parts.join(" · "));
     }
     if (result.timings) dd(meta, "Time", num(result.timings.total_ms, 0) + " ms");
-    var link = el("a", { text: result.request_id, attrs: { href: "/viewer?result=" + encodeURIComponent(result.request_id), id: "result-link" } });
-    dd(meta, "Request id", link);
+    var link = el("a", { text: result.id, attrs: { href: "/viewer?result=" + encodeURIComponent(result.id), id: "result-link" } });
+    dd(meta, "Result id", link);
     $("model-card").open = false;
     clear($("model-card-body")).appendChild(el("p", { cls: "hint", text: "Open to load the card." }));
     $("model-card").setAttribute("data-loaded", "");
@@ -915,7 +918,7 @@
     $("model-card").addEventListener("toggle", loadModelCard);
     var params = new URLSearchParams(window.location.search);
     var id = params.get("result");
-    if (id) openById(id);
+    if (id) openById(id, params.get("share"));
     document.documentElement.setAttribute("data-viewer-ready", "true");
   }
 
