@@ -34,6 +34,7 @@ THEMES: dict[str, tuple[str, ...]] = {
     "patient": ("age", "sex", "fitzpatrick"),
     "history": (
         "family_history_melanoma",
+        "family_history_skin_cancer",
         "personal_history_skin_cancer",
         "history_other_cancer",
         "immunosuppression",
@@ -151,7 +152,7 @@ def explain_urgency(
     `assess_urgency(fuse(...)).score` for those inputs.
     """
     risk = risk or RiskFactors()
-    has_text = bool(symptom_text_sims) or bool(findings and (findings.present or findings.absent))
+    has_text = bool(symptom_text_sims) or bool(findings and findings.status)  # any status moves fusion or urgency
     groups = _groups(risk, has_text, max_features)
     game = _Game(
         image_probs=image_probs,

@@ -79,3 +79,15 @@ def test_fast_enough_per_answer() -> None:
     start = time.perf_counter()
     explain_urgency(image, sims, risk, findings, model=MODEL, taxonomy=TAX)
     assert time.perf_counter() - start < 1.0  # ~0.1-0.2 s on the 2-core dev machine; headroom for shared CI
+
+
+@pytest.mark.parametrize("text", ["it might be bleeding", "it bled last year but has healed", "call if it starts to bleed"])
+def test_additivity_when_the_text_holds_only_non_present_findings(text: str) -> None:
+    """Findings that are neither present nor absent (possible, historical, hypothetical) may move urgency
+    or fusion, so the symptoms feature must be in the game even without text similarities."""
+    image, _ = _case(7)
+    findings = extract_findings(text)
+    assert findings.status and not findings.present
+    shap_values = explain_urgency(image, None, None, findings, model=MODEL, taxonomy=TAX)
+    answer = assess_urgency(fuse(image, None, None, findings, model=MODEL), taxonomy=TAX)
+    assert shap_values.base_value + sum(shap_values.values.values()) == pytest.approx(answer.score, abs=1e-6)

@@ -8,7 +8,13 @@ import pytest
 
 from models.fitting.datasets import PAD_FLAG_COLUMNS, sentence_from_pad
 from models.knowledge.risk_factors import Immunosuppression, RiskFactors, risk_factors_from_pad
-from models.knowledge.symptoms import apply_findings, extract_findings, findings_provenance, parse_duration
+from models.knowledge.symptoms import (
+    FindingStatus,
+    apply_findings,
+    extract_findings,
+    findings_provenance,
+    parse_duration,
+)
 
 
 @pytest.mark.parametrize(
@@ -39,6 +45,40 @@ def test_concepts_and_negation(text: str, present: set[str], absent: set[str]) -
     assert set(f.present) == present
     assert set(f.absent) == absent
     assert all(text[s.start : s.end] == s.text for s in f.spans)
+
+
+@pytest.mark.parametrize(
+    ("text", "concept", "status"),
+    [
+        ("not only bleeding but also growing", "bleeding", "present"),  # pseudo-negation
+        ("no doubt it is bleeding", "bleeding", "present"),
+        ("not sure if it bleeds", "bleeding", "possible"),
+        ("call if it starts to bleed", "bleeding", "hypothetical"),
+        ("sister had skin cancer", "personal_history_skin_cancer", "family"),
+        ("sister had skin cancer", "family_history_skin_cancer", "present"),
+        ("it bled last year but has healed", "bleeding", "historical"),
+        ("started bleeding two weeks ago", "bleeding", "present"),  # an onset date is not history
+        ("bleeding since last year", "bleeding", "present"),
+        ("Mum says it has grown", "changed_size", "present"),  # she reports, the patient has it
+        ("my sister's mole bleeds, mine itches", "itch", "present"),  # "mine" ends her scope
+        ("bad sunburns as a child", "sunburn_history", "present"),  # a history concept is not historical
+        ("my mother never had melanoma", "family_history_melanoma", "absent"),
+        ("no bleeding now, but it might bleed if scratched", "bleeding", "possible"),  # possible > absent
+    ],
+)
+def test_context_status(text: str, concept: str, status: str) -> None:
+    f = extract_findings(text)
+    assert f.status.get(concept) == FindingStatus(status), f.status
+    assert (concept in f.present) == (status == "present") and (concept in f.absent) == (status == "absent")
+
+
+def test_only_present_and_absent_fill_risk_factors() -> None:
+    merged = apply_findings(None, extract_findings("might be bleeding; sister had melanoma; it used to itch; no pain"))
+    assert merged.bleeding is None and merged.possible_findings == {"bleeding"}
+    assert merged.family_history_melanoma is True and merged.personal_history_skin_cancer is None
+    assert merged.itch is None and merged.pain is False
+    # an explicit value wins over a possible one, which is then no longer possible
+    assert not apply_findings(RiskFactors(bleeding=False), extract_findings("might be bleeding")).possible_findings
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,7 @@ from collections.abc import Collection, Mapping
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from models.knowledge.taxonomy import Code
 
@@ -111,6 +111,9 @@ class RiskFactors(BaseModel):
     sex: Sex | None = Field(default=None, description="Sex: female, male or other.")
     fitzpatrick: int | None = Field(default=None, ge=1, le=6, description="Fitzpatrick skin type, 1 (I) to 6 (VI).")
     family_history_melanoma: bool | None = _flag("Melanoma in a first-degree relative.")
+    family_history_skin_cancer: bool | None = _flag(
+        "A blood relative has had a skin cancer (any kind, melanoma included); recorded, not weighted."
+    )
     personal_history_skin_cancer: bool | None = _flag("The patient has had a skin cancer (melanoma, BCC or SCC).")
     history_other_cancer: bool | None = _flag("The patient has had another (non-skin) cancer; recorded, not weighted.")
     immunosuppression: Immunosuppression | None = Field(
@@ -146,9 +149,24 @@ class RiskFactors(BaseModel):
     widespread_blistering: bool | None = _flag("Blisters or peeling over large areas of skin.")
     skin_pain: bool | None = _flag("The skin itself is painful over large areas (not only the lesion).")
 
+    # concepts the symptoms text said only possibly ("might be bleeding"): not a field, never sent,
+    # shown or dumped; fusion treats them as unknown, urgency escalates them one tier less
+    _possible: frozenset[str] = PrivateAttr(default_factory=frozenset)
+
     def known(self) -> dict[str, Any]:
         """The fields that are set (not unknown)."""
         return self.model_dump(exclude_none=True)
+
+    @property
+    def possible_findings(self) -> frozenset[str]:
+        """Yes/no fields (and "shingles") the text said with uncertainty; their value stays unknown."""
+        return self._possible
+
+    def with_possible(self, concepts: Collection[str]) -> RiskFactors:
+        """A copy whose `possible_findings` are `concepts` (the fields themselves unchanged)."""
+        out = self.model_copy()
+        out._possible = frozenset(concepts)
+        return out
 
 
 def is_immunosuppressed(risk: RiskFactors) -> bool:

@@ -1,145 +1,54 @@
-"""Structured findings from free-text symptoms: concepts, negation and duration.
+"""Structured findings from free-text symptoms: concepts, their clinical context, and duration.
 
-Patients write "mole bleeding and getting bigger, no pain"; clinicians write "denies itch".
-A small lexicon finds concept mentions (longest match wins), a NegEx-style rule decides whether
-each is negated, and a duration parser reads "3 days", "two months", "since last year". The
-findings fill the unknown fields of a `RiskFactors` (explicit risk factors always win).
+Patients write "mole bleeding and getting bigger, no pain"; clinicians write "denies itch". A small
+lexicon (`lexicon.py`) finds concept mentions (longest match wins), the ConText rules
+(`context.py`) decide each mention's status, and a duration parser reads "3 days", "two months",
+"since last year". The findings fill the unknown fields of a `RiskFactors` (explicit risk factors
+always win).
 
-Negation scope: a cue ("no", "not", "denies", "without", "never", "hasn't", ...) negates the
-mentions after it in its clause; a clause ends at . ; ! ? or a newline, at a contrast ("but",
-"however", "although", ...) or at a new subject ("and it", "which", "that"). A comma ends it too,
-unless the clause goes on as a list ("no bleeding, itch or pain"). Trailing cues ("bleeding: no",
-"itch denied") negate the mention before them. A concept both affirmed and denied counts as
-present: for triage a missed alarm costs more than a false one.
+A concept's status is one of `present`, `absent` ("no pain", "denies itch"), `possible` ("might be
+bleeding", "not sure if it bleeds"), `hypothetical` ("call if it starts to bleed"), `historical`
+("it bled last year but has healed") or `family` (said of another person: "my sister's mole
+bleeds"). Pseudo-negations ("not only bleeding", "no doubt it is bleeding") stay `present`. A skin
+cancer said of a relative ("sister had skin cancer") is `family` for the patient's own history and
+`present` for `family_history_skin_cancer` (or `family_history_melanoma`). When one concept is
+mentioned more than once the statuses combine in the order present > possible > absent >
+historical > hypothetical > family: for triage a missed alarm costs more than a false one.
+
+Only `present` and `absent` fill risk factors (True / False). `possible` alarm concepts ride on
+the merged `RiskFactors` as `possible_findings` (not a field, never sent or shown as one): fusion
+treats them as unknown, urgency escalates them one tier less than the plain statement (see
+`models/scoring/urgency.py`). `hypothetical`, `historical` and `family` are unknown everywhere.
 """
 
 from __future__ import annotations
 
 import re
-from bisect import bisect_left, bisect_right
+from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from models.knowledge.context import ContextReader
+from models.knowledge.lexicon import FAMILY_CONCEPTS, HISTORY_CONCEPTS, LEXICON, NEGATIVE_FORMS, RELATIVE_CANCER
 from models.knowledge.risk_factors import Immunosuppression, RiskFactors
 
 __all__ = [
     "RISK_CONCEPTS",
     "FindingSpan",
+    "FindingStatus",
     "SymptomFindings",
     "apply_findings",
     "extract_findings",
     "findings_provenance",
     "parse_duration",
+    "possible_concepts",
 ]
 
 _W = r"(?<![a-z])"  # left word boundary that treats digits as word characters too
 _E = r"(?![a-z])"
 
-# concept -> patterns; matched on lower-cased text. Concepts named like RiskFactors fields map onto them.
-_LEXICON: dict[str, tuple[str, ...]] = {
-    "itch": (r"itch\w*", r"prurit\w*", r"scratch(?:y|ing)"),
-    "pain": (r"pain(?:ful)?", r"hurt\w*", r"sore", r"tender\w*", r"aching|aches?", r"sting(?:s|ing)?"),
-    "bleeding": (r"bleed\w*", r"bled", r"blood\w*", r"ooz\w*", r"weep\w*", r"crust\w*", r"scab\w*"),
-    "changed_size": (
-        r"grow\w*|grew|grown",
-        r"enlarg\w*",
-        r"(?:getting |got |gotten |become |became )?(?:bigger|larger)",
-        r"chang\w* (?:in |its )?size",
-        r"size (?:has |have )?chang\w*",
-        r"increas\w* in size",
-    ),
-    "rapid_growth": (
-        r"(?:grow\w*|grew|grown|enlarg\w*) (?:very |really )?(?:fast|quickly|rapidly)",
-        r"(?:rapid|quick|fast)(?:ly)?[ -](?:grow\w*|enlarg\w*)",
-        r"rapid growth",
-    ),
-    "changed_shape": (r"chang\w* (?:in |its )?shape", r"shape (?:has |have )?chang\w*"),
-    "changed": (r"chang(?:ed|es|ing)", r"evolv\w*", r"looks? different"),
-    "changed_colour": (
-        r"chang\w* (?:in |its )?colou?r",
-        r"colou?r (?:has |have )?chang\w*",
-        r"(?:got|getting|gone|turned|became|become) darker",
-        r"darken\w*",
-    ),
-    "irregular_shape": (r"irregular (?:shape|border|edge)s?", r"ragged (?:border|edge)s?", r"asymmetric\w*"),
-    "irregular_colour": (r"(?:irregular|uneven|multiple|several|different|many) colou?rs?", r"multi-?colou?r\w*"),
-    "ulceration": (
-        r"ulcer\w*",
-        r"open sore",
-        r"sore (?:that |which )?(?:won'?t|doesn'?t|does not|will not) heal",
-        r"(?:won'?t|doesn'?t|does not|will not|not) heal\w*",
-        r"non-?healing",
-    ),
-    "elevation": (r"raised", r"elevated", r"lump\w*", r"bump\w*", r"nodul\w*", r"protrud\w*"),
-    "inflammation": (r"inflam\w*", r"swollen|swelling"),
-    "fever": (r"fever\w*", r"temperature", r"chills?", r"rigou?rs?", r"pyrexi\w*"),
-    "spreading_redness": (
-        r"spreading (?:redness|rash|red\w*|infection)",
-        r"(?:redness|red area|rash) (?:that |which )?(?:is |has been |keeps )?spreading",
-        r"red streaks?",
-    ),
-    "widespread_blistering": (
-        r"(?:widespread|extensive|many|lots of) blisters?",
-        r"blister\w* (?:all over|everywhere|over (?:my|the|his|her) (?:whole )?body)",
-        r"(?:skin (?:is )?peeling|peeling skin|skin (?:is )?coming off)",
-    ),
-    "skin_pain": (
-        r"skin (?:is |feels )?(?:very |really )?(?:painful|sore|tender|burning)",
-        r"(?:painful|burning) skin",
-        r"skin (?:hurts|burns)",
-    ),
-    "near_eye": (
-        r"(?:near|around|by|next to|close to|on|above|below|under) (?:my |the |his |her )?(?:left |right )?eyes?",
-        r"eyelids?",
-        r"forehead",
-        r"tip of (?:my |the |his |her )?nose",
-        r"periorbital",
-    ),
-    "family_history_melanoma": (
-        r"(?:mother|father|mom|mum|dad|sister|brother|parent|sibling|family)\w* (?:had|has|with|died of) melanoma",
-        r"family history of melanoma",
-        r"melanoma runs in (?:my|the|our) family",
-    ),
-    "personal_history_skin_cancer": (
-        r"(?:history of|had|previous|prior|past) (?:a )?(?:skin cancer|melanoma|basal cell|bcc|squamous cell|scc)",
-    ),
-    "immunosuppression": (
-        r"(?:kidney|liver|heart|lung|organ|renal) transplant\w*",
-        r"transplant\w*",
-        r"immuno-?suppress\w*",
-        r"immuno-?compromised",
-        r"on (?:methotrexate|azathioprine|tacrolimus|ciclosporin|cyclosporine|mycophenolate|biologics?|"
-        r"steroids|prednisolone|prednisone|chemo\w*)",
-        r"hiv",
-    ),
-    "sunburn_history": (r"sun ?burn\w*",),
-    "many_moles": (
-        r"(?:many|lots of|numerous|loads of|a lot of|hundreds of|over 50|more than 50|> ?50) (?:moles|nevi|naevi)",
-    ),
-    "shingles": (r"shingles", r"zoster"),
-}
-
-# words that deny a concept by themselves
-_NEGATIVE_FORMS: dict[str, tuple[str, ...]] = {
-    "pain": (r"painless", r"pain-free"),
-    "elevation": (r"flat",),
-    "itch": (r"non-?itchy",),
-    "bleeding": (r"non-?bleeding",),
-}
-
-RISK_CONCEPTS = frozenset(set(_LEXICON) - {"shingles", "changed"})  # concepts that are RiskFactors fields
-
-_PRE_CUES = re.compile(
-    _W + r"(?:no|not|never|denies|denied|deny|without|none|nor|neither|negative for|free of|absence of|"
-    r"hasn'?t|haven'?t|hadn'?t|doesn'?t|don'?t|didn'?t|isn'?t|aren'?t|wasn'?t|won'?t|cannot|can'?t|no longer)" + _E
-)
-_POST_CUE = re.compile(r"\s*+(?:[:=\-–]\s*+)?(?:no|none|denied|absent|negative|not present)" + _E)
-_CLAUSE_END = re.compile(
-    r"[.;!?\n]|" + _W + r"(?:but|however|although|though|yet|except|apart from|and it|and has|"
-    r"and is|and was|and now|and i|which|that|so)" + _E
-)
-_LIST_WORD = re.compile(_W + r"(?:or|nor)" + _E)
+RISK_CONCEPTS = frozenset(set(LEXICON) - {"shingles", "changed"})  # concepts that are RiskFactors fields
 
 _NUMBER_WORDS = {
     "a": 1,
@@ -185,8 +94,30 @@ _DURATION_SINCE = re.compile(
 _SINCE_DAYS = {"week": 7.0, "month": 30.44, "year": 365.25, "morning": 0.5, "night": 1.0}
 
 
+class FindingStatus(StrEnum):
+    """What the text says about one concept (ConText's classes, for the patient)."""
+
+    PRESENT = "present"
+    ABSENT = "absent"  # negated: "no pain", "denies itch", "painless"
+    POSSIBLE = "possible"  # uncertain: "might be bleeding", "not sure if it bleeds"
+    HYPOTHETICAL = "hypothetical"  # "call if it starts to bleed"
+    HISTORICAL = "historical"  # "it bled last year but has healed"
+    FAMILY = "family"  # experiencer is another person: "my sister's mole bleeds"
+
+
+# how statuses of one concept combine (first wins): a missed alarm costs more than a false one
+_PRECEDENCE = (
+    FindingStatus.PRESENT,
+    FindingStatus.POSSIBLE,
+    FindingStatus.ABSENT,
+    FindingStatus.HISTORICAL,
+    FindingStatus.HYPOTHETICAL,
+    FindingStatus.FAMILY,
+)
+
+
 class FindingSpan(BaseModel):
-    """One concept mention: where it is, what it said, and whether it was negated."""
+    """One concept mention: where it is, what it said, and its status."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -194,21 +125,31 @@ class FindingSpan(BaseModel):
     start: int
     end: int
     text: str
-    negated: bool
+    negated: bool = Field(description="status is absent (kept for older readers)")
+    status: FindingStatus = FindingStatus.PRESENT
 
 
 class SymptomFindings(BaseModel):
-    """Concepts affirmed and denied in the text, the lesion duration, and the evidence spans."""
+    """Each concept's status, the lesion duration, and the evidence spans; `present` and `absent`
+    are the concepts whose status is present / absent (kept for older readers)."""
 
     model_config = ConfigDict(frozen=True)
 
     present: frozenset[str] = frozenset()
     absent: frozenset[str] = frozenset()
+    status: dict[str, FindingStatus] = Field(
+        default_factory=dict,
+        description="concept -> present, absent, possible, hypothetical, historical or family",
+    )
     duration_days: float | None = Field(default=None, description="First duration mentioned, in days.")
     duration_text: str | None = None
     diameter_mm: float | None = Field(default=None, description="A size given in mm or cm, in millimetres.")
     immunosuppression_kind: Immunosuppression | None = None
     spans: tuple[FindingSpan, ...] = ()
+
+    def with_status(self, status: FindingStatus) -> frozenset[str]:
+        """The concepts whose combined status is `status`."""
+        return frozenset(c for c, s in self.status.items() if s is status)
 
 
 _WORD_TAIL = r"\w{0,40}+"  # a stem's ending: bounded and possessive, so a long run is walked once
@@ -217,9 +158,9 @@ _WORD_TAIL = r"\w{0,40}+"  # a stem's ending: bounded and possessive, so a long 
 def _compile() -> list[tuple[str, bool, re.Pattern[str]]]:
     """The lexicon as compiled patterns; ``\\w*`` (readable above) becomes :data:`_WORD_TAIL`."""
     out = []
-    for concept, patterns in _LEXICON.items():
+    for concept, patterns in LEXICON.items():
         out.extend((concept, False, re.compile(_W + f"(?:{p})".replace(r"\w*", _WORD_TAIL) + _E)) for p in patterns)
-    for concept, patterns in _NEGATIVE_FORMS.items():
+    for concept, patterns in NEGATIVE_FORMS.items():
         out.extend((concept, True, re.compile(_W + f"(?:{p})" + _E)) for p in patterns)
     return out
 
@@ -238,55 +179,6 @@ def _mentions(text: str) -> list[tuple[int, int, str, bool]]:
             occupied[f[0] : f[1]] = b"\x01" * (f[1] - f[0])
             taken.append(f)
     return sorted(taken)
-
-
-class _Clauses:
-    """Clause ends, negation cues, commas and list words of one text, found once (linear time) and
-    looked up per mention by bisection, instead of re-scanning the text for every mention."""
-
-    def __init__(self, text: str) -> None:
-        self.text = text
-        ends = list(_CLAUSE_END.finditer(text))
-        self.end_starts = [m.start() for m in ends]
-        self.end_ends = [m.end() for m in ends]
-        cues = list(_PRE_CUES.finditer(text))
-        self.cue_starts = [m.start() for m in cues]
-        self.cue_ends = [m.end() for m in cues]
-        self.commas = [i for i, ch in enumerate(text) if ch == ","]
-        self.list_words = [(m.start(), m.end()) for m in _LIST_WORD.finditer(text)]
-
-    def start_of(self, pos: int) -> int:
-        """Where the clause holding ``pos`` starts: after the last clause end that ends by ``pos``."""
-        i = bisect_right(self.end_ends, pos)
-        return self.end_ends[i - 1] if i else 0
-
-    def stop_after(self, pos: int) -> int:
-        """Where the clause holding ``pos`` stops: the next clause end starting at or after ``pos``."""
-        i = bisect_left(self.end_starts, pos)
-        return self.end_starts[i] if i < len(self.end_starts) else len(self.text)
-
-    def last_cue_end(self, lo: int, hi: int) -> int | None:
-        """The end of the last negation cue inside ``[lo, hi)``, or None."""
-        i = bisect_right(self.cue_ends, hi) - 1
-        return self.cue_ends[i] if i >= 0 and self.cue_starts[i] >= lo else None
-
-    def has_comma(self, lo: int, hi: int) -> bool:
-        i = bisect_left(self.commas, lo)
-        return i < len(self.commas) and self.commas[i] < hi
-
-    def has_list_word(self, lo: int, hi: int) -> bool:
-        i = bisect_left(self.list_words, (lo, lo))
-        return i < len(self.list_words) and self.list_words[i][1] <= hi
-
-    def is_negated(self, start: int, end: int) -> bool:
-        cue_end = self.last_cue_end(self.start_of(start), start)
-        if cue_end is not None:
-            if not self.has_comma(cue_end, start):
-                return True
-            # the cue's scope crosses commas only in a list: "no bleeding, itch or pain"
-            if self.has_list_word(cue_end, self.stop_after(start)):
-                return True
-        return bool(_POST_CUE.match(self.text, end))
 
 
 def parse_duration(text: str) -> tuple[float, str] | None:
@@ -324,31 +216,70 @@ def _immunosuppression_kind(span: str) -> Immunosuppression:
     return Immunosuppression.OTHER if "hiv" in span else Immunosuppression.DRUGS
 
 
+def _status(concept: str, categories: set[str], negative_form: bool) -> FindingStatus:
+    """One mention's status from the ConText categories whose scope holds it."""
+    if "family" in categories and concept not in FAMILY_CONCEPTS:
+        return FindingStatus.FAMILY
+    if "hypothetical" in categories:
+        return FindingStatus.HYPOTHETICAL
+    if "possible" in categories:
+        return FindingStatus.POSSIBLE
+    if negative_form != ("negated" in categories):
+        return FindingStatus.ABSENT
+    if "historical" in categories and concept not in HISTORY_CONCEPTS:
+        return FindingStatus.HISTORICAL
+    return FindingStatus.PRESENT
+
+
+def _combine(status: dict[str, FindingStatus], concept: str, new: FindingStatus) -> None:
+    old = status.get(concept)
+    if old is None or _PRECEDENCE.index(new) < _PRECEDENCE.index(old):
+        status[concept] = new
+
+
 def extract_findings(text: str | None) -> SymptomFindings:
-    """Concepts affirmed and denied in `text`, with spans and the first duration."""
+    """Each concept's status in `text` (ConText), with spans, the first duration and any size."""
     if not text or not text.strip():
         return SymptomFindings()
     low = text.lower().replace("\u2019", "'")
+    mentions = _mentions(low)
+    reader = ContextReader(low, [(m[0], m[1]) for m in mentions])
     spans: list[FindingSpan] = []
-    present: set[str] = set()
-    absent: set[str] = set()
+    status: dict[str, FindingStatus] = {}
     kind: Immunosuppression | None = None
-    clauses = _Clauses(low)
-    for start, end, concept, negative_form in _mentions(low):
-        negated = negative_form != clauses.is_negated(start, end)
-        spans.append(FindingSpan(concept=concept, start=start, end=end, text=text[start:end], negated=negated))
-        (absent if negated else present).add(concept)
-        if concept == "immunosuppression" and not negated and kind is not Immunosuppression.TRANSPLANT:
+    for start, end, concept, negative_form in mentions:
+        categories: set[str] = set(reader.categories(start, end))
+        said = _status(concept, categories, negative_form)
+        spans.append(
+            FindingSpan(
+                concept=concept,
+                start=start,
+                end=end,
+                text=text[start:end],
+                negated=said is FindingStatus.ABSENT,
+                status=said,
+            )
+        )
+        _combine(status, concept, said)
+        if concept == RELATIVE_CANCER[0] and said is FindingStatus.FAMILY:
+            # "my sister had skin cancer": the patient's family history, in the sister's own context
+            relative = RELATIVE_CANCER[1] if "melanoma" in low[start:end] else RELATIVE_CANCER[2]
+            _combine(status, relative, _status(relative, categories - {"family"}, negative_form))
+        if (
+            concept == "immunosuppression"
+            and said is FindingStatus.PRESENT
+            and kind is not Immunosuppression.TRANSPLANT
+        ):
             kind = _immunosuppression_kind(low[start:end])
-    if "rapid_growth" in present:
-        present.add("changed_size")
-    absent -= present
+    if status.get("rapid_growth") in (FindingStatus.PRESENT, FindingStatus.POSSIBLE):
+        _combine(status, "changed_size", status["rapid_growth"])
     duration = parse_duration(low)
     size = _DIAMETER.search(low)
     diameter = float(size.group(1)) * (10 if size and size.group(2).startswith("c") else 1) if size else None
     return SymptomFindings(
-        present=frozenset(present),
-        absent=frozenset(absent),
+        present=frozenset(c for c, s in status.items() if s is FindingStatus.PRESENT),
+        absent=frozenset(c for c, s in status.items() if s is FindingStatus.ABSENT),
+        status=status,
         duration_days=duration[0] if duration else None,
         duration_text=duration[1] if duration else None,
         immunosuppression_kind=kind,
@@ -379,14 +310,26 @@ def _finding_values(findings: SymptomFindings) -> dict[str, Any]:
     return values
 
 
+def possible_concepts(findings: SymptomFindings) -> frozenset[str]:
+    """RiskFactors fields (and "shingles") the text says only possibly: "might be bleeding"."""
+    said = findings.with_status(FindingStatus.POSSIBLE)
+    out = set(said & (RISK_CONCEPTS | {"shingles"})) - {"immunosuppression"}  # yes/no facts only
+    if "changed" in said:
+        out.add("changed_shape")
+    return frozenset(out)
+
+
 def apply_findings(risk: RiskFactors | None, findings: SymptomFindings | None) -> RiskFactors:
     """`risk` with its unknown fields filled from the text findings; explicit values always win."""
     risk = risk or RiskFactors()
     if findings is None:
         return risk
     explicit = risk.model_dump(exclude_none=True)
-    merged = {**_finding_values(findings), **explicit}
-    return RiskFactors(**merged)
+    merged = RiskFactors(**{**_finding_values(findings), **explicit})
+    possible = {
+        c for c in possible_concepts(findings) if c not in RiskFactors.model_fields or getattr(merged, c) is None
+    }
+    return merged.with_possible(possible) if possible else merged
 
 
 def findings_provenance(risk: RiskFactors | None, findings: SymptomFindings | None) -> frozenset[str]:

@@ -22,7 +22,9 @@ conditions), so for every condition: sum over parts == log p_c - mean_c' log p_c
 `posterior_upper` is what urgency reads: for each condition, the highest posterior over the
 inputs in which each *alarm* fact the patient reported (bleeding, growth, change in shape or
 colour) is kept, made unknown or denied. Reporting one more alarm fact can only widen that set,
-so urgency never drops when bleeding or growth is added, whatever the fitted weights do.
+so urgency never drops when bleeding or growth is added, whatever the fitted weights do. An alarm
+fact said only possibly ("might be bleeding") is unknown in the posterior and varied the same way
+in the upper one, so a hedged alarm moves urgency's condition rules exactly as the plain one does.
 """
 
 from __future__ import annotations
@@ -398,11 +400,16 @@ def _centre(x: np.ndarray) -> np.ndarray:
 
 
 def alarm_variants(risk: RiskFactors) -> list[RiskFactors]:
-    """`risk` with each reported alarm fact kept, made unknown or denied (all combinations)."""
+    """`risk` with each reported alarm fact kept, made unknown or denied (all combinations); an alarm
+    fact the text said only possibly ("might be bleeding", unknown in `risk`) is varied the same way,
+    so urgency reads the same upper posterior as for the plain statement. Row 0 is `risk` itself."""
     reported = [f for f in ALARM_FIELDS if getattr(risk, f) is True]
+    possible = [f for f in ALARM_FIELDS if getattr(risk, f) is None and f in risk.possible_findings]
     variants = []
     for values in itertools.product((True, None, False), repeat=len(reported)):
-        variants.append(risk.model_copy(update=dict(zip(reported, values, strict=True))))
+        for maybe in itertools.product((None, True, False), repeat=len(possible)):
+            update = dict(zip(reported, values, strict=True)) | dict(zip(possible, maybe, strict=True))
+            variants.append(risk.model_copy(update=update))
     return variants
 
 

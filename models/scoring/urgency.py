@@ -13,6 +13,14 @@ Three sources, the most severe wins:
   pain (SJS/TEN), shingles near the eye, a changing lesion in an immunosuppressed patient, rapid
   growth or ulceration, bleeding.
 
+A finding the text states with uncertainty ("might be bleeding", "not sure if it has grown";
+`RiskFactors.possible_findings`) is neither yes nor no for the posterior, but urgency does not
+ignore it: every rule that would fire were it stated plainly still fires one tier less
+(`hedged_rules`: emergency -> urgent -> soon -> routine; the NG12 checklist with the possible items
+counted, urgent -> soon), and it blocks self-care like any alarm fact. Since fusion varies a possible
+alarm fact in `posterior_upper` as it does a reported one, the condition rules are the same as for
+the plain statement, so a hedged flag lands at most one tier below the plain flag.
+
 Monotone by construction: every rule only ever raises the category on more alarm facts, the
 checklist only gains points, and the condition rule reads `FusionResult.posterior_upper`, which
 cannot fall when bleeding or growth is added (see models/scoring/fusion.py). The score is the category's
@@ -23,7 +31,7 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -48,6 +56,7 @@ __all__ = [
     "decide",
     "default_thresholds",
     "fired_rules",
+    "hedged_rules",
     "label_table",
     "load_thresholds",
     "ng12_checklist",
@@ -290,6 +299,42 @@ def fired_rules(
     return out
 
 
+def _one_tier_less(tier: UrgencyTier) -> UrgencyTier:
+    tiers = list(UrgencyTier)
+    return tiers[min(tier.rank + 1, UrgencyTier.ROUTINE.rank)]
+
+
+def hedged_rules(
+    upper: np.ndarray,
+    risk: RiskFactors,
+    said_shingles: bool,
+    plain: list[Rule],
+    t: UrgencyThresholds,
+    table: LabelTable,
+) -> list[Rule]:
+    """Rules that fire only when what the text said with uncertainty ("might be bleeding",
+    `risk.possible_findings`) is taken as said: each one tier less than the plain rule (emergency ->
+    urgent -> soon -> routine), the NG12 checklist included. With the alarm-robust posterior (fusion
+    varies a possible alarm like a reported one) a hedged red flag never sends urgency more than one
+    tier below the same flag stated plainly."""
+    possible = risk.possible_findings
+    if not possible:
+        return []
+    plus = risk.model_copy(update={f: True for f in possible if f in RiskFactors.model_fields})
+    shingles = said_shingles or "shingles" in possible
+    ng12 = ng12_checklist(plus, t.ng12_referral_points)
+
+    def key(r: Rule) -> str:
+        return r.text if r.kind == "red_flag" else r.kind
+
+    fired = {key(r) for r in plain}
+    return [
+        Rule(_one_tier_less(r.category), r.kind, f"possible {r.text} (said with uncertainty)", r.condition)
+        for r in fired_rules(upper, plus, shingles, ng12, t, table)
+        if key(r) not in fired
+    ]
+
+
 @dataclass(frozen=True)
 class Decision:
     category: UrgencyTier
@@ -312,6 +357,7 @@ def decide(
     """Category and score: the one place the rules combine (assess_urgency and SHAP both call it)."""
     ng12 = ng12_checklist(risk, t.ng12_referral_points)
     rules = fired_rules(upper, risk, said_shingles, ng12, t, table)
+    rules += hedged_rules(upper, risk, said_shingles, rules, t, table)
     plausible = upper >= table.threshold
     candidates: list[Rule] = list(rules)
     if plausible.any():
@@ -325,7 +371,7 @@ def decide(
     if candidates and candidates[0].category.rank <= UrgencyTier.ROUTINE.rank:
         driver, category = candidates[0], candidates[0].category
     top = int(post.argmax())
-    alarm = ng12.points > 0 or any(getattr(risk, f) for f in _ALARM)
+    alarm = ng12.points > 0 or any(getattr(risk, f) or f in risk.possible_findings for f in _ALARM)
     self_care_top = None
     if driver is None and not alarm and table.self_care[top] and post[top] >= t.self_care_min:
         category, self_care_top = UrgencyTier.SELF_CARE, top
@@ -365,28 +411,53 @@ def urgency_inputs(fused: FusionResult) -> tuple[tuple[str, ...], np.ndarray, np
     return ids, upper, post, said_shingles
 
 
+_ALARM_WORDS = {
+    "bleeding": "bleeding",
+    "changed_size": "growth",
+    "rapid_growth": "rapid growth",
+    "changed_shape": "change in shape",
+    "changed_colour": "change in colour",
+}
+
+
+def _condition_text(cond: Condition, shown: float, post: float, upper: float, threshold: float, alarms: str) -> str:
+    """A condition rule's reason quotes the number the differential shows; only where that number is under
+    the threshold does it add the figure the rule read, named for what it is (never a bare second number)."""
+    name = f"{'malignant ' if cond.malignant else ''}{cond.name}"
+    if round(shown * 100) >= round(threshold * 100):
+        return f"{name} plausible: {shown:.0%} (threshold {threshold:.0%})"
+    text = f"{name} kept in view: {shown:.0%}, under its threshold {threshold:.0%}"
+    if alarms and upper > post + 0.005:
+        return (
+            f"{text}, but its alarm-robust figure (uncalibrated: its highest with the reported {alarms} taken as"
+            f" present, unknown or absent, so that reporting an alarm sign never lowers urgency) is {upper:.0%}"
+        )
+    return f"{text} once calibrated; the urgency rule reads the figure before calibration, {upper:.0%}"
+
+
 def assess_urgency(
-    fused: FusionResult, thresholds: UrgencyThresholds | None = None, taxonomy: Taxonomy | None = None
+    fused: FusionResult,
+    thresholds: UrgencyThresholds | None = None,
+    taxonomy: Taxonomy | None = None,
+    shown: Mapping[str, float] | None = None,
 ) -> UrgencyResult:
-    """Urgency of one answer from its fused posterior and (merged) risk factors."""
+    """Urgency of one answer from its fused posterior and (merged) risk factors. `shown` is the probability
+    the answer shows for each label (the differential's calibrated number): the reasons quote it (the
+    fused posterior when not given); the rules decide on the alarm-robust posterior either way."""
     t = thresholds or default_thresholds()
     taxonomy = taxonomy or load_taxonomy()
     ids, upper, post, said_shingles = urgency_inputs(fused)
     table = label_table(ids, t, taxonomy)
     d = decide(upper, post, fused.risk, said_shingles, t, table)
+    quoted = np.array([shown[c] for c in ids]) if shown is not None else post
+    possible = getattr(fused.risk, "possible_findings", None) or ()  # said with uncertainty: varied alike
+    alarms = " or ".join(w for f, w in _ALARM_WORDS.items() if getattr(fused.risk, f) is True or f in possible)
     reasons: list[Reason] = []
     for i in np.flatnonzero(d.plausible):
         cond = table.conditions[i]
         assert cond is not None
-        kind = "malignant " if cond.malignant else ""
-        reasons.append(
-            Reason(
-                kind="condition",
-                category=cond.urgency,
-                condition=cond.id,
-                text=f"{kind}{cond.name} plausible ({upper[i]:.0%}, threshold {table.threshold[i]:.0%})",
-            )
-        )
+        text = _condition_text(cond, quoted[i], post[i], upper[i], table.threshold[i], alarms)
+        reasons.append(Reason(kind="condition", category=cond.urgency, condition=cond.id, text=text))
     reasons += [Reason(kind=r.kind, category=r.category, text=r.text, condition=r.condition) for r in d.rules]
     if d.self_care_top is not None:
         top = ids[d.self_care_top]
@@ -395,7 +466,7 @@ def assess_urgency(
                 kind="default",
                 category=d.category,
                 condition=top,
-                text=f"{taxonomy.get(top).name} most likely ({post[d.self_care_top]:.0%}), no alarm features",
+                text=f"{taxonomy.get(top).name} most likely ({quoted[d.self_care_top]:.0%}), no alarm features",
             )
         )
     elif d.driver is None:
