@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,11 +35,86 @@ from service.schemas import (
     Differential,
     LookAlike,
     ModelRef,
+    RankChange,
     Timings,
     TriageOptions,
     TriageResult,
     condition_codes,
 )
+
+# plain words for the fitted factors and cited priors (models/scoring/fusion.py FACTOR_FIELDS, risk_priors.yaml)
+FACTOR_WORDS = {
+    "changed_size": "growth",
+    "changed_appearance": "change in shape or colour",
+    "body_site": "body site",
+    "family_history_melanoma": "family history of melanoma",
+    "personal_history_skin_cancer": "past skin cancer",
+    "many_moles": "many moles",
+    "sunburn_history": "sunburn history",
+    "spreading_redness": "spreading redness",
+    "widespread_blistering": "widespread blistering",
+    "skin_pain": "skin pain",
+}
+MOVE_MIN = 0.05  # log-odds: a part that moved a condition less than this against its rival is not named
+
+
+def factor_words(factor: str, value: str) -> str:
+    """One risk factor or finding in words: 'growth', 'no pain', 'age 67', 'Fitzpatrick type 2'."""
+    name = FACTOR_WORDS.get(factor, factor.replace("_", " "))
+    values = [v.split("=", 1)[-1] for v in value.split(", ")] if value else []
+    if values and all(v == "true" for v in values):
+        return name
+    if values and all(v == "false" for v in values):
+        return f"no {name}"
+    if factor == "age" and values:
+        return f"age {values[0].removesuffix('.0')}"
+    if factor == "fitzpatrick" and values:
+        return f"Fitzpatrick type {values[0]}"
+    return f"{name} {', '.join(v.replace('_', ' ') for v in values)}".strip()
+
+
+class RankMoves:
+    """Where a condition's fused rank differs from its photo-alone rank, which parts of the fused log-odds
+    moved it past (or behind) its strongest rival, read off the contributions the fusion already computed."""
+
+    def __init__(self, scored: ScoredLabels, scores: LabelScores, fused: FusionResult, calibrated: np.ndarray):
+        n = len(scores.keys)
+        self.scored, self.calibrated = scored, calibrated
+        self.fused_rank, self.image_rank = np.empty(n, int), np.empty(n, int)
+        self.fused_rank[np.argsort(-calibrated, kind="stable")] = np.arange(1, n + 1)
+        self.image_rank[np.argsort(-np.asarray(scores.image), kind="stable")] = np.arange(1, n + 1)
+        c = fused.contributions
+        parts: dict[str, np.ndarray] = {
+            "base rate": np.array([c["baseline"][k] for k in scores.keys]),
+            "the photo, as weighed by the fusion": np.array([c["image"][k] for k in scores.keys]),
+            "the symptom words": np.array([c["symptoms"][k] for k in scores.keys]),
+        }
+        for f in fused.factors:
+            effect = np.array([f.effects.get(k, 0.0) for k in scores.keys])
+            if f.modality == "symptoms":  # what is left of the symptoms part is the text tower's match
+                parts["the symptom words"] = parts["the symptom words"] - effect
+            words = factor_words(f.factor, f.value)
+            parts[words] = parts.get(words, np.zeros(n)) + effect
+        self.parts = parts
+
+    def change(self, i: int) -> RankChange | None:
+        fr, ir = int(self.fused_rank[i]), int(self.image_rank[i])
+        if fr == ir:
+            return None
+        up = fr < ir
+        if up:
+            rivals = np.flatnonzero((self.image_rank < ir) & (self.fused_rank > fr))
+        else:
+            rivals = np.flatnonzero((self.image_rank > ir) & (self.fused_rank < fr))
+        j = int(rivals[np.argmax(self.calibrated[rivals])])
+        sign = 1.0 if up else -1.0
+        deltas = sorted(((sign * (v[i] - v[j]), k) for k, v in self.parts.items()), reverse=True)
+        by = [k for d, k in deltas if d > MOVE_MIN][:3] or [deltas[0][1]]
+        cond = self.scored.conditions[j]
+        rival = cond.name if cond is not None else self.scored.labels.ids[j]
+        where = "past" if up else "behind"
+        text = f"moved {'up' if up else 'down'} from #{ir} on the photo alone, {where} {rival}, by: {', '.join(by)}"
+        return RankChange(image_rank=ir, direction="up" if up else "down", versus=rival, by=by, text=text)
 
 
 @dataclass(frozen=True)
@@ -168,13 +244,10 @@ class TriageEngine:
         findings = extract_findings(clinical.symptoms) if clinical.symptoms else None
         fused = fuse_scores(scores, clinical.risk_factors, findings, model=self.fusion, priors=self.priors)
         stage = "fused" if self.fusion.fitted else "image"
-        # calibrated before ranking (temperature keeps the order)
+        # calibrated before ranking (temperature keeps the order); every number the answer quotes is one of these
         calibrated = self.uncertainty.calibrate(np.array([fused.posterior[k] for k in scores.keys]), stage)
         order = [int(i) for i in np.argsort(-calibrated, kind="stable")[: options.top_k]]
-        differentials = [
-            self._differential(rank + 1, scored, i, float(calibrated[i]), fused, float(scores.image[i]))
-            for rank, i in enumerate(order)
-        ]
+        differentials = self._differentials(scored, scores, fused, calibrated, order)
         uncertainty = self.uncertainty.assess(
             scores.keys,
             calibrated,
@@ -186,7 +259,8 @@ class TriageEngine:
             top_validated=differentials[0].validated_for_model if differentials[0].condition_id else None,
             fitzpatrick=clinical.risk_factors.fitzpatrick if clinical.risk_factors else None,
         )
-        urgency = assess_urgency(fused, self.thresholds, self.taxonomy)
+        shown = dict(zip(scores.keys, calibrated.tolist(), strict=True))
+        urgency = assess_urgency(fused, self.thresholds, self.taxonomy, shown=shown)
         shap_values = explain_urgency(
             dict(zip(scores.keys, scores.image.tolist(), strict=True)),
             None if scores.text is None else dict(zip(scores.keys, scores.text.tolist(), strict=True)),
@@ -223,14 +297,28 @@ class TriageEngine:
             uncertainty=uncertainty,
         )
 
+    def _differentials(
+        self, scored: ScoredLabels, scores: LabelScores, fused: FusionResult, calibrated: np.ndarray, order: list[int]
+    ) -> list[Differential]:
+        """The top differentials: the calibrated fused probability, the calibrated photo-alone one (the
+        image stage's temperature) and the raw softmax, and one line where the rank moved off the photo's."""
+        image = self.uncertainty.calibrate(scores.image, "image")
+        moves = RankMoves(scored, scores, fused, calibrated)
+        out = []
+        for rank, i in enumerate(order):
+            extra = {
+                "image_probability": round(float(image[i]), 6),
+                "image_probability_raw": round(float(scores.image[i]), 6),
+                "contributions": {m: round(v[scores.keys[i]], 4) for m, v in fused.contributions.items()},
+                "rank_change": moves.change(i),
+            }
+            out.append(self._differential(rank + 1, scored, i, float(calibrated[i]), extra))
+        return out
+
     def _differential(
-        self, rank: int, scored: ScoredLabels, i: int, prob: float, fused: FusionResult, image_prob: float
+        self, rank: int, scored: ScoredLabels, i: int, prob: float, extra: dict[str, Any]
     ) -> Differential:
-        label, cond, key = scored.labels.ids[i], scored.conditions[i], scored.keys[i]
-        extra = {
-            "image_probability": round(image_prob, 6),
-            "contributions": {m: round(v[key], 4) for m, v in fused.contributions.items()},
-        }
+        label, cond = scored.labels.ids[i], scored.conditions[i]
         prob = round(prob, 6)
         if cond is None:
             return Differential(rank=rank, label=label, condition_id=None, name=label, probability=prob, **extra)

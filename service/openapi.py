@@ -131,6 +131,10 @@ TRIAGE_RESULT_EXAMPLE: dict[str, Any] = {
             "malignant": False,
             "look_alikes": [{"condition_id": "melanoma", "name": "melanoma"}],
             "validated_for_model": True,
+            "image_probability": 0.386,
+            "image_probability_raw": 0.642,
+            "contributions": {"baseline": -0.41, "image": 2.87, "symptoms": -0.22, "risk_factors": 0.05},
+            "rank_change": None,
         },
         {
             "rank": 2,
@@ -149,6 +153,16 @@ TRIAGE_RESULT_EXAMPLE: dict[str, Any] = {
             "malignant": True,
             "look_alikes": [{"condition_id": "seborrheic_keratosis", "name": "seborrheic keratosis"}],
             "validated_for_model": True,
+            "image_probability": 0.094,
+            "image_probability_raw": 0.021,
+            "contributions": {"baseline": -0.56, "image": 1.93, "symptoms": 0.88, "risk_factors": 0.41},
+            "rank_change": {
+                "image_rank": 3,
+                "direction": "up",
+                "versus": "melanocytic nevus",
+                "by": ["growth", "age 67"],
+                "text": "moved up from #3 on the photo alone, past melanocytic nevus, by: growth, age 67",
+            },
         },
     ],
     "image": {

@@ -97,6 +97,22 @@ class LookAlike(BaseModel):
     name: str
 
 
+class RankChange(BaseModel):
+    """How the history moved a condition against the photo-alone ranking, in one line."""
+
+    image_rank: int = Field(ge=1, description="its rank on the photo alone (by `image_probability`, all labels)")
+    direction: Literal["up", "down"]
+    versus: str | None = Field(
+        default=None, description="the strongest condition it passed (up) or that passed it (down)"
+    )
+    by: list[str] = Field(
+        default_factory=list,
+        description="what moved it, strongest first (up to 3): risk factors and findings in words, "
+        "'the symptom words' (text match), 'base rate' or 'the photo, as weighed by the fusion'",
+    )
+    text: str = Field(description="e.g. 'moved up from #14 on the photo alone, past actinic keratosis, by: growth'")
+
+
 class Differential(BaseModel):
     """One ranked condition. `condition_id` is null for a caller label that is not in the taxonomy."""
 
@@ -110,7 +126,16 @@ class Differential(BaseModel):
     look_alikes: list[LookAlike] = Field(default_factory=list)
     validated_for_model: bool = False
     image_probability: float | None = Field(
-        default=None, ge=0, le=1, description="the photo's zero-shot probability before fusion"
+        default=None,
+        ge=0,
+        le=1,
+        description="the photo alone: its calibrated zero-shot probability (image-stage temperature), before fusion",
+    )
+    image_probability_raw: float | None = Field(
+        default=None, ge=0, le=1, description="the photo's zero-shot softmax before calibration (what fusion reads)"
+    )
+    rank_change: RankChange | None = Field(
+        default=None, description="set when symptoms, risk factors or the fusion moved it against the photo alone"
     )
     contributions: dict[str, float] | None = Field(
         default=None,

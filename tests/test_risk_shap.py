@@ -81,7 +81,9 @@ def test_fast_enough_per_answer() -> None:
     assert time.perf_counter() - start < 1.0  # ~0.1-0.2 s on the 2-core dev machine; headroom for shared CI
 
 
-@pytest.mark.parametrize("text", ["it might be bleeding", "it bled last year but has healed", "call if it starts to bleed"])
+@pytest.mark.parametrize(
+    "text", ["it might be bleeding", "it bled last year but has healed", "call if it starts to bleed"]
+)
 def test_additivity_when_the_text_holds_only_non_present_findings(text: str) -> None:
     """Findings that are neither present nor absent (possible, historical, hypothetical) may move urgency
     or fusion, so the symptoms feature must be in the game even without text similarities."""

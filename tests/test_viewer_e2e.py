@@ -457,6 +457,17 @@ def test_every_section_renders_and_server_text_stays_text(page: Any, base_url: s
     evil = '<img src=x onerror="window.__xss=1">'
     diffs = real["differentials"]
     diffs[1] = {**diffs[1], "name": evil, "label": evil, "condition_id": None}
+    moved = "moved up from #4 on the photo alone, past actinic keratosis, by: growth, bleeding"
+    diffs[0] = {
+        **diffs[0],
+        "rank_change": {
+            "image_rank": 4,
+            "direction": "up",
+            "versus": "actinic keratosis",
+            "by": ["growth"],
+            "text": moved,
+        },
+    }
     ids = [d["condition_id"] for d in diffs if d["condition_id"]]
     full = {
         **real,
@@ -527,6 +538,9 @@ def test_every_section_renders_and_server_text_stays_text(page: Any, base_url: s
     assert page.locator("#prediction-set .chip").count() == len(ids) + 1
     assert "90 % coverage" in page.inner_text("#prediction-set")
     assert page.locator("#differentials .tag.set").count() == len(ids)
+    # one rank-change line per differential that has one (the real answer's and the one set above)
+    assert page.locator("#differentials .rank-change").count() == sum(1 for d in diffs if d.get("rank_change"))
+    assert moved in page.locator("#differentials li").nth(0).inner_text()
     rows = page.locator(".shap-row")
     assert rows.count() == 4 and rows.nth(0).get_attribute("data-feature") == "image"
     assert page.locator(".shap-row[data-feature=age] .shap-bar.neg").count() == 1

@@ -60,6 +60,10 @@ def detail(result: TriageResult, photo_ref: str | None = None, photo_taken: str 
         codes = ", ".join(f"{_SYSTEMS.get(c.system, c.system)} {c.code}" for c in d.codes) or "-"
         name = _md(d.name) + ("" if d.validated_for_model else " (not validated for this model)")
         lines.append(f"| {d.rank} | {name} | {d.probability:.0%} | {_md(codes)} |")
+    moved = [d for d in result.differentials if d.rank_change is not None]
+    if moved:
+        lines += ["", "**Against the photo alone:**"]
+        lines += [f"- {_md(d.name)}: {_md(d.rank_change.text)}" for d in moved if d.rank_change is not None]
     if result.urgency is not None and result.urgency.reasons:
         lines += ["", "**Why:**"] + [
             f"- {_md(r.text)} ({r.category.value.replace('_', ' ')})" for r in result.urgency.reasons

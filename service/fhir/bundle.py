@@ -208,7 +208,9 @@ def _qualitative_risk(result: TriageResult) -> dict[str, Any] | None:
 def _prediction(d: Differential, qualitative: dict[str, Any] | None) -> dict[str, Any]:
     rationale = [f"rank {d.rank}"]
     if d.image_probability is not None:
-        rationale.append(f"photo alone {d.image_probability:.1%}")
+        rationale.append(f"photo alone {d.image_probability:.1%} (calibrated)")
+    if d.rank_change is not None:
+        rationale.append(d.rank_change.text)
     if d.contributions:
         rationale.append("log-odds " + ", ".join(f"{k} {v:+.2f}" for k, v in d.contributions.items()))
     if d.look_alikes:

@@ -530,6 +530,9 @@
         tags.appendChild(b);
       }
       if (tags.firstChild) li.appendChild(tags);
+      if (d.rank_change && d.rank_change.text) {
+        li.appendChild(el("p", { cls: "rank-change rank-" + (d.rank_change.direction === "down" ? "down" : "up"), text: d.rank_change.text }));
+      }
       if (d.look_alikes && d.look_alikes.length) {
         li.appendChild(
           el("p", { cls: "lookalikes", text: "Look-alikes: " + d.look_alikes.map(function (l) { return l.name || words(l.condition_id); }).join(", ") })
