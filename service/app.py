@@ -75,12 +75,21 @@ class SecurityHeaders:
 
 
 def _load(service: ServiceState) -> TriageEngine:
-    """Blocking: build (unless injected) and warm up the engine, read the registry."""
-    engine = service.engine if service.engine is not None else build_engine(service.settings)
-    engine.warm_up()
-    service.runner.warm_up(engine)  # the micro-batch path too, in the serving precision
+    """Blocking: build (unless injected) and warm up the engine(s), read the registry. A dermoscopic
+    model (`DERMTRIAGE_DERMOSCOPIC_MODEL`) gets an engine of its own when the default was built here."""
+    settings = service.settings
+    injected = service.engine is not None
+    engine = service.engine if service.engine is not None else build_engine(settings)
+    routed = {}
+    if not injected and settings.dermoscopic_model and settings.dermoscopic_model != settings.model:
+        routed["dermoscopic"] = build_engine(settings, settings.dermoscopic_model)
+    for e in (engine, *routed.values()):
+        e.warm_up()
+        service.runner.warm_up(e)  # the micro-batch path too, in the serving precision
+    service.modality_engines = routed
     service.specs, service.cards = registry_catalog()
-    service.cards[engine.model.card.name] = engine.model.card
+    for e in (engine, *routed.values()):
+        service.cards[e.model.card.name] = e.model.card
     return engine
 
 

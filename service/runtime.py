@@ -26,6 +26,7 @@ from service.schemas import ClinicalInput, Timings, TriageInput, TriageOptions, 
 from service.settings import Settings
 
 GIL_SWITCH_INTERVAL_S = 0.0005
+MAX_BATCHERS = 2  # the default model and one per routed modality
 
 
 def configure_torch(settings: Settings) -> int:
@@ -41,15 +42,18 @@ def configure_torch(settings: Settings) -> int:
     return threads
 
 
-def build_engine(settings: Settings) -> TriageEngine:
-    """Load model and taxonomy (blocking, seconds): run it in a worker thread."""
+def build_engine(settings: Settings, model_name: str | None = None) -> TriageEngine:
+    """Load a model (the configured one unless named) and the taxonomy (blocking, seconds): run it in a
+    worker thread. The calibration override applies to the configured model only."""
     from models.backends.registry import load_model
     from models.knowledge.taxonomy import load_taxonomy
 
     configure_torch(settings)
-    model = load_model(settings.model, settings.device)
+    name = model_name or settings.model
+    model = load_model(name, settings.device)
+    calibration = settings.calibration if name == settings.model else None
     return TriageEngine(
-        model, load_taxonomy(), settings.cache_dir, calibration_path=settings.calibration, coverage=settings.coverage
+        model, load_taxonomy(), settings.cache_dir, calibration_path=calibration, coverage=settings.coverage
     )
 
 
@@ -95,8 +99,8 @@ class InferenceRunner:
         self.precision = precision
         self._decode = ThreadPoolExecutor(decode_workers, thread_name_prefix="dermtriage-decode")
         self._infer = ThreadPoolExecutor(inference_workers, thread_name_prefix="dermtriage-infer")
-        self._batcher: MicroBatcher | None = None
-        self._engine: TriageEngine | None = None
+        # one batcher per engine (one per model the service holds: the default and, e.g., a dermoscopic one)
+        self._batchers: dict[int, tuple[TriageEngine, MicroBatcher]] = {}
         self._lock = threading.Lock()
         self._admitted = 0  # event-loop thread only
         self._decoding = 0  # read by the batcher thread: more photos are on their way
@@ -116,23 +120,26 @@ class InferenceRunner:
         )
 
     def batcher(self, engine: TriageEngine) -> MicroBatcher:
-        """The batcher over ``engine`` (started on first use; a new engine gets a new batcher)."""
+        """The batcher over ``engine`` (started on first use). Each engine keeps its own; beyond
+        ``MAX_BATCHERS`` engines the oldest batcher is closed (an engine replaced at run time)."""
         with self._lock:
-            if self._batcher is None or self._engine is not engine:
-                if self._batcher is not None:
-                    self._batcher.close(timeout=0)
-                self._batcher = MicroBatcher(
-                    engine.embed,
-                    max_batch_size=self.max_batch_size,
-                    max_wait_ms=self.max_batch_wait_ms,
-                    queue_size=self.max_queue_size,
-                    metrics=self.metrics,
-                    arrivals=lambda: self._decoding,
-                    autocast=serving_autocast(self.precision, engine.model.device),
-                    device_type=engine.model.device.type,
-                )
-                self._engine = engine
-            return self._batcher
+            held = self._batchers.get(id(engine))
+            if held is not None and held[0] is engine:
+                return held[1]
+            while len(self._batchers) >= MAX_BATCHERS:
+                self._batchers.pop(next(iter(self._batchers)))[1].close(timeout=0)
+            batcher = MicroBatcher(
+                engine.embed,
+                max_batch_size=self.max_batch_size,
+                max_wait_ms=self.max_batch_wait_ms,
+                queue_size=self.max_queue_size,
+                metrics=self.metrics,
+                arrivals=lambda: self._decoding,
+                autocast=serving_autocast(self.precision, engine.model.device),
+                device_type=engine.model.device.type,
+            )
+            self._batchers[id(engine)] = (engine, batcher)
+            return batcher
 
     def warm_up(self, engine: TriageEngine) -> None:
         """Blocking: run the batch path at batch 1 and at the largest batch, in the serving precision.
@@ -250,8 +257,8 @@ class InferenceRunner:
     def close(self) -> None:
         """After uvicorn drained the requests: finish queued photos, then stop the threads."""
         with self._lock:
-            if self._batcher is not None:
-                self._batcher.close()
+            for _, batcher in self._batchers.values():
+                batcher.close()
         for pool in (self._decode, self._infer):
             pool.shutdown(wait=False, cancel_futures=True)
 
@@ -263,7 +270,8 @@ class ServiceState:
     settings: Settings
     metrics: Metrics
     runner: InferenceRunner
-    engine: TriageEngine | None = None
+    engine: TriageEngine | None = None  # the default model's (every modality not routed elsewhere)
+    modality_engines: dict[str, TriageEngine] = field(default_factory=dict)  # e.g. dermoscopic -> its model
     results: ResultStore = field(default_factory=MemoryResultStore)
     ready: bool = False
     load_error: str | None = None
@@ -278,7 +286,7 @@ class ServiceState:
         """
         if received.image is None:
             raise Problem("no-photo", 422, "The request carries no photo to triage.", title="No photo")
-        engine = self.require_engine()
+        engine = self.engine_for(received.options.modality)
         result = await self.runner.triage(engine, received.image, received.options, request_id, received.clinical)
         return self.keep(result, owner)
 
@@ -288,6 +296,17 @@ class ServiceState:
         kept = result.model_copy(update={"id": new_result_id()})
         self.results.put(kept, owner)
         return kept
+
+    def engine_for(self, modality: str) -> TriageEngine:
+        """The engine whose model answers this photo kind: a routed one (the dermoscopic model for
+        dermatoscope images) or the default."""
+        default = self.require_engine()
+        return self.modality_engines.get(modality, default)
+
+    def engines(self) -> list[TriageEngine]:
+        """Every loaded engine, the default first."""
+        default = self.require_engine()
+        return [default, *(e for e in self.modality_engines.values() if e is not default)]
 
     def require_engine(self) -> TriageEngine:
         if self.ready and self.engine is not None:

@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from models.backends.registry import DEFAULT_MODEL
+from models.backends.registry import DEFAULT_MODEL, default_dermoscopic_model
 from service.auth.cds_config import IssuerConfig, decode_issuers_setting, parse_issuers
 from service.images import ImageLimits
 
@@ -23,6 +23,11 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="DERMTRIAGE_", extra="ignore", validate_default=True)
 
     model: str = Field(default=DEFAULT_MODEL, description="registry name, spec JSON path or ad-hoc model string")
+    dermoscopic_model: str | None = Field(
+        default_factory=default_dermoscopic_model,
+        description="model for modality=dermoscopic (default: the embedded dermoscopic model when it ships; "
+        "`none`: dermoscopic photos go to `model`)",
+    )
     device: Literal["cpu", "cuda"] = "cpu"
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
@@ -115,6 +120,11 @@ class Settings(BaseSettings):
     )
     cds_cache_size: int = Field(default=256, ge=0, description="CDS Hooks photo results kept for repeat calls")
     cds_cache_ttl_s: float = Field(default=900.0, gt=0, description="how long a CDS Hooks photo result is reused")
+
+    @field_validator("dermoscopic_model", mode="before")
+    @classmethod
+    def _no_dermoscopic_model(cls, value: object) -> object:
+        return None if isinstance(value, str) and value.strip().lower() in ("", "none", "off") else value
 
     @field_validator("log_level", mode="before")
     @classmethod

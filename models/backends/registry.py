@@ -26,6 +26,9 @@ log = logging.getLogger(__name__)
 
 SPEC_DIR = Path(__file__).resolve().parents[1] / "specs"
 DEFAULT_MODEL = "embedded-pad-lite0"
+# the embedded model trained on dermatoscope images (ISIC; its own licence caveat): served for
+# `modality=dermoscopic` when its spec ships (`DERMTRIAGE_DERMOSCOPIC_MODEL` overrides, `none` turns it off)
+DERMOSCOPIC_MODEL = "embedded-isic-lite0"
 AD_HOC_FORMS = (
     "open_clip:ARCH[@PRETRAINED_TAG_OR_PATH]",
     "hf-hub:ORG/REPO",
@@ -188,6 +191,12 @@ def get_spec(name_or_path: str | Path) -> ModelSpec:
     raise KeyError(
         f"unknown model {value!r}; known: {', '.join(known_names()) or 'none'}; or one of: {'; '.join(AD_HOC_FORMS)}"
     )
+
+
+def default_dermoscopic_model() -> str | None:
+    """`DERMOSCOPIC_MODEL` when its spec ships with the package, else None (dermoscopic photos then go
+    to the default model)."""
+    return DERMOSCOPIC_MODEL if (SPEC_DIR / f"{DERMOSCOPIC_MODEL}.json").is_file() else None
 
 
 @functools.lru_cache(maxsize=1)

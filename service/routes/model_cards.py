@@ -7,7 +7,7 @@ from litestar.di import NamedDependency
 from litestar.openapi import ResponseSpec
 from litestar.openapi.spec import Example
 from litestar.params import Parameter
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from models.backends.base import ModelCard
 from models.backends.registry import ModelSpec
@@ -34,7 +34,10 @@ class SpecOut(BaseModel):
 
 
 class ModelList(BaseModel):
-    loaded: LoadedModel
+    loaded: LoadedModel = Field(description="the default model: every photo kind not routed elsewhere")
+    routed: dict[str, LoadedModel] = Field(
+        default_factory=dict, description="photo kind (modality) -> the model that answers it instead"
+    )
     available: list[SpecOut]
 
 
@@ -65,14 +68,18 @@ _LIST_EXAMPLE = {
 }
 
 
-def _spec_out(spec: ModelSpec, cards: dict[str, ModelCard], loaded_name: str) -> SpecOut:
+def _spec_out(spec: ModelSpec, cards: dict[str, ModelCard], loaded_names: set[str]) -> SpecOut:
     return SpecOut(
         name=spec.name,
         backend=spec.backend,
         source=spec.source,
-        loaded=spec.name == loaded_name,
+        loaded=spec.name in loaded_names,
         card=cards.get(spec.name),
     )
+
+
+def _loaded(engine: TriageEngine) -> LoadedModel:
+    return LoadedModel(ref=engine.model_ref, device=str(engine.model.device), card=engine.model.card)
 
 
 class ModelsController(Controller):
@@ -90,9 +97,12 @@ class ModelsController(Controller):
         sync_to_thread=False,
     )
     def list_models(self, engine: NamedDependency[TriageEngine], service: NamedDependency[ServiceState]) -> ModelList:
-        card = engine.model.card
-        loaded = LoadedModel(ref=engine.model_ref, device=str(engine.model.device), card=card)
-        return ModelList(loaded=loaded, available=[_spec_out(s, service.cards, card.name) for s in service.specs])
+        names = {e.model.card.name for e in service.engines()}
+        return ModelList(
+            loaded=_loaded(engine),
+            routed={m: _loaded(e) for m, e in service.modality_engines.items()},
+            available=[_spec_out(s, service.cards, names) for s in service.specs],
+        )
 
     @get(
         "/{name:str}",
@@ -120,8 +130,9 @@ class ModelsController(Controller):
         service: NamedDependency[ServiceState],
         name: str = Parameter(description="model name", examples=[Example(value="embedded-pad-lite0")]),
     ) -> ModelCard:
-        if name == engine.model.card.name:
-            return engine.model.card
+        for e in service.engines():
+            if name == e.model.card.name:
+                return e.model.card
         if name in service.cards:
             return service.cards[name]
         known = sorted({engine.model.card.name, *service.cards})
