@@ -82,6 +82,7 @@ def main() -> None:
     }
     out["plain_inference_ms"] = round(median_ms(plain, args.repeats), 1)
     out["single_view_ms"] = round(median_ms(single_view, args.repeats), 1)
+    out["grid_shape"] = list(cam(pixels, targets).shape[-2:])
     batched = median_ms(lambda: cam(pixels, targets), args.repeats)
     one_by_one = median_ms(lambda: [cam(pixels, [t]) for t in targets], args.repeats)
     end_to_end = median_ms(lambda: explain_differentials(model, photo, text, method=method), args.repeats)
@@ -93,7 +94,8 @@ def main() -> None:
     if args.json:
         print(json.dumps(out))
         return
-    print(f"{model.card.name}, {method}, top-{k}, photo {out['photo_size']}, threads={out['threads']}")
+    grid = "x".join(str(g) for g in out["grid_shape"])  # type: ignore[attr-defined]
+    print(f"{model.card.name}, {method} ({grid} grid), top-{k}, photo {out['photo_size']}, threads={out['threads']}")
     print(f"  plain inference ({out['tta_views']} views, served)  {out['plain_inference_ms']:8.1f} ms")
     print(f"  plain inference (1 view)               {out['single_view_ms']:8.1f} ms")
     print(f"  heatmaps, CAM batched (all {k})          {batched:8.1f} ms = {batched / k:6.1f} ms per differential")

@@ -1,7 +1,8 @@
 """Why the model said it: heatmaps per differential, their rendering and their faithfulness.
 
 Imports run one way: `service -> explain -> models`; nothing here imports `service`.
-`faithfulness.py` measures offline and is never imported per request.
+`faithfulness.py`, `offcentre.py`, `composites.py` and `sanity.py` measure offline and are never
+imported per request; `capture.py` holds the per-call hooks the CAM methods use.
 """
 
 from explain.gradcam import (

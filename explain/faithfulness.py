@@ -166,7 +166,7 @@ def auc(curve: Sequence[float] | np.ndarray) -> float:
     return float(((y[:-1] + y[1:]) / 2).mean())
 
 
-class _Scorer:
+class Scorer:
     """Target probabilities of a batch from one view, without autograd."""
 
     def __init__(self, model: ImageTextModel, labels: LabelSet) -> None:
@@ -198,27 +198,51 @@ def photo_curves(
     label_index: int | None,
     config: FaithfulnessConfig,
     index: int,
-    scorer: _Scorer | None = None,
+    scorer: Scorer | None = None,
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Deletion and insertion curves of one photo for each method and the two references.
 
     Each curve (steps + 1 inputs) is one batch: on a busy CPU, batches of ~17 run faster per
     image than one batch of all curves.
     """
-    scorer = scorer or _Scorer(model, labels)
+    scorer = scorer or Scorer(model, labels)
     pixels = model.preprocessing.batch([photo.convert("RGB")])
-    size = pixels.shape[-1]
     target = label_index if config.target == "label" and label_index is not None else int(scorer(pixels)[0].argmax())
-    grids = {name: fn(pixels, target) for name, fn in saliency_fns.items()}
     gen = torch.Generator().manual_seed(config.seed * 1_000_003 + index)
+    maps = saliency_maps(pixels, target, saliency_fns, gen, config)
+    return map_curves(scorer, pixels, maps, target, gen, config)
+
+
+def saliency_maps(
+    pixels: torch.Tensor,
+    target: int,
+    saliency_fns: dict[str, Callable[[torch.Tensor, int], torch.Tensor]],
+    gen: torch.Generator,
+    config: FaithfulnessConfig,
+) -> dict[str, torch.Tensor]:
+    """The references first (their random draws do not depend on the methods), then each method's
+    map, all upsampled to the input's pixels; the random grid has the first method's resolution."""
+    size = pixels.shape[-1]
+    grids = {name: fn(pixels, target) for name, fn in saliency_fns.items()}
     grid_shape = tuple(next(iter(grids.values())).shape)
-    maps = {name: upsample(grid, size) for name, grid in grids.items()}
-    maps["random"] = random_map(grid_shape, size, gen)
-    maps["center"] = center_map(size, config.center_sigma)
+    maps = {"random": random_map(grid_shape, size, gen), "center": center_map(size, config.center_sigma)}
+    maps.update({name: upsample(grid, size) for name, grid in grids.items()})
+    return maps
+
+
+def map_curves(
+    scorer: Scorer,
+    pixels: torch.Tensor,
+    maps: dict[str, torch.Tensor],
+    target: int,
+    gen: torch.Generator,
+    config: FaithfulnessConfig,
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Deletion and insertion curves (target probability per step) for each map, in `maps` order."""
     base = baseline_image(pixels, config.baseline)
     out = {}
-    for name in [*REFERENCES, *grids]:  # references first: their random draws do not depend on the methods
-        deletion, insertion = perturbed_batch(pixels, base, ranks(maps[name], gen), config.steps)
+    for name, saliency in maps.items():
+        deletion, insertion = perturbed_batch(pixels, base, ranks(saliency, gen), config.steps)
         out[name] = (scorer(deletion)[:, target].numpy(), scorer(insertion)[:, target].numpy())
     return out
 
@@ -241,8 +265,8 @@ def evaluate_faithfulness(
     """
     config = config or FaithfulnessConfig()
     names = [method, *(m for m in dict.fromkeys(compare) if m != method)]
-    fns = {name: _saliency_fn(get_method(name)(model), labels) for name in names}
-    scorer = _Scorer(model, labels)
+    fns = {name: saliency_fn(get_method(name)(model), labels) for name in names}
+    scorer = Scorer(model, labels)
     curves = _Curves()
     t0 = time.perf_counter()
     for i, (load, label_index) in enumerate(photos):
@@ -271,7 +295,7 @@ def evaluate_faithfulness(
     )
 
 
-def _saliency_fn(cam: BaseCAM, labels: LabelSet) -> Callable[[torch.Tensor, int], torch.Tensor]:
+def saliency_fn(cam: BaseCAM, labels: LabelSet) -> Callable[[torch.Tensor, int], torch.Tensor]:
     def saliency(pixels: torch.Tensor, target: int) -> torch.Tensor:
         return cam(pixels, [SimilarityTarget(labels.embeddings[target])])[0, 0].cpu()
 

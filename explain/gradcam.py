@@ -27,10 +27,9 @@ Why not captum's `LayerGradCam` (it is the reference in the tests, where it agre
 from __future__ import annotations
 
 import base64
-import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from typing import Any, ClassVar
+from typing import ClassVar, Literal
 
 import numpy as np
 import torch
@@ -39,9 +38,10 @@ from PIL import Image
 from pydantic import BaseModel, Field
 
 from explain import render
-from models.backends.base import ImageTextModel, SpatialTarget
+from explain.capture import LayerCapture, StagesCapture, batched_grads, finer_stage
+from models.backends.base import ImageTextModel
 
-DEFAULT_METHOD = "gradcampp"  # more faithful than Grad-CAM on the development photos: explain/README.md
+DEFAULT_METHOD = "fusedcam"  # points at the lesion on off-centre composites, passes the sanity check: explain/README.md
 EPS = 1e-7
 
 
@@ -68,62 +68,6 @@ class SimilarityTarget:
 
 
 Target = Callable[[torch.Tensor], torch.Tensor]
-
-
-# --- the hook ------------------------------------------------------------------------------
-
-
-class LayerCapture:
-    """Per-call capture of the hooked layer's tensor, released by the context manager.
-
-    The hook only acts in the thread that opened the capture: forwards run in the calling
-    thread, so a concurrent request (or plain inference) passing through the same shared module
-    is ignored. It swaps the captured tensor for a detached leaf that requires grad: the values
-    are unchanged, the gradient w.r.t. it is exactly what Grad-CAM needs, and it works even when
-    the backend froze its parameters. The handle is removed on exit, exceptions included.
-    """
-
-    def __init__(self, spatial: SpatialTarget) -> None:
-        self.spatial = spatial
-        self.activation: torch.Tensor | None = None
-        self._thread = threading.get_ident()
-        self._handle: torch.utils.hooks.RemovableHandle | None = None
-
-    def _leaf(self, tensor: Any) -> torch.Tensor:
-        if not isinstance(tensor, torch.Tensor):
-            raise TypeError(f"hooked layer gave {type(tensor).__name__}, expected a tensor")
-        self.activation = tensor.detach().requires_grad_(True)
-        return self.activation
-
-    def _output_hook(self, module: torch.nn.Module, args: tuple[Any, ...], output: Any) -> Any:
-        if threading.get_ident() != self._thread:
-            return None
-        return self._leaf(output)
-
-    def _input_hook(
-        self, module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
-        if threading.get_ident() != self._thread:
-            return None
-        if args:
-            return (self._leaf(args[0]), *args[1:]), kwargs
-        key = next((k for k, v in kwargs.items() if isinstance(v, torch.Tensor)), None)
-        if key is None:
-            raise TypeError("hooked block received no tensor input")
-        return args, {**kwargs, key: self._leaf(kwargs[key])}
-
-    def __enter__(self) -> LayerCapture:
-        layer = self.spatial.layer
-        if self.spatial.use_input:
-            self._handle = layer.register_forward_pre_hook(self._input_hook, with_kwargs=True)
-        else:
-            self._handle = layer.register_forward_hook(self._output_hook)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._handle is not None:
-            self._handle.remove()
-            self._handle = None
 
 
 # --- methods -------------------------------------------------------------------------------
@@ -156,7 +100,7 @@ class BaseCAM(ABC):
             if capture.activation is None:
                 raise RuntimeError(f"spatial layer {type(self.spatial.layer).__name__} did not run in the forward")
             scores = torch.stack([t(embeddings) for t in targets], dim=1)  # (B, K)
-            grads = _batched_grads(scores, capture.activation)
+            [grads] = batched_grads(scores, capture.activation)
             leaf = capture.activation.detach()
         acts = self.spatial.to_map(leaf).float()
         grad_maps = torch.stack([self.spatial.to_map(g) for g in grads]).float()
@@ -168,9 +112,7 @@ class BaseCAM(ABC):
 
     def maps_and_scores(self, pixels: torch.Tensor, targets: Sequence[Target]) -> tuple[torch.Tensor, torch.Tensor]:
         acts, grads, scores = self.activations_and_gradients(pixels, targets)
-        cams = self.combine(acts, grads).clamp_min(0).permute(1, 0, 2, 3)  # (B, K, h, w)
-        peak = cams.amax(dim=(2, 3), keepdim=True)
-        return torch.where(peak > EPS, cams / peak.clamp_min(EPS), torch.zeros_like(cams)), scores
+        return normalised(self.combine(acts, grads)).permute(1, 0, 2, 3), scores  # (B, K, h, w)
 
     def __call__(self, pixels: torch.Tensor, targets: Sequence[Target]) -> torch.Tensor:
         return self.maps_and_scores(pixels, targets)[0]
@@ -210,15 +152,96 @@ class GradCAMPlusPlus(BaseCAM):
     label = "Grad-CAM++"
 
     def combine(self, acts: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
-        sum_acts = acts.sum(dim=(2, 3), keepdim=True).unsqueeze(0)  # (1, B, C, 1, 1)
-        denom = 2 + sum_acts * grads
-        positive = grads > 0
-        alpha = torch.where(positive & (denom > EPS), 1 / denom.clamp_min(EPS), torch.zeros_like(grads))
-        weights = (grads.clamp_min(0) * alpha).sum(dim=(3, 4), keepdim=True)
-        return (weights * acts.unsqueeze(0)).sum(dim=2)
+        return gradcampp_combine(acts, grads)
 
 
-METHODS: dict[str, type[BaseCAM]] = {cls.name: cls for cls in (GradCAM, GradCAMPlusPlus)}
+def gradcampp_combine(acts: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
+    """Grad-CAM++ raw maps: activations (B, C, h, w), gradients (K, B, C, h, w) -> (K, B, h, w)."""
+    sum_acts = acts.sum(dim=(2, 3), keepdim=True).unsqueeze(0)  # (1, B, C, 1, 1)
+    denom = 2 + sum_acts * grads
+    positive = grads > 0
+    alpha = torch.where(positive & (denom > EPS), 1 / denom.clamp_min(EPS), torch.zeros_like(grads))
+    weights = (grads.clamp_min(0) * alpha).sum(dim=(3, 4), keepdim=True)
+    return (weights * acts.unsqueeze(0)).sum(dim=2)
+
+
+def layercam_combine(acts: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
+    """LayerCAM (Jiang et al. 2021) raw maps: each cell weighs each channel by its own positive
+    gradient, so an earlier, finer stage keeps its spatial detail."""
+    return (grads.clamp_min(0) * acts.unsqueeze(0)).sum(dim=2)
+
+
+def normalised(cams: torch.Tensor) -> torch.Tensor:
+    """ReLU, then each map (last two dims) divided by its maximum; a map with no positive evidence -> zeros."""
+    cams = cams.clamp_min(0)
+    peak = cams.amax(dim=(-2, -1), keepdim=True)
+    return torch.where(peak > EPS, cams / peak.clamp_min(EPS), torch.zeros_like(cams))
+
+
+class FusedCAM(GradCAMPlusPlus):
+    """A finer map: Grad-CAM++ on the last stage (7x7 on the embedded model), upsampled bilinearly
+    to the last stage twice as fine (`capture.finer_stage`: 14x14) and fused with a map computed
+    there (`fine`: Grad-CAM++ or LayerCAM), by product (the coarse map says where, the fine one
+    sharpens it) or mean. One forward and one batched backward down to the finer stage. Towers
+    without a finer CNN stage (ViTs) get plain Grad-CAM++.
+    """
+
+    name = "fusedcam"
+    label = "Grad-CAM++ x LayerCAM"
+    fine: ClassVar[Literal["gradcampp", "layercam"]] = "layercam"
+    fusion: ClassVar[Literal["product", "mean", "fine"]] = "product"
+
+    def maps_and_scores(self, pixels: torch.Tensor, targets: Sequence[Target]) -> tuple[torch.Tensor, torch.Tensor]:
+        fine_layer = finer_stage(self.model)
+        if fine_layer is None:
+            return super().maps_and_scores(pixels, targets)
+        if not targets:
+            raise ValueError("at least one target")
+        pixels = pixels.to(self.model.device)
+        with torch.inference_mode(False), torch.enable_grad(), StagesCapture([fine_layer, self.spatial.layer]) as cap:
+            embeddings = self.model.encode_image(pixels, grad=True)
+            fine, coarse = cap.tensors()
+            scores = torch.stack([t(embeddings) for t in targets], dim=1)  # (B, K)
+            g_fine, g_coarse = batched_grads(scores, fine, coarse)
+        coarse_map = normalised(gradcampp_combine(coarse.detach().float(), g_coarse.float()))  # (K, B, h, w)
+        combine = layercam_combine if self.fine == "layercam" else gradcampp_combine
+        fine_map = normalised(combine(fine.detach().float(), g_fine.float()))  # (K, B, 2h, 2w)
+        k, b = coarse_map.shape[:2]
+        up = F.interpolate(coarse_map.flatten(0, 1)[:, None], size=fine_map.shape[-2:], mode="bilinear")
+        up = up.view(k, b, *fine_map.shape[-2:])
+        fused = {"product": up * fine_map, "mean": (up + fine_map) / 2, "fine": fine_map}[self.fusion]
+        return normalised(fused).permute(1, 0, 2, 3), scores.detach()
+
+
+class FusedMeanCAM(FusedCAM):
+    name = "fusedcam-mean"
+    label = "Grad-CAM++ + LayerCAM (mean)"
+    fusion = "mean"
+
+
+class FusedPlusPlusCAM(FusedCAM):
+    name = "fusedcam-pp"
+    label = "Grad-CAM++ x Grad-CAM++ (finer stage)"
+    fine = "gradcampp"
+
+
+class LayerCAMFine(FusedCAM):
+    name = "layercam-fine"
+    label = "LayerCAM (finer stage)"
+    fusion = "fine"
+
+
+class GradCAMPlusPlusFine(FusedCAM):
+    name = "gradcampp-fine"
+    label = "Grad-CAM++ (finer stage)"
+    fine = "gradcampp"
+    fusion = "fine"
+
+
+METHODS: dict[str, type[BaseCAM]] = {
+    cls.name: cls
+    for cls in (GradCAM, GradCAMPlusPlus, FusedCAM, FusedMeanCAM, FusedPlusPlusCAM, LayerCAMFine, GradCAMPlusPlusFine)
+}
 
 
 def get_method(name: str) -> type[BaseCAM]:
@@ -226,24 +249,6 @@ def get_method(name: str) -> type[BaseCAM]:
         return METHODS[name]
     except KeyError:
         raise ValueError(f"unknown heatmap method {name!r}; known: {', '.join(METHODS)}") from None
-
-
-def _batched_grads(scores: torch.Tensor, leaf: torch.Tensor) -> torch.Tensor:
-    """Gradients of each target column of `scores` (B, K) w.r.t. `leaf`: (K, *leaf.shape).
-
-    One backward for all K targets: the K one-hot output gradients are vmapped through a single
-    backward pass (`is_grads_batched`). Should an op lack a batching rule, fall back to K
-    backward passes over the retained graph (still one forward; only the head is re-run).
-    """
-    k = scores.shape[1]
-    if k == 1:
-        return torch.autograd.grad(scores.sum(), leaf)[0].unsqueeze(0)
-    eye = torch.eye(k, dtype=scores.dtype, device=scores.device)
-    grad_outputs = eye.unsqueeze(1).expand(k, scores.shape[0], k).contiguous()
-    try:
-        return torch.autograd.grad(scores, leaf, grad_outputs=grad_outputs, is_grads_batched=True, retain_graph=True)[0]
-    except RuntimeError:
-        return torch.stack([torch.autograd.grad(scores[:, i].sum(), leaf, retain_graph=i < k - 1)[0] for i in range(k)])
 
 
 # --- the engine's entry point -----------------------------------------------------------------

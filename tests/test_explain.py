@@ -387,13 +387,16 @@ def test_faithfulness_command_prints_one_json_object(pad_small: Path, capsys: py
 
 
 def test_embedded_model_heatmaps(pad_small: Path, embedded_model) -> None:
-    """The real CNN path: 7x7 maps over EfficientNet-Lite0's last stage, one per differential."""
+    """The real CNN path: the default fused map is 14x14 (`blocks[4]` with the last stage's 7x7
+    map upsampled), Grad-CAM++ alone 7x7; one per differential."""
     photo = Image.open(sorted((pad_small / "images").glob("*.jpg"))[0]).convert("RGB")
     names = ["melanoma", "basal cell carcinoma", "melanocytic nevus", "seborrheic keratosis", "actinic keratosis"]
     maps = explain_differentials(embedded_model, photo, embedded_model.encode_text(names), want_grid=True)
     assert [m.index for m in maps] == list(range(5))
-    assert all(m.grid_shape == (7, 7) and (m.width, m.height) == render_size(photo.size) for m in maps)
+    assert all(m.grid_shape == (14, 14) and (m.width, m.height) == render_size(photo.size) for m in maps)
     assert any(np.array(m.grid).std() > 0.01 for m in maps)
+    coarse = explain_differentials(embedded_model, photo, embedded_model.encode_text(names[:1]), method="gradcampp")
+    assert coarse[0].grid_shape == (7, 7)
 
 
 def render_size(size: tuple[int, int], cap: int = 768) -> tuple[int, int]:

@@ -13,7 +13,14 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("service", "models", "explain", "benchmarks")
-OFFLINE = ("models.fitting", "explain.faithfulness", "benchmarks")  # fit, evaluate, measure: never per request
+OFFLINE = (  # fit, evaluate, measure: never per request
+    "models.fitting",
+    "explain.faithfulness",
+    "explain.composites",
+    "explain.offcentre",
+    "explain.sanity",
+    "benchmarks",
+)
 MAX_FILE_LINES = 400
 MAX_FUNCTION_LINES = 80
 SIZE_REASON = "# size:"  # a file over the limit says why in its first lines
