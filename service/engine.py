@@ -26,6 +26,7 @@ from models.knowledge.symptoms import extract_findings
 from models.knowledge.taxonomy import Condition, Taxonomy, UnknownLabelError
 from models.scoring.features import ImageFeatures, LabelScores, image_features
 from models.scoring.fusion import FusionResult, fuse_scores, fusion_for_model, symptom_text_scores
+from models.scoring.scope import ScopeReader, ScopeReading
 from models.scoring.urgency import UrgencyThresholds, assess_urgency, thresholds_for_model
 from models.scoring.zeroshot import LabelSet, ZeroShotClassifier
 from models.uncertainty.gates import UncertaintyGate
@@ -33,6 +34,7 @@ from service.images import DecodedImage
 from service.schemas import (
     ClinicalInput,
     Differential,
+    LabelScope,
     LookAlike,
     ModelRef,
     RankChange,
@@ -156,6 +158,9 @@ class TriageEngine:
         # the same forward as the embedding where the backend offers it (models/embedded/domain.py)
         self.with_domain = self.uncertainty.uses_imagenet_view
         self._taxonomy_labels: dict[str, ScoredLabels] = {}  # per modality: built once, with its keys
+        # the conditions the card validates (taxonomy order): ranked alone by default (options.label_scope)
+        self.scopes = ScopeReader(taxonomy, model.card.validated_conditions, self.fusion.generic(), self.priors)
+        self.validated = self.scopes.validated
 
     @property
     def model_ref(self) -> ModelRef:
@@ -187,14 +192,36 @@ class TriageEngine:
 
     # ------------------------------------------------------------------ stage 2: features -> scores
 
+    def label_scope(self, options: TriageOptions) -> LabelScope | None:
+        """The taxonomy scope one answer ranks: the caller's, else 'validated' where the card validates
+        two or more conditions (a card that validates nothing keeps the whole taxonomy); None for own labels."""
+        if options.candidate_labels:
+            return None
+        if len(self.validated) < 2:
+            return "taxonomy"
+        return options.label_scope or "validated"
+
+    def taxonomy_set(self, modality: str) -> ScoredLabels:
+        scored = self._taxonomy_labels.get(modality)
+        if scored is None:
+            labels = self.classifier.condition_set(modality)  # type: ignore[arg-type]
+            scored = ScoredLabels(labels, [self.taxonomy.get(i) for i in labels.ids])
+            self._taxonomy_labels[modality] = scored
+        return scored
+
     def labels(self, options: TriageOptions) -> ScoredLabels:
-        """The label index one answer is scored over: the taxonomy, or the caller's own labels."""
+        """The label index one answer is scored over: the taxonomy (or its validated conditions), or the
+        caller's own labels."""
         if not options.candidate_labels:
-            scored = self._taxonomy_labels.get(options.modality)
+            full = self.taxonomy_set(options.modality)
+            if self.label_scope(options) != "validated":
+                return full
+            key = f"{options.modality}/validated"
+            scored = self._taxonomy_labels.get(key)
             if scored is None:
-                labels = self.classifier.condition_set(options.modality)
+                labels = self.classifier.subset(self.validated, options.modality)
                 scored = ScoredLabels(labels, [self.taxonomy.get(i) for i in labels.ids])
-                self._taxonomy_labels[options.modality] = scored
+                self._taxonomy_labels[key] = scored
             return scored
         conditions: list[Condition | None] = []
         for label in options.candidate_labels:
@@ -222,6 +249,30 @@ class TriageEngine:
         text = symptom_text_scores(self.model, scored.labels.embeddings, symptoms)
         return LabelScores(tuple(scored.keys), image, text)
 
+    def scope_scores(
+        self,
+        features: ImageFeatures,
+        scored: ScoredLabels,
+        scope: LabelScope | None,
+        modality: str,
+        clinical: ClinicalInput,
+        findings: Any,
+    ) -> tuple[LabelScores, ScopeReading | None]:
+        """The scores over `scored` and, for a model that validates conditions, what points outside them
+        (the photo over the whole taxonomy, scored once; the validated scope reads its rows)."""
+        if scope is None or len(self.validated) < 2:
+            return self.score(features, scored, clinical.symptoms), None
+        full = self.score(features, self.taxonomy_set(modality), clinical.symptoms)
+        scores = self.within(full, scored) if scope == "validated" else full
+        return scores, self.scopes.evidence(full, clinical.risk_factors, clinical.symptoms, findings)
+
+    def within(self, full: LabelScores, scored: ScoredLabels) -> LabelScores:
+        """Taxonomy-wide scores restricted to `scored`'s conditions: the image softmax renormalised within
+        them (exactly the softmax over them alone), the text similarities as they are."""
+        idx = [full.keys.index(k) for k in scored.keys]
+        image = full.image[idx] / full.image[idx].sum()
+        return LabelScores(tuple(scored.keys), image, None if full.text is None else full.text[idx])
+
     # ------------------------------------------------------------------ stage 3: scores -> result
 
     def triage(
@@ -238,10 +289,11 @@ class TriageEngine:
         """``image_features`` (a row of :meth:`embed`) skips the image tower: the service batches it."""
         t0 = time.perf_counter()
         clinical = clinical or ClinicalInput()
+        scope = self.label_scope(options)
         scored = self.labels(options)
         features = image_features if image_features is not None else self.embed([image])
-        scores = self.score(features, scored, clinical.symptoms)
         findings = extract_findings(clinical.symptoms) if clinical.symptoms else None
+        scores, evidence = self.scope_scores(features, scored, scope, options.modality, clinical, findings)
         fused = fuse_scores(scores, clinical.risk_factors, findings, model=self.fusion, priors=self.priors)
         stage = "fused" if self.fusion.fitted else "image"
         # calibrated before ranking (temperature keeps the order); every number the answer quotes is one of these
@@ -258,6 +310,7 @@ class TriageEngine:
             quality=image.info.quality.model_dump(),
             top_validated=differentials[0].validated_for_model if differentials[0].condition_id else None,
             fitzpatrick=clinical.risk_factors.fitzpatrick if clinical.risk_factors else None,
+            scope=evidence,
         )
         shown = dict(zip(scores.keys, calibrated.tolist(), strict=True))
         urgency = assess_urgency(fused, self.thresholds, self.taxonomy, shown=shown)
@@ -285,6 +338,8 @@ class TriageEngine:
             taxonomy_version=self.taxonomy.version,
             modality=options.modality,
             label_source="candidate_labels" if options.candidate_labels else "taxonomy",
+            label_scope=scope,
+            scope_note=self.scopes.note(scope),
             differentials=differentials,
             image=image.info,
             timings=Timings.of(decode_ms, queue_ms, inference_ms, heatmap_ms),

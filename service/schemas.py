@@ -10,7 +10,7 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from explain.gradcam import Heatmap
 from explain.risk_shap import UrgencyShap
@@ -25,6 +25,8 @@ DISCLAIMER = "Decision support for clinicians, not a diagnosis. Confirm with a c
 MAX_CANDIDATE_LABELS = 50
 MAX_LABEL_CHARS = 120
 MAX_SYMPTOMS_CHARS = 2000
+# 'validated': the conditions the model card validates; 'taxonomy': every condition (see TriageOptions.label_scope)
+LabelScope = Literal["validated", "taxonomy"]
 
 
 class ClinicalInput(BaseModel):
@@ -60,6 +62,18 @@ class TriageOptions(BaseModel):
         max_length=MAX_CANDIDATE_LABELS,
         description="rank these labels instead of the taxonomy (taxonomy names resolve to their condition)",
     )
+    label_scope: LabelScope | None = Field(
+        default=None,
+        description="which taxonomy conditions to rank (not with candidate_labels): 'validated' ranks only the "
+        "conditions the model's card validates (the default when it validates any) and flags a photo outside "
+        "them; 'taxonomy' ranks all conditions, the validated and the never-validated alike",
+    )
+
+    @model_validator(mode="after")
+    def _one_label_source(self) -> TriageOptions:
+        if self.label_scope is not None and self.candidate_labels:
+            raise ValueError("give label_scope or candidate_labels, not both: candidate_labels ranks your own labels")
+        return self
 
     @field_validator("candidate_labels")
     @classmethod
@@ -197,6 +211,15 @@ class TriageResult(BaseModel):
     taxonomy_version: str
     modality: Literal["clinical", "dermoscopic"]
     label_source: Literal["taxonomy", "candidate_labels"]
+    label_scope: LabelScope | None = Field(
+        default=None,
+        description="which taxonomy conditions were ranked: 'validated' (only those the model was validated for; "
+        "the others are not ranked, and a photo that looks outside them gets an `outside_scope` flag) or "
+        "'taxonomy' (all); null with candidate_labels",
+    )
+    scope_note: str | None = Field(
+        default=None, description="the ranked scope in words, as the viewer, FHIR and CDS card say it"
+    )
     differentials: list[Differential]
     image: ImageInfo
     timings: Timings

@@ -514,9 +514,7 @@ def test_embedded_backend_dispatch_attaches_the_declared_artifacts(monkeypatch: 
 
     from models.backends.artifacts import ArtifactFiles, ModelArtifacts, ModelIdentity
 
-    built = types.SimpleNamespace(
-        preprocessing=None, artifacts=ModelArtifacts(ModelIdentity("emb", "1", "ab" * 32))
-    )
+    built = types.SimpleNamespace(preprocessing=None, artifacts=ModelArtifacts(ModelIdentity("emb", "1", "ab" * 32)))
     calls: list[tuple[ModelSpec, str]] = []
     fake = types.ModuleType("models.embedded.model")
     fake.load_embedded = lambda spec, device: calls.append((spec, device)) or built  # type: ignore[attr-defined]

@@ -166,7 +166,11 @@ def test_models_and_cards(client: TestClient) -> None:
     assert body["loaded"]["card"]["license"]
     names = {m["name"] for m in body["available"]}
     assert "embedded-pad-lite0" in names and len(names) >= 2
-    assert [m["name"] for m in body["available"] if m["loaded"]] == ["embedded-pad-lite0"]
+    # the dermoscopic photo kind routes to the model trained on dermoscopy; both are loaded and named
+    assert body["routed"]["dermoscopic"]["ref"]["name"] == "embedded-isic-lite0"
+    assert body["routed"]["dermoscopic"]["card"]["modality"] == ["dermoscopic"]
+    loaded = sorted(m["name"] for m in body["available"] if m["loaded"])
+    assert loaded == ["embedded-isic-lite0", "embedded-pad-lite0"]
     card = client.get("/v1/models/embedded-pad-lite0").json()
     assert card["name"] == "embedded-pad-lite0" and card["version"] == body["loaded"]["ref"]["version"]
     assert_problem(client.get("/v1/models/no-such-model"), 404, "unknown-model")

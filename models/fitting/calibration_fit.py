@@ -54,14 +54,19 @@ class FolderAnswers:
 
 
 def folder_answers(
-    model: ImageTextModel, taxonomy: Taxonomy, data_dir: str | Path, modality: str = "clinical", progress: bool = False
+    model: ImageTextModel,
+    taxonomy: Taxonomy,
+    data_dir: str | Path,
+    modality: str = "clinical",
+    progress: bool = False,
+    split: str | None = None,
 ) -> FolderAnswers:
-    """Uncalibrated answers of each stage on the folder, honest for a model trained on it."""
-    from models.fitting.datasets import load_labelled_folder
-    from models.fitting.evaluation import embed_images, out_of_fold_probabilities
+    """Uncalibrated answers of each stage on the folder (the rows of `split`), honest for a model trained on it."""
+    from models.fitting.datasets import load_labelled_folder, row_modality
+    from models.fitting.evaluation import embed_images, out_of_fold_probabilities, probabilities_by_modality
     from models.scoring.zeroshot import ZeroShotClassifier
 
-    items = load_labelled_folder(data_dir, taxonomy)
+    items = load_labelled_folder(data_dir, taxonomy, split)
     clf = ZeroShotClassifier(model, taxonomy)
     present = sorted({i.condition_id for i in items})
     labels = clf.subset(present, modality)  # type: ignore[arg-type]
@@ -75,7 +80,9 @@ def folder_answers(
                 f"{model.card.name} was trained on {overlap} of these photos and has no out-of-fold probabilities "
                 "for them: calibrating on its in-sample scores would be optimistic"
             )
-        image, source = clf.probabilities(embed_images(model, items, progress=progress), labels).numpy(), "model"
+        emb = embed_images(model, items, progress=progress)
+        image = probabilities_by_modality(clf, emb, [row_modality(i, modality) for i in items], present)
+        source = "model"
     stages = {"image": image}
     if (Path(data_dir) / "metadata.csv").exists():
         from models.fitting.fusion_fit import cross_fit, pad_fusion_data
@@ -211,6 +218,7 @@ def uncertainty_report(
     coverage: float = 0.9,
     modality: str = "clinical",
     ood: bool = True,
+    split: str | None = None,
 ) -> dict[str, Any]:
     """The uncertainty keys of `dermtriage evaluate`: cross-fitted ECE, coverage, set size, gate rates.
 
@@ -220,7 +228,7 @@ def uncertainty_report(
     from models.uncertainty.calibration import load_calibration
     from models.uncertainty.gates import GateThresholds
 
-    answers = folder_answers(model, taxonomy, data_dir, modality)
+    answers = folder_answers(model, taxonomy, data_dir, modality, split=split)
     method, lam, k_reg, cc = "aps", 0.0, 0, True
     declared = model.artifacts.calibration
     if declared is not None and declared.exists():

@@ -10,13 +10,19 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from models.knowledge.taxonomy import Taxonomy
+from models.knowledge.taxonomy import Condition, Taxonomy, UnknownLabelError
 
 # The development photos: $DERMTRIAGE_DATA, else the checkout's sibling `shared/data/pad-ufes-20`.
 DEFAULT_DATA = Path(
     os.environ.get("DERMTRIAGE_DATA") or Path(__file__).resolve().parents[3] / "shared" / "data" / "pad-ufes-20"
 )
 PAD_FLAG_COLUMNS = ("itch", "grew", "hurt", "changed", "bleed", "elevation")
+# ISIC ground-truth names the taxonomy does not list (ISIC's other usual labels, MEL/NEV/SEK/BKL/DF/VASC/
+# AKIEC and "nevus", resolve through taxonomy.yaml's dataset codes, abbreviations and synonyms). Kept here,
+# not in taxonomy.yaml: any edit there changes the taxonomy fingerprint, which the shipped calibration,
+# fusion and text cache are keyed on (they would all need refitting), and a synonym also joins the
+# condition's prompt ensemble.
+DATASET_LABELS = {"pigmented benign keratosis": "seborrheic_keratosis", "vascular lesion": "cherry_angioma"}
 
 
 @dataclass(frozen=True)
@@ -49,13 +55,21 @@ def _find_image(images_dir: Path, img_id: str) -> Path | None:
     return None
 
 
-def load_labelled_folder(root: str | Path, taxonomy: Taxonomy) -> list[LabelledImage]:
-    """Read a labelled folder in either layout; raises FileNotFoundError naming what is missing."""
+class DatasetError(ValueError):
+    """A labelled folder that cannot be read as asked; the message is one line that says why."""
+
+
+def load_labelled_folder(root: str | Path, taxonomy: Taxonomy, split: str | None = None) -> list[LabelledImage]:
+    """Read a labelled folder in either layout; raises FileNotFoundError naming what is missing and
+    DatasetError (one line) for unknown labels, missing files or a split with no rows. `split` keeps
+    the rows of labels.csv whose `split` column says so (ISIC 2017: train, validation, test)."""
     root = Path(root)
     if (root / "metadata.csv").exists():
+        if split:
+            raise DatasetError(f"{root}: the PAD-UFES-20 layout has no splits; drop --split")
         return _load_pad(root, taxonomy)
     if (root / "labels.csv").exists():
-        return _load_plain(root, taxonomy)
+        return _load_plain(root, taxonomy, split)
     raise FileNotFoundError(f"{root}: expected metadata.csv (PAD-UFES-20 layout) or labels.csv (file,label)")
 
 
@@ -75,17 +89,54 @@ def _load_pad(root: Path, taxonomy: Taxonomy) -> list[LabelledImage]:
     return out
 
 
-def _load_plain(root: Path, taxonomy: Taxonomy) -> list[LabelledImage]:
-    out: list[LabelledImage] = []
+def _load_plain(root: Path, taxonomy: Taxonomy, split: str | None = None) -> list[LabelledImage]:
     with (root / "labels.csv").open(newline="") as fh:
-        for row in csv.DictReader(fh):
-            path = root / row["file"]
-            if not path.exists():
-                raise FileNotFoundError(f"{path} is listed in labels.csv but missing")
-            condition = taxonomy.resolve(row["label"])
-            meta = {k: v for k, v in row.items() if k not in ("file", "label")}
-            out.append(LabelledImage(path, condition.id, row.get("patient_id") or path.stem, meta))
+        reader = csv.DictReader(fh)
+        columns = reader.fieldnames or []
+        for needed in ("file", "label", *(["split"] if split else [])):
+            if needed not in columns:
+                raise DatasetError(f"{root / 'labels.csv'}: no `{needed}` column (columns: {', '.join(columns)})")
+        rows = list(reader)
+    if split:
+        available = sorted({(r.get("split") or "").strip() for r in rows} - {""})
+        rows = [r for r in rows if (r.get("split") or "").strip().lower() == split.lower()]
+        if not rows:
+            raise DatasetError(f"{root / 'labels.csv'}: no rows in split {split!r} (splits: {', '.join(available)})")
+    out: list[LabelledImage] = []
+    unknown: dict[str, int] = {}
+    missing: list[str] = []
+    for row in rows:
+        path = root / row["file"]
+        if not path.exists():
+            missing.append(row["file"])
+            continue
+        try:
+            condition = resolve_label(taxonomy, row["label"])
+        except UnknownLabelError:
+            unknown[row["label"]] = unknown.get(row["label"], 0) + 1
+            continue
+        meta = {k: v for k, v in row.items() if k not in ("file", "label")}
+        out.append(LabelledImage(path, condition.id, row.get("patient_id") or path.stem, meta))
+    if unknown:
+        listed = ", ".join(f"{k!r} ({n} rows)" for k, n in sorted(unknown.items()))
+        raise DatasetError(f"{root / 'labels.csv'}: labels the taxonomy does not know: {listed}")
+    if missing:
+        raise DatasetError(
+            f"{root / 'labels.csv'}: {len(missing)} listed file(s) missing under {root}, e.g. {', '.join(missing[:3])}"
+        )
     return out
+
+
+def resolve_label(taxonomy: Taxonomy, label: str) -> Condition:
+    """The taxonomy's condition for a dataset label (DATASET_LABELS first, then Taxonomy.resolve)."""
+    alias = DATASET_LABELS.get(" ".join(label.casefold().replace("_", " ").split()))
+    return taxonomy.get(alias) if alias else taxonomy.resolve(label)
+
+
+def row_modality(item: LabelledImage, default: str) -> str:
+    """The row's own `modality` (clinical or dermoscopic) when labels.csv has one, else `default`."""
+    value = (item.metadata.get("modality") or "").strip().lower()
+    return value if value in ("clinical", "dermoscopic") else default
 
 
 # ----------------------------------------------------------------------------- PAD flags -> words

@@ -4,6 +4,7 @@ cached activations and the test-time-view predictions."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -100,8 +101,10 @@ def fit(
     seed: int,
     desc: str,
     malignant: torch.Tensor | None = None,
+    on_epoch: Callable[[int], None] | None = None,
 ) -> None:
-    """Train the top blocks, both projections and the temperature in place."""
+    """Train the top blocks, both projections and the temperature in place; `on_epoch(epoch)` (1-based)
+    runs after each epoch (a split-based run scores its validation split there)."""
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     proj_params = list(model.visual.head.parameters()) + list(model.text.proj.parameters()) + [model.logit_scale]
@@ -121,7 +124,10 @@ def fit(
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[cfg.lr_top, cfg.lr_proj], total_steps=total, pct_start=0.1)
     n_caps = caption_feats.shape[1]
     top.eval()  # BN statistics stay ImageNet's: too few photos to re-estimate them
-    for _ in tqdm(range(cfg.epochs), desc=desc, unit="epoch", leave=False):
+    for epoch in tqdm(range(cfg.epochs), desc=desc, unit="epoch", leave=False):
+        if epoch and on_epoch is not None:
+            on_epoch(epoch)
+            top.eval()
         for _ in range(steps_per_epoch):
             pick = rng.choice(len(train_idx), size=cfg.batch_size, p=weights)
             idx = train_idx[pick]
@@ -152,6 +158,8 @@ def fit(
             loss.backward()
             opt.step()
             sched.step()
+    if on_epoch is not None:
+        on_epoch(cfg.epochs)
 
 
 @torch.inference_mode()

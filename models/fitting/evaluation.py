@@ -13,7 +13,7 @@ import torch
 from tqdm import tqdm
 
 from models.backends.base import ImageTextModel
-from models.fitting.datasets import LabelledImage, load_labelled_folder
+from models.fitting.datasets import LabelledImage, load_labelled_folder, row_modality
 from models.fitting.metrics import classification_report
 from models.knowledge.taxonomy import Taxonomy
 from models.photos import load_photo
@@ -21,7 +21,7 @@ from models.scoring.zeroshot import LabelSet, Modality, ZeroShotClassifier
 
 log = logging.getLogger(__name__)
 
-LabelScope = Literal["dataset", "taxonomy"]
+LabelScope = Literal["dataset", "taxonomy", "validated"]
 
 
 def embed_images(
@@ -48,16 +48,25 @@ def evaluate(
     batch_size: int = 16,
     progress: bool = True,
     classifier: ZeroShotClassifier | None = None,
+    split: str | None = None,
 ) -> dict[str, object]:
-    """Figures for `model` on the photos under `data_dir`.
+    """Figures for `model` on the photos under `data_dir` (the rows of `split` when given).
 
     `label_scope="dataset"` ranks only the conditions the folder contains (the published
-    zero-shot protocol); `"taxonomy"` ranks every condition the service knows.
+    zero-shot protocol); `"taxonomy"` ranks every condition the service knows. A row's own
+    `modality` column picks its prompts; `modality` is for rows without one.
     """
-    items = load_labelled_folder(data_dir, taxonomy)
+    items = load_labelled_folder(data_dir, taxonomy, split)
+    validated = validated_conditions(model, taxonomy) if label_scope == "validated" else None
+    if validated is not None:  # the service's default scope ranks only these: judged on photos of them
+        items = [i for i in items if i.condition_id in validated]
+    elif label_scope == "validated":  # a card that validates nothing: the service ranks the whole taxonomy
+        label_scope = "taxonomy"
+    modalities = [row_modality(i, modality) for i in items]
     clf = classifier or ZeroShotClassifier(model, taxonomy)
     present = sorted({i.condition_id for i in items})
-    labels: LabelSet = clf.subset(present, modality) if label_scope == "dataset" else clf.condition_set(modality)
+    ranked = validated or present
+    labels: LabelSet = clf.subset(ranked, modality) if label_scope != "taxonomy" else clf.condition_set(modality)
     y = np.array([labels.ids.index(i.condition_id) for i in items])
     malignant = [taxonomy.get(c).malignant for c in labels.ids]
     overlap = len({i.stem for i in items} & set(model.card.training_image_ids))
@@ -66,7 +75,9 @@ def evaluate(
     if oof is not None:  # the model's own scores on its training photos would be in-sample: not computed
         probs = oof
     else:
-        probs = clf.probabilities(embed_images(model, items, batch_size, progress), labels).numpy()
+        emb = embed_images(model, items, batch_size, progress)
+        scope: LabelScope = "taxonomy" if label_scope == "taxonomy" else "dataset"
+        probs = probabilities_by_modality(clf, emb, modalities, ranked, scope)
     fitz = [i.fitzpatrick for i in items]
     report = classification_report(probs, y, list(labels.ids), malignant, fitz)
     report["image_probabilities"] = source
@@ -89,11 +100,41 @@ def evaluate(
             "model": {"name": model.card.name, "version": model.card.version},
             "label_scope": label_scope,
             "labels": list(labels.ids),
-            "modality": modality,
+            "modality": modalities[0] if len(set(modalities)) == 1 else "mixed",
+            "modalities": {m: modalities.count(m) for m in sorted(set(modalities))},
+            "split": split,
             "trained_on_overlap": overlap,
         }
     )
     return report
+
+
+def probabilities_by_modality(
+    clf: ZeroShotClassifier,
+    emb: torch.Tensor,
+    modalities: Sequence[str],
+    present: Sequence[str],
+    label_scope: LabelScope = "dataset",
+) -> np.ndarray:
+    """Zero-shot probabilities with each image's own modality's prompts (same label order for all)."""
+    out: np.ndarray | None = None
+    for m in sorted(set(modalities)):
+        sel = np.array([x == m for x in modalities])
+        labels = clf.subset(present, m) if label_scope == "dataset" else clf.condition_set(m)  # type: ignore[arg-type]
+        p = clf.probabilities(emb[torch.as_tensor(sel)], labels).numpy()
+        if out is None:
+            out = np.zeros((len(modalities), p.shape[1]), dtype=p.dtype)
+        out[sel] = p
+    assert out is not None, "no images"
+    return out
+
+
+def validated_conditions(model: ImageTextModel, taxonomy: Taxonomy) -> list[str] | None:
+    """The conditions the service ranks by default for `model` (its card's validated ones, taxonomy order);
+    None when it validates fewer than two (the service then ranks the whole taxonomy)."""
+    card = set(model.card.validated_conditions)
+    ids = [c for c in taxonomy.ids if c in card]
+    return ids if len(ids) >= 2 else None
 
 
 def out_of_fold_probabilities(
@@ -109,10 +150,11 @@ def out_of_fold_probabilities(
         oof_ids, oof = read_oof(OOF_PATH, [i.stem for i in items])
     except KeyError:
         return None
-    if sorted(oof_ids) != sorted(class_ids):
+    if not set(class_ids) <= set(oof_ids):
         return None
     order = [oof_ids.index(c) for c in class_ids]
-    return oof[:, order]
+    sub = oof[:, order]  # fewer classes: renormalised, exactly the fold model's softmax over them alone
+    return sub / sub.sum(1, keepdims=True)
 
 
 def _fused_figures(
@@ -134,7 +176,7 @@ def _fused_figures(
     from models.knowledge.risk_factors import PAD_REQUEST_FIELDS
     from models.scoring.urgency import urgency_report
 
-    if label_scope != "dataset":
+    if label_scope == "taxonomy":
         return {"fused": None, "urgency": None, "fused_note": "fused figures are computed for --labels dataset"}
     data = pad_fusion_data(items, labels.ids, probs, model, labels.embeddings)
     try:

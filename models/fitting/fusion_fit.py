@@ -277,6 +277,7 @@ def _ranks(results: Sequence[FusionResult], t: UrgencyThresholds, taxonomy: Taxo
     ids = tuple(results[0].posterior)
     table = label_table(ids, t, taxonomy)
     upper = np.array([[r.posterior_upper[c] for c in ids] for r in results])
+
     def red_flag_rank(u: np.ndarray, r: FusionResult) -> int:
         fired = fired_rules(u, r.risk, False, ng12_checklist(r.risk), no_ng12, table)
         return min((x.category.rank for x in fired), default=9)

@@ -37,7 +37,8 @@ from torchvision.transforms import v2 as T
 from tqdm import tqdm
 
 from models.embedded.architecture import build_model, load_imagenet_trunk, load_preprocessing
-from models.fitting.datasets import PAD_FLAG_COLUMNS, LabelledImage, load_labelled_folder
+from models.fitting.captions import captions_for
+from models.fitting.datasets import LabelledImage, load_labelled_folder
 from models.fitting.embedded_steps import TTA_MODES, FrozenBottom, TrainableTop, fit, predict_tta, tta_views
 from models.fitting.metrics import classification_report
 from models.knowledge.taxonomy import Condition, Taxonomy, load_taxonomy
@@ -92,11 +93,12 @@ class TrainResult:
 # ----------------------------------------------------------------------------- views and captions
 
 
-def train_augment(size: int = 224) -> Callable[[Image.Image], torch.Tensor]:
+def train_augment(size: int = 224, ratio: tuple[float, float] = (0.8, 1.25)) -> Callable[[Image.Image], torch.Tensor]:
+    """Random zoomed crops (aspect `ratio` jitter), flips, right-angle turns and a little colour jitter."""
     return T.Compose(
         [
             T.ToImage(),
-            T.RandomResizedCrop(size, scale=(0.35, 1.0), ratio=(0.8, 1.25), antialias=True),
+            T.RandomResizedCrop(size, scale=(0.35, 1.0), ratio=ratio, antialias=True),
             T.RandomHorizontalFlip(),
             T.RandomVerticalFlip(),
             T.RandomChoice([T.RandomRotation((a, a)) for a in (0, 90, 180, 270)]),
@@ -116,42 +118,6 @@ def _pre_resized(path: Path) -> Image.Image:
     return pre_resize(load_photo(path))
 
 
-def _truthy(value: str) -> bool | None:
-    v = (value or "").strip().lower()
-    return True if v == "true" else False if v == "false" else None
-
-
-def captions_for(item: LabelledImage, taxonomy: Taxonomy, k: int, rng: random.Random) -> list[str]:
-    """Captions from the diagnosis (name or a synonym) and the lesion's facts; missing facts are omitted."""
-    cond = taxonomy.get(item.condition_id)
-    names = cond.prompt_names
-    kind = "malignant" if cond.malignant else ("precancerous" if cond.premalignant else "benign")
-    m = item.metadata
-    region = (m.get("region") or "").strip().lower().replace("_", " ")
-    age = m.get("age", "").strip()
-    sex = {"MALE": "man", "FEMALE": "woman"}.get((m.get("gender") or "").upper(), "person")
-    facts = {
-        "itch": "itches",
-        "grew": "has grown",
-        "hurt": "hurts",
-        "changed": "has changed",
-        "bleed": "bleeds",
-        "elevation": "is raised",
-    }
-    said = [facts[c] for c in PAD_FLAG_COLUMNS if _truthy(m.get(c, "")) is True]
-    out = []
-    for i in range(k):
-        name = names[0] if i == 0 else rng.choice(names)
-        options = [f"a clinical photo of {name}, a {kind} skin lesion."]
-        if region:
-            who = f" of a {age}-year-old {sex}" if age else ""
-            options.append(f"{name} on the {region}{who}.")
-        if said:
-            options.append(f"{name}; the lesion {', '.join(said)}.")
-        out.append(options[i % len(options)] if i else f"{name}.")
-    return out
-
-
 # ----------------------------------------------------------------------------- feature caches
 
 
@@ -169,7 +135,14 @@ def pooled_text(model: torch.nn.Module, tokenizer: Callable, texts: Sequence[str
 
 @torch.no_grad()
 def cache_image_features(
-    items: Sequence[LabelledImage], bottom: FrozenBottom, cfg: TrainConfig, cache_dir: Path | None
+    items: Sequence[LabelledImage],
+    bottom: FrozenBottom,
+    cfg: TrainConfig,
+    cache_dir: Path | None,
+    *,
+    views: int | None = None,
+    ratio: tuple[float, float] | None = None,
+    tta: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(N, V, C, h, w) augmented-view and (N, 4, C, h, w) TTA-view activations of the frozen bottom, fp16.
 
@@ -177,21 +150,23 @@ def cache_image_features(
     central 80 % of the shortest side) matches the scale of the random zoomed training crops
     and raised CV malignant AUROC from 0.842 to 0.856 (models/embedded/MODEL_CARD.md)."""
     served = load_preprocessing()  # test-time views exactly as the service makes them
-    key = cfg.fingerprint(repr(served) + "|".join(i.stem for i in items))
+    views = cfg.train_views if views is None else views
+    default = views == cfg.train_views and ratio is None and tta
+    extra = "" if default else f"|views={views}|ratio={ratio}|tta={tta}"  # PAD's key is unchanged
+    key = cfg.fingerprint(repr(served) + "|".join(i.stem for i in items) + extra)
     path = cache_dir / f"features-{key}.pt" if cache_dir else None
     if path and path.exists():
         blob = torch.load(path, weights_only=True)
         return blob["train"], blob["tta"]
     torch.manual_seed(cfg.seed)
-    aug = train_augment(served.image_size)
+    aug = train_augment(served.image_size, *([ratio] if ratio else []))
     train_feats, tta_feats = [], []
-    for item in tqdm(items, desc="caching frozen features", unit="img"):
+    for item in tqdm(items, desc="caching frozen features", unit="img", mininterval=30):
         im = _pre_resized(item.path)
-        views = torch.stack([aug(im) for _ in range(cfg.train_views)])
-        tta = tta_views(served(im)[None], "flip4")
-        out = bottom(torch.cat([views, tta])).half()
-        train_feats.append(out[: cfg.train_views])
-        tta_feats.append(out[cfg.train_views :])
+        batch = [aug(im) for _ in range(views)] + (list(tta_views(served(im)[None], "flip4")) if tta else [])
+        out = bottom(torch.stack(batch)).half()
+        train_feats.append(out[:views])
+        tta_feats.append(out[views:])
     train_t, tta_t = torch.stack(train_feats), torch.stack(tta_feats)
     if path:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -213,7 +188,7 @@ def write_oof_csv(result: TrainResult, mode: str, path: Path) -> None:
 
 
 @dataclass
-class _Run:
+class TrainingRun:
     """What every fit of one run shares: the model, its trainable top, labels, cached features."""
 
     model: torch.nn.Module
@@ -227,13 +202,21 @@ class _Run:
     prompt_index: torch.Tensor
     malignant: torch.Tensor  # (n_classes,) bool
     initial: dict[str, torch.Tensor]  # the state every fit starts from
+    tta_offset: int = 0  # tta_feats[i] belongs to item i + tta_offset (split runs cache no train TTA views)
 
     @property
     def n_classes(self) -> int:
         return len(self.malignant)
 
-    def fit(self, train_idx: np.ndarray, cfg: TrainConfig, seed: int, desc: str) -> None:
-        """Reset to the initial weights, then train on `train_idx`."""
+    def fit(
+        self,
+        train_idx: np.ndarray,
+        cfg: TrainConfig,
+        seed: int,
+        desc: str,
+        on_epoch: Callable[[int], None] | None = None,
+    ) -> None:
+        """Reset to the initial weights, then train on `train_idx` (`on_epoch` as in embedded_steps.fit)."""
         self.model.load_state_dict(self.initial, strict=False)
         fit(
             self.model,
@@ -249,11 +232,17 @@ class _Run:
             seed,
             desc,
             self.malignant,
+            on_epoch,
         )
 
     def predict(self, idx: np.ndarray) -> dict[str, np.ndarray]:
         return predict_tta(
-            self.model, self.top, self.tta_feats[idx], self.prompt_feats, self.prompt_index, self.n_classes
+            self.model,
+            self.top,
+            self.tta_feats[idx - self.tta_offset],
+            self.prompt_feats,
+            self.prompt_index,
+            self.n_classes,
         )
 
 
@@ -280,7 +269,7 @@ def _text_features(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Frozen text features: (N, captions, D) captions, the class prompts and each prompt's class."""
     rng = random.Random(cfg.seed)
-    captions = [captions_for(it, taxonomy, cfg.captions_per_image, rng) for it in items]
+    captions = [captions_for(it, taxonomy, cfg.captions_per_image, rng, cfg.modality) for it in items]
     caption_feats = pooled_text(model, tokenizer, [c for cs in captions for c in cs]).view(
         len(items), cfg.captions_per_image, -1
     )
@@ -294,15 +283,28 @@ def _text_features(
     return caption_feats, pooled_text(model, tokenizer, prompts), torch.tensor(index)
 
 
-def _prepare(
-    items: Sequence[LabelledImage], class_ids: list[str], taxonomy: Taxonomy, cfg: TrainConfig, cache_dir: Path | None
-) -> _Run:
+def prepare_run(
+    items: Sequence[LabelledImage],
+    class_ids: list[str],
+    taxonomy: Taxonomy,
+    cfg: TrainConfig,
+    cache_dir: Path | None,
+    *,
+    n_train: int | None = None,
+    ratio: tuple[float, float] | None = None,
+) -> TrainingRun:
+    """Model, cached features and text features of one run. With `n_train`, only the first `n_train`
+    items (the training split) get augmented views; the rest (validation, test) only test-time views."""
     conditions = [taxonomy.get(c) for c in class_ids]
     model, tokenizer, bottom, top = _towers(cfg)
-    train_feats, tta_feats = cache_image_features(items, bottom, cfg, cache_dir)
+    if n_train is None:
+        train_feats, tta_feats = cache_image_features(items, bottom, cfg, cache_dir, ratio=ratio)
+    else:
+        train_feats, _ = cache_image_features(items[:n_train], bottom, cfg, cache_dir, ratio=ratio, tta=False)
+        _, tta_feats = cache_image_features(items[n_train:], bottom, cfg, cache_dir, views=0)
     caption_feats, prompt_feats, prompt_index = _text_features(model, tokenizer, items, conditions, taxonomy, cfg)
     initial = deepcopy({k: v.clone() for k, v in model.state_dict().items() if not k.startswith("text.transformer.")})
-    return _Run(
+    return TrainingRun(
         model=model,
         top=top,
         labels=np.array([class_ids.index(i.condition_id) for i in items]),
@@ -314,11 +316,12 @@ def _prepare(
         prompt_index=prompt_index,
         malignant=torch.tensor([c.malignant for c in conditions]),
         initial=initial,
+        tta_offset=n_train or 0,
     )
 
 
 def _cross_validate(
-    run: _Run, items: Sequence[LabelledImage], result: TrainResult, cfg: TrainConfig, t0: float
+    run: TrainingRun, items: Sequence[LabelledImage], result: TrainResult, cfg: TrainConfig, t0: float
 ) -> None:
     """Patient-grouped CV: out-of-fold probabilities, fold ids and reports into `result`."""
     labels, groups = run.labels, run.groups
@@ -340,6 +343,15 @@ def _cross_validate(
     result.reports = {m: classification_report(oof[m], labels, result.class_ids, malignant, fitz) for m in TTA_MODES}
 
 
+def start_run(cfg: TrainConfig) -> float:
+    """Threads and every random seed set from `cfg`; returns the start time (time.time())."""
+    torch.set_num_threads(cfg.threads)
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    return time.time()
+
+
 def train_embedded(
     data_dir: Path,
     cfg: TrainConfig,
@@ -350,15 +362,11 @@ def train_embedded(
     final_fit: bool = True,
 ) -> TrainResult:
     """Patient-grouped CV (out-of-fold predictions and figures), then a final fit on all photos."""
-    t0 = time.time()
-    torch.set_num_threads(cfg.threads)
-    random.seed(cfg.seed)
-    np.random.seed(cfg.seed)
-    torch.manual_seed(cfg.seed)
+    t0 = start_run(cfg)
     taxonomy = taxonomy or load_taxonomy()
     items = load_labelled_folder(data_dir, taxonomy)
     class_ids = sorted({i.condition_id for i in items})
-    run = _prepare(items, class_ids, taxonomy, cfg, cache_dir)
+    run = prepare_run(items, class_ids, taxonomy, cfg, cache_dir)
     result = TrainResult(
         class_ids=class_ids,
         image_ids=[i.stem for i in items],

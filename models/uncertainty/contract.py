@@ -21,6 +21,7 @@ FlagName = Literal[
     "unvalidated_condition",
     "underrepresented_skin_type",
     "uncalibrated",
+    "outside_scope",
 ]
 
 

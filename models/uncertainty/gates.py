@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -24,12 +24,14 @@ from models.uncertainty.ood import OodScore
 
 __all__ = [
     "GateThresholds",
+    "ScopeEvidence",
     "UncertaintyGate",
     "answer_flags",
     "assess",
     "entropy",
     "ood_flags",
     "quality_flags",
+    "scope_flags",
     "top2_margin",
 ]
 
@@ -45,6 +47,14 @@ class GateThresholds(BaseModel):
     min_side: int = Field(default=150, description="shorter side in pixels below: too small to judge")
     low_confidence: float = Field(default=0.4, description="calibrated top probability below: low confidence")
     max_set_size: int = Field(default=3, description="conformal set larger than this: ambiguous")
+    # outside_scope (models/fitting/scope_fit.py chose these on development data: PAD-UFES-20 photos,
+    # half the synthetic inflammatory set and ISIC 2017 `train` images sent as clinical)
+    scope_outside_mass: float = Field(
+        default=0.714, description="generic fused mass on conditions the model was never validated for, above: outside"
+    )
+    scope_imagenet_margin: float | None = Field(
+        default=0.93, description="ImageNet skin-class log mass below the OOD gate's threshold plus this: outside"
+    )
 
 
 def entropy(p: np.ndarray) -> float:
@@ -115,6 +125,61 @@ def ood_flags(score: OodScore) -> list[Flag]:
     ]
 
 
+class ScopeEvidence(Protocol):
+    """What says a photo may lie outside the conditions a model was validated for (produced by
+    models/scoring/scope.py `ScopeReader.evidence`): the generic fusion's `outside_mass` on
+    never-validated conditions, never-validated conditions the history `named`, inflammatory `findings`
+    reported present, and the never-validated conditions that mass favours (`closest`, names)."""
+
+    @property
+    def outside_mass(self) -> float: ...
+    @property
+    def named(self) -> tuple[str, ...]: ...
+    @property
+    def findings(self) -> tuple[str, ...]: ...
+    @property
+    def closest(self) -> tuple[str, ...]: ...
+
+
+def scope_flags(evidence: ScopeEvidence, ood: OodScore | None, t: GateThresholds) -> list[Flag]:
+    """One `outside_scope` flag (requires review) per rule that fired: the photo or the history points
+    outside the conditions the model was validated for, so its ranking of those says little."""
+    rules: list[tuple[str, Any, Any, str]] = []
+    if evidence.outside_mass > t.scope_outside_mass:
+        rules.append(("outside_validated_mass", round(evidence.outside_mass, 4), t.scope_outside_mass,
+                      "The photo and history fit conditions this model was never validated for better than "
+                      "the ones it was."))  # fmt: skip
+    if ood is not None and ood.flagged:  # not like the photos it was validated on (see out_of_distribution)
+        rules.append(("out_of_distribution", "flagged", "out_of_distribution",
+                      "The photo does not look like the lesion photos the model was validated on."))  # fmt: skip
+    if t.scope_imagenet_margin is not None and ood is not None and ood.imagenet_log_mass is not None:
+        limit = float(ood.imagenet_threshold) + t.scope_imagenet_margin
+        if ood.imagenet_log_mass < limit:
+            rules.append(("imagenet_skin_class_log_mass", round(float(ood.imagenet_log_mass), 3), round(limit, 3),
+                          "A general image network does not see an ordinary skin close-up here."))  # fmt: skip
+    if evidence.named:
+        rules.append(("symptoms_name_unvalidated", ", ".join(evidence.named), "validated_conditions",
+                      f"The history names {', '.join(evidence.named)}, which this model was never validated "
+                      "for."))  # fmt: skip
+    if evidence.findings:
+        words = ", ".join(f.replace("_", " ") for f in evidence.findings)
+        rules.append(("inflammatory_findings", words, "validated_conditions",
+                      f"The history reports {words}: an inflammatory or infective condition is outside what "
+                      "this model was validated for."))  # fmt: skip
+    closest = f" Consider also: {', '.join(evidence.closest)}." if evidence.closest else ""
+    return [
+        Flag(
+            name="outside_scope",
+            measure=measure,
+            value=value,
+            threshold=threshold,
+            requires_review=True,
+            message=f"Possibly outside this model's scope: {message}{closest}",
+        )
+        for measure, value, threshold, message in rules
+    ]
+
+
 def answer_flags(
     labels: Sequence[str],
     p: np.ndarray,
@@ -169,6 +234,7 @@ def assess(
     fitzpatrick: int | None = None,
     underrepresented: Sequence[int] = (),
     thresholds: GateThresholds | None = None,
+    scope: ScopeEvidence | None = None,
 ) -> Uncertainty:
     """The uncertainty block for one answer over `labels` (probabilities already calibrated)."""
     t = thresholds or GateThresholds()
@@ -180,6 +246,8 @@ def assess(
         flags += ood_flags(ood)
     if quality is not None:
         flags += quality_flags(quality, t)
+    if scope is not None:
+        flags += scope_flags(scope, ood, t)
     flags += answer_flags(
         labels,
         p,
@@ -275,6 +343,7 @@ class UncertaintyGate:
         quality: Mapping[str, float] | None = None,
         top_validated: bool | None = None,
         fitzpatrick: int | None = None,
+        scope: ScopeEvidence | None = None,
     ) -> Uncertainty:
         """The Uncertainty block for one answer; `embedding` is the (1, D) or (D,) image embedding already computed."""
         member = None
@@ -299,4 +368,5 @@ class UncertaintyGate:
             fitzpatrick=fitzpatrick,
             underrepresented=self.underrepresented,
             thresholds=self.thresholds,
+            scope=scope,
         )

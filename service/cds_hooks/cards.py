@@ -60,6 +60,8 @@ def detail(result: TriageResult, photo_ref: str | None = None, photo_taken: str 
         codes = ", ".join(f"{_SYSTEMS.get(c.system, c.system)} {c.code}" for c in d.codes) or "-"
         name = _md(d.name) + ("" if d.validated_for_model else " (not validated for this model)")
         lines.append(f"| {d.rank} | {name} | {d.probability:.0%} | {_md(codes)} |")
+    if result.scope_note:
+        lines += ["", f"_Scope: {_md(result.scope_note)}._"]
     moved = [d for d in result.differentials if d.rank_change is not None]
     if moved:
         lines += ["", "**Against the photo alone:**"]

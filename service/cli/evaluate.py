@@ -16,8 +16,14 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p = subparser(sub, "evaluate", "score a model on a labelled folder (PAD layout or labels.csv)", run)
     add_model(p)
     add_data(p)
-    p.add_argument("--labels", choices=["dataset", "taxonomy"], default="dataset")
+    p.add_argument(
+        "--labels",
+        choices=["dataset", "taxonomy", "validated"],
+        default="dataset",
+        help="the scope the top-level figures use; `scopes` always holds dataset and the service's default",
+    )
     add_modality(p)
+    p.add_argument("--split", help="keep the labels.csv rows whose `split` column says so (e.g. test)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--json", action="store_true")
     p.add_argument("--coverage", type=float, default=0.9, help="nominal coverage of the conformal sets")
@@ -28,22 +34,16 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from models.backends.registry import load_model
-    from models.fitting.evaluation import evaluate
+    from models.fitting.datasets import DatasetError, load_labelled_folder
     from models.knowledge.taxonomy import load_taxonomy
 
-    model = load_model(args.model)
     taxonomy = load_taxonomy()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        report = evaluate(
-            model, taxonomy, args.data, label_scope=args.labels, modality=args.modality, batch_size=args.batch_size
-        )
-    for w in caught:
-        print(f"warning: {w.message}", file=sys.stderr)
-    if args.labels == "dataset":
-        from models.fitting.calibration_fit import uncertainty_report
-
-        report.update(uncertainty_report(model, taxonomy, args.data, coverage=args.coverage, ood=not args.no_ood))
+    try:  # read the folder first: an unknown label or a missing file is one line, not a traceback
+        load_labelled_folder(args.data, taxonomy, args.split)
+    except (DatasetError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    report = _evaluate(load_model(args.model), taxonomy, args)
     if args.report:
         from models.fitting.report import write_report
 
@@ -55,8 +55,50 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _evaluate(model: Any, taxonomy: Any, args: argparse.Namespace) -> dict:
+    from models.fitting.evaluation import evaluate
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        report = evaluate(
+            model,
+            taxonomy,
+            args.data,
+            label_scope=args.labels,
+            modality=args.modality,
+            batch_size=args.batch_size,
+            split=args.split,
+        )
+        from models.fitting.scope_eval import scopes_report
+
+        kw = {"modality": args.modality, "batch_size": args.batch_size, "split": args.split}
+        report["scopes"] = scopes_report(model, taxonomy, args.data, report, **kw)
+    for w in caught:
+        print(f"warning: {w.message}", file=sys.stderr)
+    if args.labels == "dataset":
+        from models.fitting.calibration_fit import uncertainty_report
+
+        report.update(
+            uncertainty_report(
+                model,
+                taxonomy,
+                args.data,
+                coverage=args.coverage,
+                modality=args.modality,
+                ood=not args.no_ood,
+                split=args.split,
+            )
+        )
+    return report
+
+
 def print_report(report: dict, data: str, labels: str) -> None:
-    print(f"{report['model']['name']} {report['model']['version']} on {data} (n={report['n']}, labels={labels})")
+    split = f", split={report['split']}" if report.get("split") else ""
+    modalities = ", ".join(f"{k} {v}" for k, v in (report.get("modalities") or {}).items())
+    print(
+        f"{report['model']['name']} {report['model']['version']} on {data} (n={report['n']}, labels={labels}"
+        f"{split}; modality: {modalities})"
+    )
     for key in ("balanced_accuracy", "accuracy", "top3_accuracy", "malignant_auroc", "melanoma_sensitivity"):
         value = report[key]
         print(f"  {key:22s} {'n/a' if value is None else f'{value:.3f}'}")
@@ -65,7 +107,20 @@ def print_report(report: dict, data: str, labels: str) -> None:
         bacc = v["balanced_accuracy"]
         print(f"  Fitzpatrick {t}: n={v['n']} balanced accuracy {'n/a (<10)' if bacc is None else f'{bacc:.3f}'}")
     print_fused(report)
+    print_scopes(report)
     print_uncertainty(report)
+
+
+def print_scopes(report: dict) -> None:
+    """Both label scopes, image-only and fused: the published protocol and what the service ranks by default."""
+    for key, block in (report.get("scopes") or {}).items():
+        img, fused = block["image"], block.get("fused") or {}
+        line = ", ".join(
+            f"{k} {img[k]:.3f}" + (f" (fused {fused[k]:.3f})" if fused.get(k) is not None else "")
+            for k in ("balanced_accuracy", "top3_accuracy", "malignant_auroc")
+            if img.get(k) is not None
+        )
+        print(f"  scope {key} ({block['label_scope']}, {len(block['labels'] or [])} labels, n={img['n']}): {line}")
 
 
 def print_fused(report: dict) -> None:

@@ -251,6 +251,7 @@ def _risk_assessment(ctx: _Context, report_ref: str, basis: list[str]) -> str:
             "status": "preliminary",
             "method": {
                 "text": f"{result.model.name} {result.model.version} ({result.label_source}, {result.modality})"
+                + (f"; {result.scope_note}" if result.scope_note else "")
             },
             "subject": {"reference": ctx.subject},
             "occurrenceDateTime": ctx.when,

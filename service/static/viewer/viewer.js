@@ -47,6 +47,7 @@
     unvalidated_condition: "Not validated",
     underrepresented_skin_type: "Skin type under-represented",
     uncalibrated: "Uncalibrated",
+    outside_scope: "Outside model scope",
   };
 
   var state = {
@@ -818,6 +819,7 @@
     dd(meta, "Fusion", result.fusion_model || "photo only");
     dd(meta, "Taxonomy", result.taxonomy_version);
     dd(meta, "Ranking", (result.modality || "") + " photo, " + words(result.label_source || ""));
+    if (result.scope_note) dd(meta, "Scope", result.scope_note);
     var unc = result.uncertainty;
     if (unc) dd(meta, "Calibration", unc.calibrated ? unc.calibration_id || "calibrated" : "not calibrated");
     var img = result.image;
