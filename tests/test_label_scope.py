@@ -95,6 +95,24 @@ def test_history_naming_an_inflammatory_condition_flags_scope(pad_dir: Path, eng
                 and f.name == "outside_scope"]  # fmt: skip
 
 
+@pytest.mark.parametrize(
+    ("text", "named"),
+    [
+        ("itchy rash on both arms", ("a rash",)),
+        ("might be eczema or psoriasis", ("atopic dermatitis", "psoriasis")),
+        ("no rash, no acne, mole for years", ()),
+        ("my sister has eczema; this mole is new", ()),
+        ("had acne as a teenager, now a dark spot", ()),
+        ("if it turns into a rash I will come back", ()),
+        ("no fever but an itchy rash since Monday", ("a rash",)),
+    ],
+)
+def test_named_conditions_follow_the_symptom_readers_context(engine: TriageEngine, text: str, named: tuple) -> None:
+    """The history's named conditions are read with the same ConText as the symptom findings."""
+    got = engine.scopes.named(text)
+    assert tuple(n.lower() for n in got) == tuple(n.lower() for n in named), text
+
+
 def _scope_rate(engine: TriageEngine, images: list[Any]) -> float:
     fired = 0
     for i, image in enumerate(images):

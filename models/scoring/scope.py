@@ -10,7 +10,7 @@ into a flag that requires review:
 - the generic fusion (image weight 1, the symptom words, cited priors) over the *whole* taxonomy: its
   mass on conditions outside the validated ones;
 - never-validated inflammatory, infective, drug-reaction or bullous conditions the history names
-  ("acne", "a rash", "hives"; not when negated: "no rash");
+  ("acne", "a rash", "hives"), read by the symptom reader's ConText (not "no rash", "my son's eczema");
 - inflammatory findings the symptom reader found present (fever, spreading redness, ...).
 """
 
@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from models.knowledge.context import ContextReader
 from models.knowledge.risk_factors import RiskFactors
 from models.knowledge.risk_priors import LiteraturePriors
 from models.knowledge.taxonomy import Taxonomy
@@ -32,7 +33,8 @@ __all__ = ["INFLAMMATORY_FINDINGS", "ScopeReader", "ScopeReading"]
 # findings that point at an inflammatory or infective condition, none of which the lesion models were validated on
 INFLAMMATORY_FINDINGS = ("inflammation", "fever", "spreading_redness", "widespread_blistering", "skin_pain", "shingles")
 
-NEGATED = re.compile(r"\b(?:no|not|without|never|denies|deny)\W+(?:\w+\W+){0,2}$")
+# a named condition counts only when ConText reads it as the patient's, current and asserted
+NOT_CURRENT = frozenset({"negated", "hypothetical", "historical", "family"})
 GENERIC_WORDS = frozenset({"spot", "spots", "lump", "bump", "growth", "mark", "sore", "patch"})
 # conditions whose names in the history point outside a lesion model's scope (warts excluded: "wart" is
 # what many people call a seborrheic keratosis)
@@ -98,15 +100,20 @@ class ScopeReader:
         )
 
     def named(self, text: str | None) -> tuple[str, ...]:
-        """Never-validated conditions (of OUT_OF_SCOPE_CATEGORIES) the text names, not negated ("no acne")."""
+        """Never-validated conditions (of OUT_OF_SCOPE_CATEGORIES) the text names as the patient's own and
+        current, in the order named; the symptom reader's ConText decides ("no acne", "my sister's eczema",
+        "had acne as a teenager", "if it turns into a rash" name nothing; "might be eczema" does)."""
         if not text:
             return ()
         lowered = text.lower()
+        hits = sorted((m.start(), m.end(), name) for pattern, name in self.patterns for m in pattern.finditer(lowered))
+        if not hits:
+            return ()
+        reader = ContextReader(lowered, [(start, end) for start, end, _ in hits])
         named: list[str] = []
-        for pattern, name in self.patterns:
-            for m in pattern.finditer(lowered):
-                if not NEGATED.search(lowered[max(0, m.start() - 40) : m.start()]) and name not in named:
-                    named.append(name)
+        for start, end, name in hits:
+            if name not in named and not reader.categories(start, end) & NOT_CURRENT:
+                named.append(name)
         return tuple(named[:3])
 
     def _patterns(self) -> list[tuple[re.Pattern[str], str]]:
