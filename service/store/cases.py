@@ -93,13 +93,13 @@ class CaseStore:
                     await (upgrade(self.config.get_engine()) if self.migrate else ping(self.config.get_engine()))
                 break
             except Exception as exc:  # any failure to reach or migrate the database is reported, not raised
-                self._down(exc)
+                self.mark_down(exc)
                 if not self.required:
                     self.status = "off"
                     log.error("database unreachable at start: persistence off", extra={"error": self.error})
                     return
                 await asyncio.sleep(RETRY_S)
-        self._up()
+        self.mark_up()
         log.info("case database ready", extra={"database": redacted(self.url)})
         await self.writes.run()
 
@@ -108,11 +108,11 @@ class CaseStore:
             await self.writes.flush(timeout_s)
         await self.config.get_engine().dispose()
 
-    def _up(self) -> None:
+    def mark_up(self) -> None:
         self.status, self.error = "ok", None
         self.metrics.database_up.set(1)
 
-    def _down(self, exc: BaseException) -> None:
+    def mark_down(self, exc: BaseException) -> None:
         self.error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}".rstrip(": ")
         if self.status != "off":
             self.status = "unavailable"
@@ -120,7 +120,7 @@ class CaseStore:
 
     def _write_status(self, error: str | None) -> None:
         if error is None:
-            self._up()
+            self.mark_up()
         elif self.status != "off":
             self.status, self.error = "unavailable", error
             self.metrics.database_up.set(0)
@@ -186,7 +186,7 @@ class CaseStore:
             async with asyncio.timeout(OP_TIMEOUT_S), self.sessions() as session, session.begin():
                 yield session
         except DB_ERRORS as exc:
-            self._down(exc)
+            self.mark_down(exc)
             log.warning("case database unreachable", extra={"error": type(exc).__name__})
             raise Problem(
                 "database-unavailable",
@@ -195,7 +195,7 @@ class CaseStore:
                 headers={"Retry-After": "5"},
             ) from None
         if self.status == "unavailable":
-            self._up()
+            self.mark_up()
 
     def may_read(self, case: Case, principal: str) -> bool:
         return case.owner == principal or principal in self.reviewers

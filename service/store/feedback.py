@@ -35,7 +35,7 @@ class DatabaseFeedbackStore:
         """The last ``MAX_LISTED`` records (of one service), oldest first."""
         clauses = [CdsFeedback.service_id == service_id] if service_id is not None else []
         async with self.store.transaction() as session:
-            rows = await FeedbackRepository(session=session).list(
+            rows = await FeedbackRepository(session=session).get_many(
                 *clauses, OrderBy("id", "desc"), LimitOffset(MAX_LISTED, 0)
             )
         return [

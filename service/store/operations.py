@@ -89,7 +89,7 @@ async def list_cases(
     if reviewed is not None:
         clauses.append(store.reviewed_clause(reviewed))
     async with store.transaction() as session:
-        cases, total = await CaseRepository(session=session).list_and_count(
+        cases, total = await CaseRepository(session=session).get_many_and_count(
             *clauses, OrderBy("created_at", "desc"), LimitOffset(limit, offset)
         )
         done = await store.reviewed(session, [c.id for c in cases])
@@ -202,7 +202,7 @@ async def list_children(store: CaseStore, caller: Caller, case_id: str, kind: st
     child = CHILDREN[kind]
     async with store.transaction() as session:
         case = await store.case_for(session, case_id, caller.principal, caller.client)
-        rows = await child.repository(session=session).list(child.model.case_id == case.id, OrderBy("id", "asc"))
+        rows = await child.repository(session=session).get_many(child.model.case_id == case.id, OrderBy("id", "asc"))
         audit = [audit_row(caller.principal, "read", child.resource, str(r.id), case.id, caller.client) for r in rows]
         await store.audit_now(session, audit)
     return [_out(kind, r) for r in rows]
@@ -212,7 +212,7 @@ async def audit_of(store: CaseStore, caller: Caller, case_id: str) -> list[Audit
     """The case's audit events, oldest first (this read is itself audited, after the list is taken)."""
     async with store.transaction() as session:
         case = await store.case_for(session, case_id, caller.principal, caller.client)
-        rows = await AuditRepository(session=session).list(AuditEvent.case_id == case.id, OrderBy("id", "asc"))
+        rows = await AuditRepository(session=session).get_many(AuditEvent.case_id == case.id, OrderBy("id", "asc"))
         await _audit_read(session, store, caller, case)
     return [AuditOut.model_validate(r, from_attributes=True) for r in rows]
 
