@@ -83,7 +83,9 @@ class HealthController(Controller):
             raise Problem(
                 "database-unavailable",
                 503,
-                f"The case database is {database['status']} ({why}); DERMTRIAGE_DATABASE_REQUIRED is true.",
+                f"The case database is {database['status']} ({why}); DERMTRIAGE_DATABASE_REQUIRED is true. "
+                f"Writes pending: {database['pending_writes']}, lost (queue full): {database['lost_writes']}, "
+                f"refused: {database['failed_writes']}.",
                 title="Database unavailable",
                 headers={"Retry-After": "5"},
             )

@@ -106,6 +106,8 @@ class CaseStore:
     async def stop(self, timeout_s: float = 5.0) -> None:
         if self.status == "ok":
             await self.writes.flush(timeout_s)
+        elif self.writes.pending:
+            log.error("case database down at shutdown: writes not kept", extra={"rows": self.writes.pending})
         await self.config.get_engine().dispose()
 
     def mark_up(self) -> None:

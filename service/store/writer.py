@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import asyncpg
 from advanced_alchemy.exceptions import AdvancedAlchemyError
 from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -24,8 +26,18 @@ from service.store.repository import REPOSITORIES
 
 BATCH = 64
 MAX_BACKOFF_S = 5.0
-# what a database call may raise: SQLAlchemy's errors, the repositories' wrapped ones, the network's
-DB_ERRORS = (SQLAlchemyError, AdvancedAlchemyError, OSError, TimeoutError, ConnectionError)
+# what a database call may raise: SQLAlchemy's errors, the repositories' wrapped ones, the network's,
+# and the drivers' own when raised while connecting (asyncpg's are not wrapped there)
+DB_ERRORS = (
+    SQLAlchemyError,
+    AdvancedAlchemyError,
+    OSError,
+    TimeoutError,
+    ConnectionError,
+    sqlite3.Error,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+)
 log = logging.getLogger("dermtriage.store")
 
 
