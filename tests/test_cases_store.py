@@ -231,3 +231,36 @@ def test_cds_feedback_is_kept_in_the_database(db_url: str) -> None:
 
     kept = asyncio.run(check())
     assert [(r.card, r.outcome, r.override_reason) for r in kept] == [("card-1", "overridden", {"x": 1})]
+
+
+def test_a_row_the_database_refuses_is_counted_and_the_rest_written(db_url: str) -> None:
+    """Two answers under one id (never happens in the service; here forced): the duplicate is counted as
+    failed, every other row of the same batch is still written."""
+    from service.store.cases import audit_row, now
+    from service.store.models import Case
+    from service.store.writer import Row
+
+    case = {
+        "id": "c" * 32, "owner": "anonymous", "created_at": now(), "model_name": "m", "model_version": "1",
+        "weights_sha256": None, "calibration_id": None, "taxonomy_version": "t", "photo_sha256": "0" * 64,
+        "photo_width": 64, "photo_height": 64, "patient_ref": None, "lesion_ref": None,
+        "share_token_sha256": None, "answer": {},
+    }  # fmt: skip
+
+    async def run() -> dict[str, Any]:
+        store = CaseStore(Settings(database_url=db_url, database_migrate=True), Metrics())
+        task = asyncio.create_task(store.start())
+        while store.status == "starting":
+            await asyncio.sleep(0.01)
+        for _ in range(2):  # queued before the writer runs: one batch of four rows
+            store.writes.submit(
+                [Row(Case, dict(case)), audit_row("anonymous", "create", "case", case["id"], None, None)]
+            )
+        while store.writes.pending or store.writes.written + store.writes.failed < 4:
+            await asyncio.sleep(0.01)
+        task.cancel()
+        await store.stop()
+        return store.readiness()
+
+    state = asyncio.run(run())
+    assert (state["written"], state["failed_writes"], state["lost_writes"]) == (3, 1, 0)
