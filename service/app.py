@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Protocol
 
 import anyio
+from advanced_alchemy.extensions.litestar import SQLAlchemyPlugin
 from litestar import Litestar
 from litestar.config.cors import CORSConfig
 from litestar.datastructures import ResponseHeader, State
@@ -32,13 +33,15 @@ from service.routes import CONTROLLERS
 from service.routes.deps import provide_engine, provide_runner, provide_service
 from service.runtime import InferenceRunner, ServiceState, build_engine, registry_catalog
 from service.settings import Settings
+from service.store.cases import CaseStore
+from service.store.feedback import DatabaseFeedbackStore
 
 if TYPE_CHECKING:
     from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 API_VERSION = "1.0.0"
 # Routes whose answers (and errors) may carry patient data: never cached by browsers or proxies.
-PATIENT_DATA_PREFIXES = ("/v1/triage", "/fhir", "/cds-services")
+PATIENT_DATA_PREFIXES = ("/v1/triage", "/v1/cases", "/fhir", "/cds-services")
 MAX_FORM_PARTS = 64  # image + options + up to 50 repeated candidate_labels, with room
 log = logging.getLogger("dermtriage.service")
 
@@ -131,12 +134,17 @@ def _lifespan(service: ServiceState, purgeable: Sequence[Purgeable]):  # type: i
         async with anyio.create_task_group() as tg:
             tg.start_soon(_start, service)
             tg.start_soon(purge_expired, purgeable, service.settings.result_purge_interval_s)
+            if service.cases is not None:
+                tg.start_soon(service.cases.start)  # connect, migrate, then drain the case write queue
             try:
                 yield
             finally:
                 tg.cancel_scope.cancel()
                 service.ready = False
                 service.runner.close()
+        if service.cases is not None:  # after the drain task stopped: write what is queued, then close
+            with anyio.CancelScope(shield=True):
+                await service.cases.stop()
 
     return lifespan
 
@@ -146,6 +154,7 @@ def create_app(settings: Settings | None = None, engine: TriageEngine | None = N
     settings = settings or Settings()
     metrics = Metrics()
     runner = InferenceRunner.from_settings(settings, metrics)
+    cases = CaseStore(settings, metrics)
     service = ServiceState(
         settings=settings,
         metrics=metrics,
@@ -154,8 +163,10 @@ def create_app(settings: Settings | None = None, engine: TriageEngine | None = N
         results=MemoryResultStore(
             settings.result_store_size, settings.result_ttl_s, max_heatmap_bytes=settings.result_heatmap_bytes
         ),
+        cases=cases,
     )
     cds = CdsState.from_settings(settings)
+    cds.feedback = DatabaseFeedbackStore(cases)
     cors = (
         CORSConfig(allow_origins=settings.cors_origins, allow_methods=["GET", "POST"], expose_headers=["X-Request-ID"])
         if settings.cors_origins
@@ -187,6 +198,7 @@ def create_app(settings: Settings | None = None, engine: TriageEngine | None = N
             components=SECURITY_COMPONENTS,
         ),
         logging_config=None,
+        plugins=[SQLAlchemyPlugin(config=cases.config)],  # advanced-alchemy: engine life cycle, db_session
     )
     # Outermost, so 404s and errors raised before routing get a request id, a log line and metrics too.
     context = RequestContextMiddleware(app.asgi_handler, metrics, settings.body_read_timeout_s)

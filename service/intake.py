@@ -2,7 +2,8 @@
 
 Two forms:
 - ``multipart/form-data``: a file part ``image``; options as one JSON part ``options`` or as plain
-  fields ``top_k``, ``modality``, ``label_scope``, ``candidate_labels`` (repeated, or once comma-separated).
+  fields ``top_k``, ``modality``, ``label_scope``, ``candidate_labels`` (repeated, or once comma-separated),
+  ``patient_ref``, ``lesion_ref``.
 - ``application/json``: ``{"image": "<base64>", "options": {...}}``; options nest under ``options``.
 
 Unknown fields are refused in both forms. Syntax errors (JSON, multipart, base64) are 400; well-formed
@@ -26,7 +27,16 @@ from pydantic import ConfigDict, Field, ValidationError
 from service.problems import ACCEPTED_MEDIA_TYPES, Problem, field_errors, validated, validation_problem
 from service.schemas import ClinicalInput, TriageInput, TriageOptions
 
-FORM_OPTION_FIELDS = ("top_k", "modality", "candidate_labels", "explain", "heatmap_grid", "label_scope")
+FORM_OPTION_FIELDS = (
+    "top_k",
+    "modality",
+    "candidate_labels",
+    "explain",
+    "heatmap_grid",
+    "label_scope",
+    "patient_ref",
+    "lesion_ref",
+)
 FORM_CLINICAL_FIELDS = ("symptoms", "risk_factors")
 FORM_FIELDS = frozenset({"image", "options", *FORM_OPTION_FIELDS, *FORM_CLINICAL_FIELDS})
 
@@ -249,7 +259,7 @@ async def _form(request: Request[Any, Any, Any]) -> FormMultiDict:
 
 def _form_options(form: FormMultiDict) -> dict[str, Any]:
     raw: dict[str, Any] = {}
-    for name in ("top_k", "modality", "explain", "heatmap_grid", "label_scope"):
+    for name in ("top_k", "modality", "explain", "heatmap_grid", "label_scope", "patient_ref", "lesion_ref"):
         values = form.getall(name, [])
         if len(values) > 1:
             raise _field_problem(name, "Give this field once", "repeated")

@@ -65,6 +65,15 @@ class Metrics:
             "dermtriage_triage_rejected", "Triage requests answered 503 by back-pressure", ["reason"], registry=r
         )
         self.ready = Gauge("dermtriage_ready", "1 once the model is loaded and warmed up", registry=r)
+        self.case_writes = Counter(
+            "dermtriage_case_writes",
+            "Case and audit rows by what became of them: written, retried (database unreachable), failed "
+            "(refused by the database) or lost (write queue full)",
+            ["outcome"],
+            registry=r,
+        )
+        self.case_write_queue = Gauge("dermtriage_case_write_queue", "Case writes waiting for the database", registry=r)
+        self.database_up = Gauge("dermtriage_database_up", "1 while the case database answers", registry=r)
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
         method = method_label(method)

@@ -36,6 +36,12 @@ def principal_of(connection: Any) -> str:
     return str(principal) if principal else ANONYMOUS
 
 
+def client_of(connection: Any) -> str | None:
+    """The client's address as the server saw it (for the audit trail), or None."""
+    client = connection.scope.get("client")
+    return str(client[0])[:64] if client else None
+
+
 class TtlCache(Generic[V]):
     """At most `max_items` values, each for at most `ttl_s` seconds; least recently put (or, with
     `refresh_on_get`, used) evicted first. Thread-safe; counts hits and misses."""

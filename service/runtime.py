@@ -4,12 +4,13 @@ inference off the event loop (decode pool, micro-batcher, scoring pool)."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -24,9 +25,15 @@ from service.problems import Problem
 from service.results import MemoryResultStore, ResultStore
 from service.schemas import ClinicalInput, Timings, TriageInput, TriageOptions, TriageResult, new_result_id
 from service.settings import Settings
+from service.store.cases import CaseFacts, CaseStore
 
 GIL_SWITCH_INTERVAL_S = 0.0005
+HASH_INLINE_BYTES = 256 * 1024  # larger photos are hashed in a thread, off the event loop
 MAX_BATCHERS = 2  # the default model and one per routed modality
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def configure_torch(settings: Settings) -> int:
@@ -277,8 +284,11 @@ class ServiceState:
     load_error: str | None = None
     specs: list[ModelSpec] = field(default_factory=list)
     cards: dict[str, ModelCard] = field(default_factory=dict)
+    cases: CaseStore | None = None  # the case database (service/store/); None: memory only
 
-    async def triage(self, received: TriageInput, request_id: str, owner: str) -> TriageResult:
+    async def triage(
+        self, received: TriageInput, request_id: str, owner: str, client: str | None = None
+    ) -> TriageResult:
         """The one place a request is answered and kept: every face (REST, FHIR, CDS Hooks) calls it.
 
         ``request_id`` is the caller's correlation id (echoed in the answer, never a key); ``owner`` the
@@ -288,13 +298,31 @@ class ServiceState:
             raise Problem("no-photo", 422, "The request carries no photo to triage.", title="No photo")
         engine = self.engine_for(received.options.modality)
         result = await self.runner.triage(engine, received.image, received.options, request_id, received.clinical)
-        return self.keep(result, owner)
+        return self.keep(result, owner, await self.case_facts(received, client))
 
-    def keep(self, result: TriageResult, owner: str) -> TriageResult:
+    async def case_facts(self, received: TriageInput, client: str | None) -> CaseFacts | None:
+        """What the case keeps besides the answer (None without a case store): the photo's SHA-256
+        (hashed in a thread when large), the weights hash, the caller's opaque refs."""
+        if self.cases is None or received.image is None:
+            return None
+        image = received.image
+        digest = await asyncio.to_thread(sha256_hex, image) if len(image) > HASH_INLINE_BYTES else sha256_hex(image)
+        identity = self.engine_for(received.options.modality).model.artifacts.identity
+        options = received.options
+        return CaseFacts(digest, identity.weights_sha256, options.patient_ref, options.lesion_ref, client)
+
+    def keep(self, result: TriageResult, owner: str, facts: CaseFacts | None = None) -> TriageResult:
         """Store ``result`` for ``owner`` under a fresh server-minted id (128 random bits); returns it
-        with that id. The caller's ids never become the key, and nothing replaces a stored result."""
-        kept = result.model_copy(update={"id": new_result_id()})
+        with that id. The caller's ids never become the key, and nothing replaces a stored result.
+        With a case store the answer is also queued as a case (never awaited) and says so."""
+        update: dict[str, object] = {"id": new_result_id()}
+        if self.cases is not None:
+            update["case_storage"] = self.cases.storage
+        kept = result.model_copy(update=update)
         self.results.put(kept, owner)
+        if self.cases is not None and facts is not None:
+            share = self.results.share_token(kept.id, owner)
+            self.cases.record_answer(kept, owner, replace(facts, share_token=share))
         return kept
 
     def engine_for(self, modality: str) -> TriageEngine:

@@ -47,6 +47,9 @@ class ClinicalInput(BaseModel):
     risk_factors: RiskFactors | None = Field(default=None, description="all optional; units in each field")
 
 
+REF_PATTERN = r"^[A-Za-z0-9._:/-]{1,128}$"
+
+
 class TriageOptions(BaseModel):
     """What the caller may ask for besides the photo; unknown keys are refused, not ignored."""
 
@@ -61,6 +64,14 @@ class TriageOptions(BaseModel):
         min_length=2,
         max_length=MAX_CANDIDATE_LABELS,
         description="rank these labels instead of the taxonomy (taxonomy names resolve to their condition)",
+    )
+    patient_ref: str | None = Field(
+        default=None,
+        pattern=REF_PATTERN,
+        description="your opaque patient reference, kept with the case (never a name; 1-128 of A-Z a-z 0-9 . _ : / -)",
+    )
+    lesion_ref: str | None = Field(
+        default=None, pattern=REF_PATTERN, description="your opaque lesion reference, kept with the case"
     )
     label_scope: LabelScope | None = Field(
         default=None,
@@ -232,4 +243,9 @@ class TriageResult(BaseModel):
         default=None, description="SHAP values of the urgency score: base_value + sum(values) == score"
     )
     uncertainty: Uncertainty | None = Field(default=None, description="calibration, conformal set and gates")
+    case_storage: Literal["queued", "off"] | None = Field(
+        default=None,
+        description="'queued': this answer is being kept as a case (GET /v1/cases/{id}); 'off': the case database "
+        "was unreachable at start and DERMTRIAGE_DATABASE_REQUIRED=false, so nothing is kept",
+    )
     disclaimer: str = DISCLAIMER

@@ -120,6 +120,26 @@ class Settings(BaseSettings):
     )
     cds_cache_size: int = Field(default=256, ge=0, description="CDS Hooks photo results kept for repeat calls")
     cds_cache_ttl_s: float = Field(default=900.0, gt=0, description="how long a CDS Hooks photo result is reused")
+    # cases, reviews and audit (issue 18): see service/store/ and the README's "Cases, reviews and audit"
+    database_url: str = Field(
+        default="sqlite+aiosqlite:///./dermtriage.db",
+        description="SQLAlchemy async URL of the case database (default: a SQLite file in the working directory; "
+        "PostgreSQL: postgresql+asyncpg://user:password@host/db)",
+    )
+    database_required: bool = Field(
+        default=True,
+        description="true: /health/ready is 503 while the database is unreachable; false: triage runs without "
+        "persistence when it is down at start (every answer says `case_storage: off`)",
+    )
+    database_migrate: bool | None = Field(
+        default=None, description="run the migrations at start (None: only for the embedded SQLite default)"
+    )
+    database_queue_size: int = Field(
+        default=1024, ge=1, description="case and audit writes waiting for the database; more are counted as lost"
+    )
+    reviewers: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="API key names with the reviewer role (read and review every case)"
+    )
 
     @field_validator("dermoscopic_model", mode="before")
     @classmethod
@@ -131,7 +151,9 @@ class Settings(BaseSettings):
     def _lower_level(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value
 
-    @field_validator("cors_origins", "api_keys", "cds_jku_allowlist", "cds_fetch_allow_hosts", mode="before")
+    @field_validator(
+        "cors_origins", "api_keys", "cds_jku_allowlist", "cds_fetch_allow_hosts", "reviewers", mode="before"
+    )
     @classmethod
     def _split_origins(cls, value: object) -> object:
         """Accept a JSON list or a comma-separated string (``https://a.example,https://b.example``)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,16 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 PAD_DEFAULT = REPO.parent / "shared" / "data" / "pad-ufes-20"
+# The case database of apps built by the suite: never ./dermtriage.db in the repository. Apps built in
+# module- or session-scoped fixtures share this session file; every test gets its own (below).
+_SESSION_DB = Path(tempfile.mkdtemp(prefix="dermtriage-test-db-")) / "session.db"
+os.environ["DERMTRIAGE_DATABASE_URL"] = f"sqlite+aiosqlite:///{_SESSION_DB}"
+
+
+@pytest.fixture(autouse=True)
+def _own_case_database(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test's apps get a SQLite file of their own (tests do not share cases)."""
+    monkeypatch.setenv("DERMTRIAGE_DATABASE_URL", f"sqlite+aiosqlite:///{tmp_path / 'cases.db'}")
 
 
 @pytest.fixture(scope="session")

@@ -227,7 +227,7 @@ def test_feedback_is_recorded(client: TestClient, keys: EhrKeys) -> None:
     }
     ok = call(client, keys, feedback, path=f"{SERVICE_PATH}/feedback")
     assert ok.status_code == 200 and ok.json() == {"recorded": 2}
-    records = client.app.state.cds.feedback.list(SERVICE_ID)[-2:]
+    records = client.blocking_portal.call(client.app.state.cds.feedback.list, SERVICE_ID)[-2:]
     assert records[0].request_id == r.headers["x-request-id"] and records[0].outcome == "accepted"
     assert records[1].request_id is None and records[1].override_reason["userComment"] == "biopsy booked"
     assert (

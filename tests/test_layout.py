@@ -87,6 +87,28 @@ def test_model_rooms_import_only_what_their_docstring_allows(module: str) -> Non
     assert not wrong, f"{module} imports {wrong}; its room may import {sorted(allowed)}"
 
 
+# The case database's room (issue 18) sits below the routes and the runtime: it may import these only.
+STORE_MAY_IMPORT = (
+    "service.store",
+    "service.metrics",
+    "service.problems",
+    "service.schemas",
+    "service.settings",
+    "service.cds_hooks.state",
+    "models.knowledge",
+)
+
+
+@pytest.mark.parametrize("module", sorted(m for m in MODULES if m == "service.store" or m.startswith("service.store.")))
+def test_store_room_sits_below_routes_and_runtime(module: str) -> None:
+    wrong = [
+        m
+        for m, _ in _imports(MODULES[module])
+        if _room(m) in PACKAGES and not any(m == a or m.startswith(a + ".") for a in STORE_MAY_IMPORT)
+    ]
+    assert not wrong, f"{module} imports {wrong}; service/store may import {STORE_MAY_IMPORT}"
+
+
 @pytest.mark.parametrize("module", sorted(m for m in MODULES if not _is_offline(m) and not _is_cli(m)))
 def test_runtime_never_imports_the_offline_rooms(module: str) -> None:
     """Only the CLI (which runs fitting commands) and the offline rooms themselves reach fitting code."""

@@ -1,5 +1,5 @@
 """What the CDS Hooks service keeps between calls: photo results (for repeat calls on the same photo),
-issued cards, and card feedback behind an interface a persistent store can implement later."""
+issued cards, and card feedback behind an interface the case database implements (`service.store.feedback`)."""
 
 from __future__ import annotations
 
@@ -46,25 +46,27 @@ class FeedbackRecord:
 
 
 class FeedbackStore(Protocol):
-    def add(self, record: FeedbackRecord) -> None: ...
+    """Async: the database store (`service.store.feedback`) writes in the request."""
 
-    def list(self, service_id: str | None = None) -> list[FeedbackRecord]: ...
+    async def add(self, record: FeedbackRecord) -> None: ...
+
+    async def list(self, service_id: str | None = None) -> list[FeedbackRecord]: ...
 
 
 class MemoryFeedbackStore:
-    """The last ``max_items`` feedback records, in memory."""
+    """The last ``max_items`` feedback records, in memory (persistence off; tests)."""
 
     def __init__(self, max_items: int = 10_000) -> None:
         self.max_items = max_items
         self._items: list[FeedbackRecord] = []
         self._lock = threading.Lock()
 
-    def add(self, record: FeedbackRecord) -> None:
+    async def add(self, record: FeedbackRecord) -> None:
         with self._lock:
             self._items.append(record)
             del self._items[: max(0, len(self._items) - self.max_items)]
 
-    def list(self, service_id: str | None = None) -> list[FeedbackRecord]:
+    async def list(self, service_id: str | None = None) -> list[FeedbackRecord]:
         with self._lock:
             return [r for r in self._items if service_id is None or r.service_id == service_id]
 

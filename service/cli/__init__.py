@@ -15,6 +15,7 @@ from service.cli import (
     build_text_cache,
     calibrate,
     create_api_key,
+    db,
     evaluate,
     faithfulness,
     fit,
@@ -35,6 +36,7 @@ COMMANDS = (
     bench,
     serve,
     create_api_key,
+    db,
     faithfulness,
 )
 

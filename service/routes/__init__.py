@@ -1,5 +1,6 @@
 """HTTP controllers, one module per resource."""
 
+from service.routes.cases import CasesController
 from service.routes.cds_hooks import CdsHooksController
 from service.routes.conditions import ConditionsController
 from service.routes.fhir import FhirController
@@ -11,6 +12,7 @@ from service.routes.viewer import VIEWER_HANDLERS
 
 CONTROLLERS = [
     TriageController,
+    CasesController,
     ConditionsController,
     ModelsController,
     HealthController,

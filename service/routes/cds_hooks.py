@@ -21,7 +21,7 @@ from service.cds_hooks.state import CdsState, FeedbackRecord, photo_key
 from service.intake import load_json
 from service.openapi import example_response, problem_example, problem_responses
 from service.problems import Problem, request_id_of, validated
-from service.results import principal_of
+from service.results import client_of, principal_of
 from service.runtime import InferenceRunner, ServiceState
 from service.schemas import TriageOptions
 
@@ -154,9 +154,10 @@ class CdsHooksController(Controller):
         rid, owner = request_id_of(request), principal_of(request)
         cached = state.cache.get(key)
         if cached is not None:  # a repeat call on the same photo: the same answer, kept under a fresh id
-            result = service.keep(cached.model_copy(update={"request_id": rid}), owner)
+            facts = await service.case_facts(patient, client_of(request))
+            result = service.keep(cached.model_copy(update={"request_id": rid}), owner, facts)
         else:
-            result = await service.triage(patient, rid, owner)
+            result = await service.triage(patient, rid, owner, client_of(request))
             state.cache.put(key, result)
         share = service.results.share_token(result.id, owner)  # the card link's capability for this answer
         base = auth_of(request).base_url(request)
@@ -184,7 +185,7 @@ class CdsHooksController(Controller):
         parsed = await _json(request, FeedbackRequest)
         state = cds_state(request)
         for item in parsed.feedback:
-            state.feedback.add(
+            await state.feedback.add(
                 FeedbackRecord(
                     service_id=service_id,
                     card=item.card,

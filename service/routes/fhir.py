@@ -21,7 +21,7 @@ from service.fhir.outcome import FHIR_JSON, FhirError, handle_fhir_error, handle
 from service.images import ImageError
 from service.openapi import example_response
 from service.problems import Problem, request_id_of
-from service.results import principal_of
+from service.results import client_of, principal_of
 from service.runtime import InferenceRunner, ServiceState
 
 _B64 = "/9j/4AAQSkZJRgABAQAAAQABAAD/2wBDAAgGBgcGBQgHBwcJCQgKDBQNDAsLDBkSEw8UHSEaHR8e..."
@@ -182,7 +182,7 @@ class FhirController(Controller):
             )
         body = await request.body()  # parsing and FHIR validation run in a worker thread, never on the event loop
         received = await anyio.to_thread.run_sync(read_fhir_body, body, service.settings.max_fhir_resources)
-        result = await service.triage(received, request_id_of(request), principal_of(request))
+        result = await service.triage(received, request_id_of(request), principal_of(request), client_of(request))
         return fhir_response(
             request, result, subject=received.subject, photo=received.photo_ref, inputs=received.inputs
         )

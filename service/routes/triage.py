@@ -16,7 +16,7 @@ from service.fhir.negotiate import FormatQuery, fhir_response, wants_fhir
 from service.intake import read_triage_input
 from service.openapi import TRIAGE_PROBLEMS, TRIAGE_RESULT_EXAMPLE, TriageOperation, example_response
 from service.problems import Problem, request_id_of
-from service.results import SHARE_HEADER, principal_of
+from service.results import SHARE_HEADER, client_of, principal_of
 from service.runtime import InferenceRunner, ServiceState
 from service.schemas import TriageResult
 
@@ -67,7 +67,7 @@ class TriageController(Controller):
     ) -> TriageResult | Response[bytes]:
         runner.check_capacity()  # back-pressure before reading a body of up to max_body_bytes
         received = await read_triage_input(request)
-        result = await service.triage(received, request_id_of(request), principal_of(request))
+        result = await service.triage(received, request_id_of(request), principal_of(request), client_of(request))
         return fhir_response(request, result) if wants_fhir(request, output_format) else result
 
     @get(
@@ -78,9 +78,10 @@ class TriageController(Controller):
             "principal that made the answer may read it (the same API key; `anonymous` when authentication is "
             "off); anyone else gets the same 404 as for a missing id. A CDS Hooks card link carries a share "
             "token for its one answer: send it as `X-Result-Share` to read that answer with any valid API key. "
-            "Answers are kept in memory for a limited time (`DERMTRIAGE_RESULT_TTL_S`) and number "
+            "Recent answers are cached in memory for a limited time (`DERMTRIAGE_RESULT_TTL_S`) and number "
             "(`DERMTRIAGE_RESULT_STORE_SIZE`); the heatmaps of older answers may be dropped "
-            "(`DERMTRIAGE_RESULT_HEATMAP_BYTES`, then `heatmaps` is null)."
+            "(`DERMTRIAGE_RESULT_HEATMAP_BYTES`, then `heatmaps` is null). Past the cache the answer is read "
+            "from the case database (without heatmaps), also after a restart."
         ),
         responses={
             200: example_response(TriageResult, "the stored answer", "a stored answer", TRIAGE_RESULT_EXAMPLE),
@@ -101,7 +102,12 @@ class TriageController(Controller):
         share_token: ShareHeader = None,
         output_format: FormatQuery = None,
     ) -> TriageResult | Response[bytes]:
-        result = service.results.get(result_id, principal_of(request), share_token)
+        principal = principal_of(request)
+        result = service.results.get(result_id, principal, share_token)
+        if result is None and service.cases is not None:  # the memory cache misses: ask the case database
+            result = await service.cases.answer_for(result_id, principal, share_token)
+        if result is not None and service.cases is not None:
+            service.cases.audit_later(principal, "read", "case", result.id, result.id, client_of(request))
         if result is None:  # missing, expired, evicted or someone else's: one answer, nothing confirmed
             raise Problem(
                 "result-not-found",

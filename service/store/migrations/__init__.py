@@ -1,0 +1,1 @@
+"""Alembic migrations of the case database, shipped in the package (``dermtriage db upgrade``)."""

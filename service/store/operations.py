@@ -1,0 +1,221 @@
+"""What the `/v1/cases` routes do: read, list and add, each in one transaction with its audit event;
+the checks that need the case (coordinates inside its photo) or the taxonomy (known labels) give a
+422 naming the field."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from advanced_alchemy.filters import LimitOffset, OrderBy
+from pydantic import BaseModel
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from models.knowledge.taxonomy import load_taxonomy
+from service.problems import Problem
+from service.store.cases import CaseStore, audit_row, now
+from service.store.models import Annotation, AuditEvent, Case, Outcome, Review
+from service.store.repository import (
+    AnnotationRepository,
+    AuditRepository,
+    CaseRepository,
+    OutcomeRepository,
+    ReviewRepository,
+)
+from service.store.schemas import (
+    AnnotationIn,
+    AnnotationOut,
+    AuditOut,
+    CaseOut,
+    CasePage,
+    CaseSummary,
+    ModelOfCase,
+    OutcomeIn,
+    OutcomeOut,
+    ReviewIn,
+    ReviewOut,
+)
+
+
+@dataclass(frozen=True)
+class Caller:
+    principal: str
+    client: str | None
+
+
+@dataclass(frozen=True)
+class Child:
+    model: type
+    repository: type
+    out: type[BaseModel]
+    author: str  # the column naming the caller
+    resource: str  # audit resource type
+
+
+CHILDREN = {
+    "reviews": Child(Review, ReviewRepository, ReviewOut, "reviewer", "review"),
+    "outcomes": Child(Outcome, OutcomeRepository, OutcomeOut, "recorded_by", "outcome"),
+    "annotations": Child(Annotation, AnnotationRepository, AnnotationOut, "annotator", "annotation"),
+}
+
+
+def summary(case: Case, reviewed: bool, out: type[CaseSummary] = CaseSummary, **extra: Any) -> Any:
+    model = ModelOfCase(name=case.model_name, version=case.model_version, weights_sha256=case.weights_sha256)
+    fields = {k: getattr(case, k) for k in CaseSummary.model_fields if k not in ("model", "reviewed")}
+    return out(**fields, model=model, reviewed=reviewed, **extra)
+
+
+async def list_cases(
+    store: CaseStore,
+    caller: Caller,
+    *,
+    since: datetime | None,
+    model: str | None,
+    reviewed: bool | None,
+    patient_ref: str | None,
+    limit: int,
+    offset: int,
+) -> CasePage:
+    clauses: list[Any] = []
+    if caller.principal not in store.reviewers:
+        clauses.append(Case.owner == caller.principal)
+    if since is not None:
+        clauses.append(Case.created_at >= since)
+    if model:
+        clauses.append(Case.model_name == model)
+    if patient_ref:
+        clauses.append(Case.patient_ref == patient_ref)
+    if reviewed is not None:
+        clauses.append(store.reviewed_clause(reviewed))
+    async with store.transaction() as session:
+        cases, total = await CaseRepository(session=session).get_many_and_count(
+            *clauses, OrderBy("created_at", "desc"), LimitOffset(limit, offset)
+        )
+        done = await store.reviewed(session, [c.id for c in cases])
+        await store.audit_now(
+            session, [audit_row(caller.principal, "read", "case", c.id, c.id, caller.client) for c in cases]
+        )
+    return CasePage(items=[summary(c, c.id in done) for c in cases], total=total, limit=limit, offset=offset)
+
+
+async def get_case(store: CaseStore, caller: Caller, case_id: str) -> CaseOut:
+    async with store.transaction() as session:
+        case = await store.case_for(session, case_id, caller.principal, caller.client)
+        done = await store.reviewed(session, [case.id])
+        await store.audit_now(session, [audit_row(caller.principal, "read", "case", case.id, case.id, caller.client)])
+    return summary(case, case.id in done, CaseOut, answer=case.answer)
+
+
+def _invalid(errors: list[dict[str, str]]) -> Problem:
+    where = ", ".join(e["loc"] for e in errors[:5])
+    return Problem(
+        "validation-error",
+        422,
+        f"The request is well-formed but {len(errors)} field(s) are invalid: {where}. See `errors`.",
+        title="Invalid request fields",
+        errors=errors,
+    )
+
+
+def _check_label(loc: str, value: str | None, errors: list[dict[str, str]]) -> None:
+    if value is not None and value not in load_taxonomy():
+        errors.append(
+            {"loc": loc, "message": "not a condition id of the taxonomy (GET /v1/conditions)", "type": "unknown_label"}
+        )
+
+
+def _check_inside(data: AnnotationIn, case: Case, errors: list[dict[str, str]]) -> None:
+    w, h = case.photo_width, case.photo_height
+    if data.box is not None:
+        x, y, bw, bh = data.box
+        if bw <= 0 or bh <= 0 or x < 0 or y < 0 or x + bw > w or y + bh > h:
+            errors.append(
+                {"loc": "box", "message": f"the box must lie inside the {w}x{h} photo", "type": "outside_photo"}
+            )
+    for i, (x, y) in enumerate(data.points or ()):
+        if not (0 <= x <= w and 0 <= y <= h):
+            errors.append({"loc": f"points.{i}", "message": f"outside the {w}x{h} photo", "type": "outside_photo"})
+            break
+
+
+def _columns(kind: str, data: BaseModel, case: Case) -> dict[str, Any]:
+    """The child's column values, after the checks that need the case or the taxonomy."""
+    errors: list[dict[str, str]] = []
+    if isinstance(data, ReviewIn):
+        _check_label("diagnosis", data.diagnosis, errors)
+        values = data.model_dump(mode="json")
+    elif isinstance(data, OutcomeIn):
+        _check_label("diagnosis", data.diagnosis, errors)
+        values = {"diagnosis": data.diagnosis, "outcome_date": data.date, "source": data.source}
+    else:
+        assert isinstance(data, AnnotationIn)
+        _check_label("label", data.label, errors)
+        _check_inside(data, case, errors)
+        values = {
+            "kind": data.kind,
+            "label": data.label,
+            "geometry": data.model_dump(mode="json", include={"box", "points", "tags"}),
+        }
+    if errors:
+        raise _invalid(errors)
+    return values
+
+
+def _out(kind: str, row: Any) -> BaseModel:
+    child = CHILDREN[kind]
+    base = {
+        "id": row.id,
+        "case_id": row.case_id,
+        child.author: getattr(row, child.author),
+        "created_at": row.created_at,
+    }
+    if kind == "reviews":
+        fields = {k: getattr(row, k) for k in ReviewIn.model_fields}
+    elif kind == "outcomes":
+        fields = {"diagnosis": row.diagnosis, "date": row.outcome_date, "source": row.source}
+    else:
+        fields = {"kind": row.kind, "label": row.label, **row.geometry}
+    return child.out.model_validate({**base, **fields})
+
+
+async def add_child(store: CaseStore, caller: Caller, case_id: str, kind: str, data: BaseModel) -> BaseModel:
+    """Insert a review, outcome or annotation (each its own row: concurrent ones are all kept) and its audit event."""
+    child = CHILDREN[kind]
+    async with store.transaction() as session:
+        case = await store.case_for(session, case_id, caller.principal, caller.client)
+        values = {
+            "case_id": case.id,
+            child.author: caller.principal[:200],
+            "created_at": now(),
+            **_columns(kind, data, case),
+        }
+        row = await child.repository(session=session).add(child.model(**values), auto_commit=False)
+        await session.flush()
+        await store.audit_now(
+            session, [audit_row(caller.principal, "create", child.resource, str(row.id), case.id, caller.client)]
+        )
+    return _out(kind, row)
+
+
+async def list_children(store: CaseStore, caller: Caller, case_id: str, kind: str) -> list[BaseModel]:
+    child = CHILDREN[kind]
+    async with store.transaction() as session:
+        case = await store.case_for(session, case_id, caller.principal, caller.client)
+        rows = await child.repository(session=session).get_many(child.model.case_id == case.id, OrderBy("id", "asc"))
+        audit = [audit_row(caller.principal, "read", child.resource, str(r.id), case.id, caller.client) for r in rows]
+        await store.audit_now(session, audit)
+    return [_out(kind, r) for r in rows]
+
+
+async def audit_of(store: CaseStore, caller: Caller, case_id: str) -> list[AuditOut]:
+    """The case's audit events, oldest first (this read is itself audited, after the list is taken)."""
+    async with store.transaction() as session:
+        case = await store.case_for(session, case_id, caller.principal, caller.client)
+        rows = await AuditRepository(session=session).get_many(AuditEvent.case_id == case.id, OrderBy("id", "asc"))
+        await _audit_read(session, store, caller, case)
+    return [AuditOut.model_validate(r, from_attributes=True) for r in rows]
+
+
+async def _audit_read(session: AsyncSession, store: CaseStore, caller: Caller, case: Case) -> None:
+    await store.audit_now(session, [audit_row(caller.principal, "read", "audit", case.id, case.id, caller.client)])
