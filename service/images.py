@@ -377,3 +377,21 @@ def decode_image(data: bytes, limits: ImageLimits | None = None) -> DecodedImage
         quality=quality,
     )
     return DecodedImage(image=_downscale(rgb, limits.working_side), info=info)
+
+
+STORED_MEDIA_TYPE = "image/jpeg"
+STORED_JPEG_QUALITY = 92
+
+
+def storable_copy(data: bytes, limits: ImageLimits | None = None) -> bytes:
+    """The photo as kept with a consented case: decoded like :func:`decode_image` (orientation applied,
+    RGB, full size, so annotation coordinates match ``image.width`` x ``image.height``) and re-encoded
+    as a fresh JPEG that carries no EXIF, GPS, XMP or ICC data. Never the upload's own bytes."""
+    limits = limits if limits is not None else ImageLimits()
+    with _open(data, limits) as im:
+        _check_dimensions(*im.size, limits)
+        im.load()
+        rgb, _ = to_rgb(im)
+    out = io.BytesIO()
+    rgb.save(out, "JPEG", quality=STORED_JPEG_QUALITY, optimize=True)
+    return out.getvalue()

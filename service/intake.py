@@ -3,7 +3,7 @@
 Two forms:
 - ``multipart/form-data``: a file part ``image``; options as one JSON part ``options`` or as plain
   fields ``top_k``, ``modality``, ``label_scope``, ``candidate_labels`` (repeated, or once comma-separated),
-  ``patient_ref``, ``lesion_ref``.
+  ``patient_ref``, ``lesion_ref``, ``consent_to_store``.
 - ``application/json``: ``{"image": "<base64>", "options": {...}}``; options nest under ``options``.
 
 Unknown fields are refused in both forms. Syntax errors (JSON, multipart, base64) are 400; well-formed
@@ -36,6 +36,7 @@ FORM_OPTION_FIELDS = (
     "label_scope",
     "patient_ref",
     "lesion_ref",
+    "consent_to_store",
 )
 FORM_CLINICAL_FIELDS = ("symptoms", "risk_factors")
 FORM_FIELDS = frozenset({"image", "options", *FORM_OPTION_FIELDS, *FORM_CLINICAL_FIELDS})
@@ -259,7 +260,9 @@ async def _form(request: Request[Any, Any, Any]) -> FormMultiDict:
 
 def _form_options(form: FormMultiDict) -> dict[str, Any]:
     raw: dict[str, Any] = {}
-    for name in ("top_k", "modality", "explain", "heatmap_grid", "label_scope", "patient_ref", "lesion_ref"):
+    for name in FORM_OPTION_FIELDS:
+        if name == "candidate_labels":
+            continue
         values = form.getall(name, [])
         if len(values) > 1:
             raise _field_problem(name, "Give this field once", "repeated")

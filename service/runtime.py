@@ -11,6 +11,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from functools import partial
 
 import torch
 
@@ -19,7 +20,7 @@ from models.backends.registry import ModelSpec
 from models.scoring.features import ImageFeatures
 from service.batching import BatcherClosed, BatchInfo, MicroBatcher, QueueFull, serving_autocast
 from service.engine import TriageEngine
-from service.images import DecodedImage, ImageLimits, decode_image
+from service.images import DecodedImage, ImageLimits, decode_image, storable_copy
 from service.metrics import Metrics
 from service.problems import Problem
 from service.results import MemoryResultStore, ResultStore
@@ -309,7 +310,10 @@ class ServiceState:
         digest = await asyncio.to_thread(sha256_hex, image) if len(image) > HASH_INLINE_BYTES else sha256_hex(image)
         identity = self.engine_for(received.options.modality).model.artifacts.identity
         options = received.options
-        return CaseFacts(digest, identity.weights_sha256, options.patient_ref, options.lesion_ref, client)
+        kept = None
+        if options.consent_to_store and self.cases.keep_photos:  # re-encoded on the photo store's thread
+            kept = await self.cases.photos.put(partial(storable_copy, image, self.runner.limits))
+        return CaseFacts(digest, identity.weights_sha256, options.patient_ref, options.lesion_ref, client, None, kept)
 
     def keep(self, result: TriageResult, owner: str, facts: CaseFacts | None = None) -> TriageResult:
         """Store ``result`` for ``owner`` under a fresh server-minted id (128 random bits); returns it

@@ -73,6 +73,11 @@ class TriageOptions(BaseModel):
     lesion_ref: str | None = Field(
         default=None, pattern=REF_PATTERN, description="your opaque lesion reference, kept with the case"
     )
+    consent_to_store: bool = Field(
+        default=False,
+        description="the patient consents to keeping the photo with the case (kept only where the operator enables "
+        "it: DERMTRIAGE_STORE_PHOTOS; the stored copy is re-encoded without EXIF/GPS)",
+    )
     label_scope: LabelScope | None = Field(
         default=None,
         description="which taxonomy conditions to rank (not with candidate_labels): 'validated' ranks only the "

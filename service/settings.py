@@ -140,6 +140,13 @@ class Settings(BaseSettings):
     reviewers: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="API key names with the reviewer role (read and review every case)"
     )
+    store_photos: bool = Field(
+        default=False, description="keep the photo (re-encoded, metadata-free) of answers whose request consents"
+    )
+    photo_dir: Path = Field(default=Path("photos"), description="folder of kept photos, addressed by SHA-256")
+    retention_days: float | None = Field(
+        default=None, gt=0, description="purge cases and their photos older than this (None: keep)"
+    )
 
     @field_validator("dermoscopic_model", mode="before")
     @classmethod

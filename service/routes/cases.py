@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-from litestar import Controller, Request, get, post
+from litestar import Controller, Request, Response, delete, get, post
 from litestar.di import NamedDependency
 from litestar.openapi.spec import Example
 from litestar.params import Body, Parameter
@@ -21,6 +21,7 @@ from service.results import client_of, principal_of
 from service.runtime import ServiceState
 from service.store import operations as ops
 from service.store.cases import CaseStore
+from service.store.photos import MEDIA_TYPE
 from service.store.schemas import (
     MAX_PAGE_SIZE,
     PAGE_SIZE,
@@ -223,3 +224,26 @@ class CasesController(Controller):
         self, request: Request[Any, Any, Any], service: NamedDependency[ServiceState], case_id: CaseId
     ) -> list[AuditOut]:
         return await ops.audit_of(_store(service), _caller(request), case_id)
+
+    @get(
+        "/{case_id:str}/photo",
+        summary="The photo kept with the case (consent given and DERMTRIAGE_STORE_PHOTOS on): re-encoded, no EXIF",
+        responses=PROBLEMS,
+        media_type=MEDIA_TYPE,
+    )
+    async def photo(
+        self, request: Request[Any, Any, Any], service: NamedDependency[ServiceState], case_id: CaseId
+    ) -> Response[bytes]:
+        data = await ops.photo_of(_store(service), _caller(request), case_id)
+        return Response(data, media_type=MEDIA_TYPE, headers={"Cache-Control": "no-store"})
+
+    @delete(
+        "/{case_id:str}",
+        status_code=204,
+        summary="Delete the case, its reviews, outcomes, annotations and photo (its audit events stay)",
+        responses=PROBLEMS,
+    )
+    async def delete_case(
+        self, request: Request[Any, Any, Any], service: NamedDependency[ServiceState], case_id: CaseId
+    ) -> None:
+        await ops.delete_case(_store(service), _caller(request), case_id)

@@ -24,6 +24,7 @@ from service.schemas import TriageResult
 from service.settings import Settings
 from service.store.db import alchemy_config, is_sqlite, ping, redacted, upgrade
 from service.store.models import AuditEvent, Case, Review
+from service.store.photos import PhotoStore
 from service.store.repository import AuditRepository, CaseRepository
 from service.store.writer import DB_ERRORS, Row, WriteQueue
 
@@ -47,6 +48,7 @@ class CaseFacts:
     lesion_ref: str | None = None
     client: str | None = None
     share_token: str | None = None
+    stored_photo_sha256: str | None = None  # the kept photo (consent and DERMTRIAGE_STORE_PHOTOS), else None
 
 
 def audit_row(
@@ -82,6 +84,10 @@ class CaseStore:
         self.status: Status = "starting"
         self.error: str | None = None
         self.writes = WriteQueue(self.sessions, metrics, settings.database_queue_size, on_status=self._write_status)
+        self.photos = PhotoStore(settings.photo_dir)  # reads and deletes work whether or not new photos are kept
+        self.keep_photos = settings.store_photos
+        self.retention_days = settings.retention_days
+        self._retention: asyncio.Task[None] | None = None
 
     # -- life cycle ------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -101,14 +107,22 @@ class CaseStore:
                 await asyncio.sleep(RETRY_S)
         self.mark_up()
         log.info("case database ready", extra={"database": redacted(self.url)})
+        if self.retention_days is not None:
+            from service.store.removal import retention_loop  # removal imports this module
+
+            self._retention = asyncio.create_task(retention_loop(self, self.retention_days))
         await self.writes.run()
 
     async def stop(self, timeout_s: float = 5.0) -> None:
+        if self._retention is not None:
+            self._retention.cancel()
+            await asyncio.gather(self._retention, return_exceptions=True)
         if self.status == "ok":
             await self.writes.flush(timeout_s)
         elif self.writes.pending:
             log.error("case database down at shutdown: writes not kept", extra={"rows": self.writes.pending})
         await self.config.get_engine().dispose()
+        self.photos.close()
 
     def mark_up(self) -> None:
         self.status, self.error = "ok", None
@@ -165,6 +179,7 @@ class CaseStore:
             "patient_ref": facts.patient_ref,
             "lesion_ref": facts.lesion_ref,
             "share_token_sha256": token_hash,
+            "stored_photo_sha256": facts.stored_photo_sha256,
             "answer": result.model_dump(mode="json", exclude={"heatmaps"}),
         }
         rows = [Row(Case, case), audit_row(owner, "create", "case", result.id, result.id, facts.client)]
@@ -202,13 +217,16 @@ class CaseStore:
     def may_read(self, case: Case, principal: str) -> bool:
         return case.owner == principal or principal in self.reviewers
 
-    async def case_for(self, session: AsyncSession, case_id: str, principal: str, client: str | None) -> Case:
-        """The case, to its owner or a reviewer; 404 to everyone else (a denied try on a real case is audited)."""
+    async def case_for(
+        self, session: AsyncSession, case_id: str, principal: str, client: str | None, action: str = "read"
+    ) -> Case:
+        """The case, to its owner or a reviewer; 404 to everyone else (a denied try on a real case is audited
+        as ``action``)."""
         case = await CaseRepository(session=session).get_one_or_none(id=case_id[:64])
         if case is None:
             raise not_found()
         if not self.may_read(case, principal):
-            self.audit_later(principal, "read", "case", case.id, case.id, client, "denied")
+            self.audit_later(principal, action, "case", case.id, case.id, client, "denied")
             raise not_found()
         return case
 

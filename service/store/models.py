@@ -40,6 +40,8 @@ class Case(_Base):
     patient_ref: Mapped[str | None] = mapped_column(String(128), index=True)
     lesion_ref: Mapped[str | None] = mapped_column(String(128))
     share_token_sha256: Mapped[str | None] = mapped_column(String(64))
+    # SHA-256 of the kept photo (re-encoded, metadata-free; see service/store/photos.py); None: not kept
+    stored_photo_sha256: Mapped[str | None] = mapped_column(String(64), index=True)
     answer: Mapped[dict[str, Any]] = mapped_column(JsonB)
 
 

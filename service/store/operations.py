@@ -16,6 +16,7 @@ from models.knowledge.taxonomy import load_taxonomy
 from service.problems import Problem
 from service.store.cases import CaseStore, audit_row, now
 from service.store.models import Annotation, AuditEvent, Case, Outcome, Review
+from service.store.removal import drop_photos, remove_cases
 from service.store.repository import (
     AnnotationRepository,
     AuditRepository,
@@ -62,8 +63,10 @@ CHILDREN = {
 
 def summary(case: Case, reviewed: bool, out: type[CaseSummary] = CaseSummary, **extra: Any) -> Any:
     model = ModelOfCase(name=case.model_name, version=case.model_version, weights_sha256=case.weights_sha256)
-    fields = {k: getattr(case, k) for k in CaseSummary.model_fields if k not in ("model", "reviewed")}
-    return out(**fields, model=model, reviewed=reviewed, **extra)
+    own = ("model", "reviewed", "photo_stored")
+    fields = {k: getattr(case, k) for k in CaseSummary.model_fields if k not in own}
+    stored = case.stored_photo_sha256 is not None
+    return out(**fields, model=model, reviewed=reviewed, photo_stored=stored, **extra)
 
 
 async def list_cases(
@@ -219,3 +222,29 @@ async def audit_of(store: CaseStore, caller: Caller, case_id: str) -> list[Audit
 
 async def _audit_read(session: AsyncSession, store: CaseStore, caller: Caller, case: Case) -> None:
     await store.audit_now(session, [audit_row(caller.principal, "read", "audit", case.id, case.id, caller.client)])
+
+
+async def photo_of(store: CaseStore, caller: Caller, case_id: str) -> bytes:
+    """The case's kept photo (audited as a read of resource ``photo``); 404 when none was kept."""
+    async with store.transaction() as session:
+        case = await store.case_for(session, case_id, caller.principal, caller.client)
+        if case.stored_photo_sha256 is not None:
+            await store.audit_now(
+                session, [audit_row(caller.principal, "read", "photo", case.id, case.id, caller.client)]
+            )
+    data = await store.photos.get(case.stored_photo_sha256) if case.stored_photo_sha256 else None
+    if data is None:
+        raise Problem(
+            "photo-not-found", 404, "No photo is kept for this case (kept only with consent).", title="Photo not found"
+        )
+    return data
+
+
+async def delete_case(store: CaseStore, caller: Caller, case_id: str) -> None:
+    """Remove the case, its reviews, outcomes, annotations and (unless another case shares it) its photo;
+    its audit events stay, with one more for this delete."""
+    async with store.transaction() as session:
+        case = await store.case_for(session, case_id, caller.principal, caller.client, "delete")
+        photos = await remove_cases(session, [case])
+        await store.audit_now(session, [audit_row(caller.principal, "delete", "case", case.id, case.id, caller.client)])
+    await drop_photos(store, photos)

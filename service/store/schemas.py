@@ -127,6 +127,7 @@ class CaseSummary(BaseModel):
     patient_ref: str | None
     lesion_ref: str | None
     reviewed: bool
+    photo_stored: bool = Field(description="the photo is kept (consent given and DERMTRIAGE_STORE_PHOTOS on)")
 
 
 class CaseOut(CaseSummary):

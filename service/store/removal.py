@@ -1,0 +1,90 @@
+"""Removing cases: ``DELETE /v1/cases/{id}`` and the retention job (``DERMTRIAGE_RETENTION_DAYS``).
+
+A removed case takes its reviews, outcomes and annotations with it (deleted explicitly, not left to
+``ON DELETE CASCADE``, which SQLite applies only with a per-connection pragma), and its kept photo once
+no other case references the same file. Its audit events stay: the trail is append-only, and the
+removal itself is one more event (actor ``retention`` for the job)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import timedelta
+from typing import TYPE_CHECKING
+
+from sqlalchemy import delete, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from service.problems import Problem
+from service.store.models import Annotation, Case, Outcome, Review
+from service.store.writer import DB_ERRORS
+
+if TYPE_CHECKING:
+    from service.store.cases import CaseStore
+
+RETENTION_PERIOD_S = 3600.0  # the job runs once at start, then hourly
+PURGE_BATCH = 200
+RETENTION_ACTOR = "retention"
+log = logging.getLogger("dermtriage.store")
+
+
+async def remove_cases(session: AsyncSession, cases: list[Case]) -> list[str]:
+    """Delete ``cases`` and their children in the caller's transaction; the photo hashes they held."""
+    ids = [c.id for c in cases]
+    for child in (Review, Outcome, Annotation):
+        await session.execute(delete(child).where(child.case_id.in_(ids)))
+    await session.execute(delete(Case).where(Case.id.in_(ids)))
+    return sorted({c.stored_photo_sha256 for c in cases if c.stored_photo_sha256})
+
+
+async def unreferenced(session: AsyncSession, sha256s: list[str]) -> list[str]:
+    """The photo hashes no remaining case references (those files may go)."""
+    if not sha256s:
+        return []
+    rows = await session.execute(
+        select(Case.stored_photo_sha256).where(Case.stored_photo_sha256.in_(sha256s)).distinct()
+    )
+    kept = set(rows.scalars())
+    return [s for s in sha256s if s not in kept]
+
+
+async def drop_photos(store: CaseStore, sha256s: list[str]) -> int:
+    """After the removal committed: delete the files still unreferenced (checked in a new transaction)."""
+    if not sha256s:
+        return 0
+    async with store.transaction() as session:
+        free = await unreferenced(session, sha256s)
+    return await store.photos.delete(free)
+
+
+async def purge(store: CaseStore, days: float) -> int:
+    """Remove every case older than ``days``, in batches, each with one ``delete`` audit event per case."""
+    from service.store.cases import audit_row, now  # cases imports this module lazily
+
+    cutoff = now() - timedelta(days=days)
+    total = 0
+    while True:
+        async with store.transaction() as session:
+            rows = await session.execute(
+                select(Case).where(Case.created_at < cutoff).order_by(Case.created_at).limit(PURGE_BATCH)
+            )
+            cases = list(rows.scalars())
+            if not cases:
+                return total
+            photos = await remove_cases(session, cases)
+            audit = [audit_row(RETENTION_ACTOR, "delete", "case", c.id, c.id, None) for c in cases]
+            await store.audit_now(session, audit)
+        await drop_photos(store, photos)
+        total += len(cases)
+
+
+async def retention_loop(store: CaseStore, days: float, period_s: float = RETENTION_PERIOD_S) -> None:
+    """Purge at start, then every ``period_s``; a database error waits for the next round."""
+    while True:
+        try:
+            purged = await purge(store, days)
+            if purged:
+                log.info("retention purged cases", extra={"cases": purged})
+        except (Problem, *DB_ERRORS) as exc:
+            log.warning("retention purge failed; next round retries", extra={"error": type(exc).__name__})
+        await asyncio.sleep(period_s)
