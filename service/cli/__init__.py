@@ -17,6 +17,7 @@ from service.cli import (
     create_api_key,
     db,
     evaluate,
+    export,
     faithfulness,
     fit,
     list_models,
@@ -37,6 +38,7 @@ COMMANDS = (
     serve,
     create_api_key,
     db,
+    export,
     faithfulness,
 )
 

@@ -15,6 +15,9 @@ from litestar.openapi.spec import Example
 from litestar.params import Body, Parameter
 
 from service.auth.guard import API_KEY_SECURITY
+from service.fhir.audit import audit_bundle
+from service.fhir.negotiate import FormatQuery, wants_fhir
+from service.fhir.outcome import FHIR_JSON
 from service.openapi import example_response, problem_example, problem_responses
 from service.problems import Problem
 from service.results import client_of, principal_of
@@ -214,16 +217,23 @@ class CasesController(Controller):
 
     @get(
         "/{case_id:str}/audit",
-        summary="Who did what to this case, when and from where (append-only)",
+        summary="Who did what to this case, when and from where (append-only); `format=fhir`: a Bundle of AuditEvent",
         responses={
             200: example_response(list[AuditOut], "audit events, oldest first", "events", AUDIT_OUT),
             **PROBLEMS,
         },
     )
     async def audit(
-        self, request: Request[Any, Any, Any], service: NamedDependency[ServiceState], case_id: CaseId
-    ) -> list[AuditOut]:
-        return await ops.audit_of(_store(service), _caller(request), case_id)
+        self,
+        request: Request[Any, Any, Any],
+        service: NamedDependency[ServiceState],
+        case_id: CaseId,
+        output_format: FormatQuery = None,
+    ) -> list[AuditOut] | Response[bytes]:
+        rows = await ops.audit_rows(_store(service), _caller(request), case_id)
+        if wants_fhir(request, output_format):  # a Bundle of FHIR R4 AuditEvent
+            return Response(audit_bundle(rows, case_id).model_dump_json().encode(), media_type=FHIR_JSON)
+        return [AuditOut.model_validate(r, from_attributes=True) for r in rows]
 
     @get(
         "/{case_id:str}/photo",

@@ -211,13 +211,17 @@ async def list_children(store: CaseStore, caller: Caller, case_id: str, kind: st
     return [_out(kind, r) for r in rows]
 
 
-async def audit_of(store: CaseStore, caller: Caller, case_id: str) -> list[AuditOut]:
-    """The case's audit events, oldest first (this read is itself audited, after the list is taken)."""
+async def audit_rows(store: CaseStore, caller: Caller, case_id: str) -> list[AuditEvent]:
+    """The case's audit rows, oldest first (this read is itself audited, after the list is taken)."""
     async with store.transaction() as session:
         case = await store.case_for(session, case_id, caller.principal, caller.client)
         rows = await AuditRepository(session=session).get_many(AuditEvent.case_id == case.id, OrderBy("id", "asc"))
         await _audit_read(session, store, caller, case)
-    return [AuditOut.model_validate(r, from_attributes=True) for r in rows]
+    return list(rows)
+
+
+async def audit_of(store: CaseStore, caller: Caller, case_id: str) -> list[AuditOut]:
+    return [AuditOut.model_validate(r, from_attributes=True) for r in await audit_rows(store, caller, case_id)]
 
 
 async def _audit_read(session: AsyncSession, store: CaseStore, caller: Caller, case: Case) -> None:
