@@ -29,7 +29,34 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--coverage", type=float, default=0.9, help="nominal coverage of the conformal sets")
     p.add_argument("--report", metavar="DIR", help="write report.md with PNG plots to DIR")
     p.add_argument("--no-ood", action="store_true", help="skip the out-of-distribution rates (embeds the photos)")
+    p.add_argument(
+        "--from-store", action="store_true", help="judge the kept cases' answers against their outcome or review"
+    )
+    p.add_argument("--url", help="with --from-store: database URL (default DERMTRIAGE_DATABASE_URL)")
     return p
+
+
+def _from_store(args: argparse.Namespace) -> int:
+    """The answers as given against the ground truth (outcome over review), every model's cases together
+    (`models` lists them)."""
+    from service.cli.from_store import TooFewCases, evaluate_store
+    from service.settings import Settings
+
+    try:
+        report = evaluate_store(args.url or Settings().database_url)
+    except TooFewCases as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(report))
+        return 0
+    print(
+        f"{report['n']} kept cases with a ground truth: balanced accuracy {report['balanced_accuracy']:.3f}, "
+        f"accuracy {report['accuracy']:.3f}, top-3 {report['top3_accuracy']:.3f}"
+    )
+    for condition, recall in report["per_class"].items():
+        print(f"  {condition}: recall {recall:.3f}")
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:
@@ -37,6 +64,8 @@ def run(args: argparse.Namespace) -> int:
     from models.fitting.datasets import DatasetError, load_labelled_folder
     from models.knowledge.taxonomy import load_taxonomy
 
+    if args.from_store:
+        return _from_store(args)
     taxonomy = load_taxonomy()
     try:  # read the folder first: an unknown label or a missing file is one line, not a traceback
         load_labelled_folder(args.data, taxonomy, args.split)
