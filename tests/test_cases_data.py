@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
+import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -78,6 +79,10 @@ def test_photo_kept_only_with_consent_and_the_setting_without_exif(
         consented = triage(client, upload, A, consent_to_store=True)
         by_form = _multipart(client, upload, A, consent_to_store="true", patient_ref="pt-1")["id"]
         written(client, 6)
+        bad = client.post("/v1/triage", files={"image": ("p.jpg", upload, "image/jpeg")},
+                          data={"consent_to_store": "maybe"}, headers=A)  # fmt: skip
+        assert problem(bad, 422, "validation-error")["errors"][0]["loc"].endswith("consent_to_store")
+        problem(client.get(f"/v1/cases/{no_consent}/audit?format=xml", headers=A), 422, "validation-error")
         flags = {cid: client.get(f"/v1/cases/{cid}", headers=A).json()["photo_stored"] for cid in (no_consent, by_form)}
         assert flags == {no_consent: False, by_form: True}
         cid = consented["id"]
@@ -147,10 +152,32 @@ def test_retention_purges_old_cases_and_photos_at_start_and_keeps_their_audit(
         for _ in range(200):  # the job runs once at start
             if client.get(f"/v1/cases/{old}", headers=A).status_code == 404:
                 break
-            asyncio.run(asyncio.sleep(0.05))
+            time.sleep(0.05)
         problem(client.get(f"/v1/cases/{old}", headers=A), 404, "case-not-found")
         assert client.get(f"/v1/cases/{new}", headers=A).json()["photo_stored"] is True
     assert list(_files(folder)) == [_sql(db_url, "SELECT stored_photo_sha256 FROM cases")[0][0]]
     assert _sql(db_url, "SELECT count(*) FROM reviews")[0][0] == 0
     events = _sql(db_url, "SELECT action, actor FROM audit_events WHERE case_id = :c ORDER BY id", c=old)
     assert events[0] == ("create", "api-key:clinic-a") and events.count(("delete", "retention")) == 1
+
+
+def test_photo_store_is_bounded_and_a_failed_write_keeps_the_case_going(tmp_path: Path) -> None:
+    from service.store.photos import PhotoStore
+
+    async def run() -> tuple[Any, ...]:
+        full = PhotoStore(tmp_path / "a", max_pending=0)
+        refused = await full.put(lambda: b"jpeg")
+        blocked = tmp_path / "file"
+        blocked.write_bytes(b"")
+        broken = PhotoStore(blocked)  # the folder is a file: every write fails
+        failed = await broken.put(lambda: b"jpeg")
+        ok_store = PhotoStore(tmp_path / "b")
+        digest = await ok_store.put(lambda: b"jpeg")
+        back = await ok_store.get(digest or "")
+        for store in (full, broken, ok_store):
+            store.close()
+        return refused, full.refused, failed, broken.failed, digest, back
+
+    refused, n_refused, failed, n_failed, digest, back = asyncio.run(run())
+    assert (refused, n_refused, failed, n_failed) == (None, 1, None, 1)
+    assert digest == hashlib.sha256(b"jpeg").hexdigest() and back == b"jpeg"

@@ -238,7 +238,10 @@ class CasesController(Controller):
     @get(
         "/{case_id:str}/photo",
         summary="The photo kept with the case (consent given and DERMTRIAGE_STORE_PHOTOS on): re-encoded, no EXIF",
-        responses=PROBLEMS,
+        responses={
+            200: example_response(bytes, "the kept photo (JPEG bytes)", "JPEG bytes", "<binary JPEG>", MEDIA_TYPE),
+            **PROBLEMS,
+        },
         media_type=MEDIA_TYPE,
     )
     async def photo(

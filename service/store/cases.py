@@ -155,6 +155,8 @@ class CaseStore:
             "written": self.writes.written,
             "failed_writes": self.writes.failed,
             "lost_writes": self.writes.lost,
+            "photos_refused": self.photos.refused,  # more than PhotoStore.max_pending writes waiting
+            "photos_failed": self.photos.failed,
         }
 
     # -- the triage path (never waits) -------------------------------------------------------------

@@ -19,6 +19,7 @@ SUMMARY: dict[str, Any] = {
     "patient_ref": "pt-0042",
     "lesion_ref": "left-forearm-1",
     "reviewed": True,
+    "photo_stored": False,
 }
 CASE_PAGE = {"items": [SUMMARY], "total": 1, "limit": 50, "offset": 0}
 CASE_OUT = {**SUMMARY, "answer": {"id": CASE_ID, "differentials": ["..."], "case_storage": "queued"}}
