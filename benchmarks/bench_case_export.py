@@ -24,7 +24,6 @@ from typing import Any
 
 from benchmarks.common import percentile, sample_photos
 from models.fitting.datasets import DEFAULT_DATA
-from service.cli.export import export
 from service.images import ImageLimits, decode_image, storable_copy
 from service.runtime import build_engine
 from service.schemas import TriageOptions, new_result_id
@@ -65,6 +64,8 @@ def _rows(answer: dict[str, Any], sha: str, kept: str, w: int, h: int, label: st
 
 
 async def measure(url: str, n: int) -> dict[str, Any]:
+    from service.cli.export import export  # the CLI and the benchmarks never import each other at module level
+
     settings = Settings(database_url=url)
     photo = sample_photos(DEFAULT_DATA, 1)[0]
     decoded = decode_image(photo, ImageLimits())

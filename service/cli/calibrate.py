@@ -89,7 +89,7 @@ def _from_store(args: argparse.Namespace) -> int:
     from models.fitting.calibration_stats import provenance
     from models.knowledge.taxonomy import load_taxonomy
     from models.uncertainty.calibration import CalibrationFile, load_calibration
-    from service.cli.from_store import TooFewCases, calibration_stage_from_store
+    from service.cli._from_store import TooFewCases, calibration_stage_from_store
     from service.settings import Settings
 
     url = args.url or Settings().database_url

@@ -39,7 +39,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 def _from_store(args: argparse.Namespace) -> int:
     """The answers as given against the ground truth (outcome over review), every model's cases together
     (`models` lists them)."""
-    from service.cli.from_store import TooFewCases, evaluate_store
+    from service.cli._from_store import TooFewCases, evaluate_store
     from service.settings import Settings
 
     try:

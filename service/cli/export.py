@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from service.cli._common import subparser
-from service.cli.store_cases import StoredCase, load_cases
+from service.cli._store_cases import StoredCase, load_cases
 
 FORMATS = ("coco", "csv", "fhir")
 EXPORT_ACTOR = "cli:export"

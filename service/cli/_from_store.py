@@ -1,5 +1,5 @@
 """`evaluate --from-store` and `calibrate --from-store`: the kept cases with a ground truth (outcome over
-review, :mod:`service.cli.store_cases`) judged and refitted with the offline maths of ``models/fitting``.
+review, :mod:`service.cli._store_cases`) judged and refitted with the offline maths of ``models/fitting``.
 
 What a kept answer holds: its top-k differentials (``options.top_k``, default 5), each with the fused
 ``probability`` and the photo-alone ``image_probability_raw`` (the zero-shot softmax before calibration).
@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from service.cli.store_cases import StoredCase, load_cases
+from service.cli._store_cases import StoredCase, load_cases
 
 MIN_CALIBRATION_CASES = 50  # five patient-grouped folds of ten
 ROMAN = {"I": 1, "II": 2, "III": 3, "IV": 4, "V": 5, "VI": 6}
