@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
+import os
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -133,7 +134,7 @@ def test_delete_removes_the_case_and_its_rows_keeps_audit_and_shared_photos(
     assert ("delete", "case", "api-key:clinic-b", "denied") in events
 
 
-def test_retention_purges_old_cases_and_photos_at_start_and_keeps_their_audit(
+def test_retention_purges_old_cases_photos_and_orphan_files_at_start_and_keeps_their_audit(
     engine: TriageEngine, db_url: str, tmp_path: Path
 ) -> None:
     upload, folder = _gps_photo(), tmp_path / "photos"
@@ -147,15 +148,21 @@ def test_retention_purges_old_cases_and_photos_at_start_and_keeps_their_audit(
     backdated = _sql(db_url, "SELECT created_at FROM cases WHERE id = :c", c=new)[0][0]
     stamp = backdated - timedelta(days=3) if not isinstance(backdated, str) else "2000-01-01 00:00:00.000000"
     _sql(db_url, "UPDATE cases SET created_at = :t WHERE id = :c", t=stamp, c=old)
+    # files no case references (a lost case row): an old one is swept, a fresh one kept
+    for name, age_s in (("a" * 64, 2 * 3600), ("b" * 64, 0)):
+        path = folder / name[:2] / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"orphan")
+        os.utime(path, (time.time() - age_s, time.time() - age_s))
     with serve(engine, db_url, photo_dir=folder, store_photos=True, retention_days=2) as client:
         wait_ready(client)
         for _ in range(200):  # the job runs once at start
-            if client.get(f"/v1/cases/{old}", headers=A).status_code == 404:
+            if client.get(f"/v1/cases/{old}", headers=A).status_code == 404 and "a" * 64 not in _files(folder):
                 break
             time.sleep(0.05)
         problem(client.get(f"/v1/cases/{old}", headers=A), 404, "case-not-found")
         assert client.get(f"/v1/cases/{new}", headers=A).json()["photo_stored"] is True
-    assert list(_files(folder)) == [_sql(db_url, "SELECT stored_photo_sha256 FROM cases")[0][0]]
+    assert sorted(_files(folder)) == sorted([_sql(db_url, "SELECT stored_photo_sha256 FROM cases")[0][0], "b" * 64])
     assert _sql(db_url, "SELECT count(*) FROM reviews")[0][0] == 0
     events = _sql(db_url, "SELECT action, actor FROM audit_events WHERE case_id = :c ORDER BY id", c=old)
     assert events[0] == ("create", "api-key:clinic-a") and events.count(("delete", "retention")) == 1

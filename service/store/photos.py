@@ -71,6 +71,12 @@ class PhotoStore:
                 pass
         return gone
 
+    def _listing(self) -> list[tuple[str, float]]:
+        """(SHA-256, modification time) of every kept file."""
+        if not self.root.is_dir():
+            return []
+        return [(p.name, p.stat().st_mtime) for p in self.root.glob("??/*") if SHA256.match(p.name)]
+
     # -- async faces -----------------------------------------------------------------------------
     async def put(self, encode: Callable[[], bytes]) -> str | None:
         """Encode and write on the store's thread; the SHA-256 of the bytes kept, or None when
@@ -95,6 +101,9 @@ class PhotoStore:
         if not sha256s:
             return 0
         return await asyncio.get_running_loop().run_in_executor(self._pool, self._delete, sha256s)
+
+    async def listing(self) -> list[tuple[str, float]]:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, self._listing)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
 RETENTION_PERIOD_S = 3600.0  # the job runs once at start, then hourly
 PURGE_BATCH = 200
 RETENTION_ACTOR = "retention"
+ORPHAN_GRACE_S = 3600.0
 log = logging.getLogger("dermtriage.store")
 
 
@@ -78,13 +80,27 @@ async def purge(store: CaseStore, days: float) -> int:
         total += len(cases)
 
 
+async def sweep_orphans(store: CaseStore, grace_s: float = ORPHAN_GRACE_S) -> int:
+    """Delete kept photo files that no case references and that are older than ``grace_s`` (a case whose
+    row was lost or refused after its photo was written; a photo freed while another case sharing it
+    still waited on the write queue). Younger files are left: their case may still be queued."""
+    old_enough = time.time() - grace_s
+    candidates = [sha for sha, mtime in await store.photos.listing() if mtime < old_enough]
+    orphans: list[str] = []
+    for start in range(0, len(candidates), PURGE_BATCH):
+        async with store.transaction() as session:
+            orphans += await unreferenced(session, candidates[start : start + PURGE_BATCH])
+    return await store.photos.delete(orphans)
+
+
 async def retention_loop(store: CaseStore, days: float, period_s: float = RETENTION_PERIOD_S) -> None:
-    """Purge at start, then every ``period_s``; a database error waits for the next round."""
+    """Purge (and sweep orphan photos) at start, then every ``period_s``; a database error waits for the
+    next round."""
     while True:
         try:
-            purged = await purge(store, days)
-            if purged:
-                log.info("retention purged cases", extra={"cases": purged})
+            purged, swept = await purge(store, days), await sweep_orphans(store)
+            if purged or swept:
+                log.info("retention purged cases", extra={"cases": purged, "orphan_photos": swept})
         except (Problem, *DB_ERRORS) as exc:
             log.warning("retention purge failed; next round retries", extra={"error": type(exc).__name__})
         await asyncio.sleep(period_s)
