@@ -311,9 +311,10 @@ class ServiceState:
         identity = self.engine_for(received.options.modality).model.artifacts.identity
         options = received.options
         kept = None
-        if options.consent_to_store and self.cases.keep_photos:  # re-encoded on the photo store's thread
-            kept = await self.cases.photos.put(partial(storable_copy, image, self.runner.limits))
-        return CaseFacts(digest, identity.weights_sha256, options.patient_ref, options.lesion_ref, client, None, kept)
+        if options.consent_to_store and self.cases.keep_photos and self.cases.storage == "queued":
+            kept = await self.cases.photos.put(partial(storable_copy, image, self.runner.limits))  # its own thread
+        refs = (options.patient_ref, options.lesion_ref)
+        return CaseFacts(digest, identity.weights_sha256, *refs, client=client, stored_photo_sha256=kept)
 
     def keep(self, result: TriageResult, owner: str, facts: CaseFacts | None = None) -> TriageResult:
         """Store ``result`` for ``owner`` under a fresh server-minted id (128 random bits); returns it

@@ -232,11 +232,11 @@ async def photo_of(store: CaseStore, caller: Caller, case_id: str) -> bytes:
     """The case's kept photo (audited as a read of resource ``photo``); 404 when none was kept."""
     async with store.transaction() as session:
         case = await store.case_for(session, case_id, caller.principal, caller.client)
-        if case.stored_photo_sha256 is not None:
-            await store.audit_now(
-                session, [audit_row(caller.principal, "read", "photo", case.id, case.id, caller.client)]
-            )
-    data = await store.photos.get(case.stored_photo_sha256) if case.stored_photo_sha256 else None
+        data = await store.photos.get(case.stored_photo_sha256) if case.stored_photo_sha256 else None
+        if case.stored_photo_sha256 is not None:  # a kept photo whose file is gone: a failed read
+            outcome = "success" if data is not None else "failed"
+            audit = audit_row(caller.principal, "read", "photo", case.id, case.id, caller.client, outcome)
+            await store.audit_now(session, [audit])
     if data is None:
         raise Problem(
             "photo-not-found", 404, "No photo is kept for this case (kept only with consent).", title="Photo not found"
