@@ -188,3 +188,25 @@ def test_photo_store_is_bounded_and_a_failed_write_keeps_the_case_going(tmp_path
     refused, n_refused, failed, n_failed, digest, back = asyncio.run(run())
     assert (refused, n_refused, failed, n_failed) == (None, 1, None, 1)
     assert digest == hashlib.sha256(b"jpeg").hexdigest() and back == b"jpeg"
+
+
+def test_migration_0002_upgrades_a_database_made_at_0001(db_url: str) -> None:
+    from service.store.db import upgrade
+
+    async def run() -> list[Any]:
+        eng = alchemy_config(db_url).get_engine()
+        try:
+            await upgrade(eng, "0001")
+            async with eng.begin() as conn:
+                await conn.execute(text(
+                    "INSERT INTO cases (id, owner, created_at, model_name, model_version, taxonomy_version, "
+                    "photo_sha256, photo_width, photo_height, answer) VALUES ('c1', 'a', CURRENT_TIMESTAMP, 'm', "
+                    "'1', 't', :sha, 64, 64, '{}')"
+                ), {"sha": "0" * 64})  # fmt: skip
+            await upgrade(eng)
+            async with eng.connect() as conn:
+                return list((await conn.execute(text("SELECT id, stored_photo_sha256 FROM cases"))).all())
+        finally:
+            await eng.dispose()
+
+    assert asyncio.run(run()) == [("c1", None)]
