@@ -18,6 +18,8 @@ from service.store.models import metadata
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 log = logging.getLogger("dermtriage.store")
+# aiosqlite logs every statement with its parameters (answers, refs) at DEBUG: never patient data in logs
+logging.getLogger("aiosqlite").setLevel(logging.WARNING)
 
 
 def is_sqlite(url: str) -> bool:
