@@ -62,6 +62,55 @@ def _week_of(at: datetime) -> date:
     return _monday(at.astimezone(UTC).date())
 
 
+async def _rows(store: CaseStore, scope: list[Any], audit: Any) -> tuple[list[Any], dict[str, Any], dict[str, str]]:
+    """Per case of the window: (id, created_at, top differential id, needs_review, urgency category);
+    per reviewed case: (reviews, agreeing); per case with an outcome: the latest outcome's diagnosis."""
+    top = Case.answer[("differentials", 0, "condition_id")].as_string()
+    flagged = Case.answer[("uncertainty", "needs_review")].as_boolean()
+    category = Case.answer[("urgency", "category")].as_string()
+    agrees = func.sum(when((Review.agrees.is_(True), 1), else_=0))
+    latest = (
+        select(Outcome.case_id, func.max(Outcome.id).label("last"))
+        .join(Case, Case.id == Outcome.case_id)
+        .where(*scope)
+        .group_by(Outcome.case_id)
+        .subquery()
+    )
+    async with store.transaction() as session:
+        cases = (await session.execute(select(Case.id, Case.created_at, top, flagged, category).where(*scope))).all()
+        q = select(Review.case_id, func.count(), agrees).join(Case, Case.id == Review.case_id).where(*scope)
+        reviews = (await session.execute(q.group_by(Review.case_id))).all()
+        q = select(Outcome.case_id, Outcome.diagnosis).join(latest, Outcome.id == latest.c.last)
+        outcomes = dict((await session.execute(q)).all())  # type: ignore[arg-type]
+        await store.audit_now(session, [audit])
+    return list(cases), {cid: (int(n), int(a or 0)) for cid, n, a in reviews}, outcomes
+
+
+def _empty() -> dict[str, Any]:
+    keys = ("cases", "reviewed_cases", "reviews", "agreeing_reviews", "cases_with_outcome", "top1_hits", "needs_review")
+    return {**dict.fromkeys(keys, 0), "urgency": dict.fromkeys([*CATEGORIES, "none"], 0)}
+
+
+def _week(start: date, w: dict[str, Any]) -> Week:
+    iso = start.isocalendar()
+    n = w["cases"]
+    return Week(
+        week=f"{iso.year}-W{iso.week:02d}",
+        start=start,
+        cases=n,
+        reviewed_cases=w["reviewed_cases"],
+        reviews=w["reviews"],
+        agreeing_reviews=w["agreeing_reviews"],
+        review_agreement=_rate(w["agreeing_reviews"], w["reviews"]),
+        cases_with_outcome=w["cases_with_outcome"],
+        top1_outcome_agreement=_rate(w["top1_hits"], w["cases_with_outcome"]),
+        needs_review=w["needs_review"],
+        needs_review_rate=_rate(w["needs_review"], n),
+        urgency=w["urgency"],
+        urgency_rates={k: _rate(v, n) for k, v in w["urgency"].items()},
+    )
+
+
 async def weekly(
     store: CaseStore, principal: str, client: str | None, weeks: int, today: date | None = None
 ) -> Monitoring:
@@ -69,47 +118,9 @@ async def weekly(
     since = datetime(first.year, first.month, first.day, tzinfo=UTC)
     everyone = principal in store.reviewers
     scope = [Case.created_at >= since] + ([] if everyone else [Case.owner == principal])
-    top = Case.answer[("differentials", 0, "condition_id")].as_string()
-    flagged = Case.answer[("uncertainty", "needs_review")].as_boolean()
-    category = Case.answer[("urgency", "category")].as_string()
-    async with store.transaction() as session:
-        cases = (await session.execute(select(Case.id, Case.created_at, top, flagged, category).where(*scope))).all()
-        reviews = (
-            await session.execute(
-                select(Review.case_id, func.count(), func.sum(when((Review.agrees.is_(True), 1), else_=0)))
-                .join(Case, Case.id == Review.case_id)
-                .where(*scope)
-                .group_by(Review.case_id)
-            )
-        ).all()
-        latest = (
-            select(Outcome.case_id, func.max(Outcome.id).label("last"))
-            .join(Case, Case.id == Outcome.case_id)
-            .where(*scope)
-            .group_by(Outcome.case_id)
-            .subquery()
-        )
-        outcomes = dict(
-            (
-                await session.execute(
-                    select(Outcome.case_id, Outcome.diagnosis).join(latest, Outcome.id == latest.c.last)
-                )
-            ).all()
-        )
-        await store.audit_now(session, [audit_row(principal, "read", "monitoring", f"weeks={weeks}", None, client)])
-    per_case = {cid: (int(n), int(agree or 0)) for cid, n, agree in reviews}
-    acc: dict[date, dict[str, Any]] = {}
-    for i in range(weeks):
-        acc[first + timedelta(weeks=i)] = {
-            "cases": 0,
-            "reviewed_cases": 0,
-            "reviews": 0,
-            "agreeing_reviews": 0,
-            "cases_with_outcome": 0,
-            "top1_hits": 0,
-            "needs_review": 0,
-            "urgency": dict.fromkeys([*CATEGORIES, "none"], 0),
-        }
+    audit = audit_row(principal, "read", "monitoring", f"weeks={weeks}", None, client)
+    cases, per_case, outcomes = await _rows(store, scope, audit)
+    acc = {first + timedelta(weeks=i): _empty() for i in range(weeks)}
     for cid, created, top_id, needs, cat in cases:
         w = acc.get(_week_of(created))
         if w is None:  # a clock skew at the window's edge
@@ -118,35 +129,13 @@ async def weekly(
         w["needs_review"] += bool(needs)
         w["urgency"][cat if cat in CATEGORIES else "none"] += 1
         if cid in per_case:
-            n, agree = per_case[cid]
             w["reviewed_cases"] += 1
-            w["reviews"] += n
-            w["agreeing_reviews"] += agree
+            w["reviews"] += per_case[cid][0]
+            w["agreeing_reviews"] += per_case[cid][1]
         if cid in outcomes:
             w["cases_with_outcome"] += 1
             w["top1_hits"] += top_id is not None and top_id == outcomes[cid]
-    out = []
-    for start, w in acc.items():
-        iso = start.isocalendar()
-        n = w["cases"]
-        out.append(
-            Week(
-                week=f"{iso.year}-W{iso.week:02d}",
-                start=start,
-                cases=n,
-                reviewed_cases=w["reviewed_cases"],
-                reviews=w["reviews"],
-                agreeing_reviews=w["agreeing_reviews"],
-                review_agreement=_rate(w["agreeing_reviews"], w["reviews"]),
-                cases_with_outcome=w["cases_with_outcome"],
-                top1_outcome_agreement=_rate(w["top1_hits"], w["cases_with_outcome"]),
-                needs_review=w["needs_review"],
-                needs_review_rate=_rate(w["needs_review"], n),
-                urgency=w["urgency"],
-                urgency_rates={k: _rate(v, n) for k, v in w["urgency"].items()},
-            )
-        )
-    return Monitoring(scope="all" if everyone else "own", weeks=out, since=since)
+    return Monitoring(scope="all" if everyone else "own", weeks=[_week(s, w) for s, w in acc.items()], since=since)
 
 
 EXAMPLE: dict[str, Any] = {
