@@ -18,6 +18,9 @@ from service.store.models import metadata
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 log = logging.getLogger("dermtriage.store")
+# aiosqlite's DEBUG lines print every statement's parameters (a case's answer: patient data), whatever
+# level the root logger is set to
+logging.getLogger("aiosqlite").setLevel(logging.INFO)
 
 
 def is_sqlite(url: str) -> bool:
