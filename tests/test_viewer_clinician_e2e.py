@@ -13,6 +13,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,35 @@ CONTROLS = {
     "ann-fitzpatrick": "Fitzpatrick type",
     "mon-weeks": "Weeks",
 }
+
+
+class _Labels(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.ids: list[str] = []
+        self.label_for: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = dict(attrs)
+        if a.get("id"):
+            self.ids.append(str(a["id"]))
+        if tag == "label" and a.get("for"):
+            self.label_for.append(str(a["for"]))
+        assert not any(k.startswith("on") for k in a), f"inline handler on <{tag}> (the CSP forbids them)"
+
+
+def test_new_controls_are_labelled_and_outside_the_triage_form() -> None:
+    """Without a browser: every new control has a <label for>, ids stay unique, no inline handler, and
+    no new control is one the triage form collects (data-rf, fieldset.tri) into the risk factors."""
+    html = (ve.STATIC / "index.html").read_text()
+    page = _Labels()
+    page.feed(html)
+    assert len(page.ids) == len(set(page.ids))
+    for control in CONTROLS:
+        assert control in page.ids and control in page.label_for, control
+    panels = html[html.index('id="conditions-list"') : html.index('id="shap-card"')]
+    assert "data-rf" not in panels and 'class="tri"' not in panels and "data-tristate" not in panels
+    assert '<script src="/viewer/static/clinician.js" defer></script>' in html
 
 
 @pytest.fixture(scope="module")
@@ -127,6 +157,8 @@ def test_polygon_review_reload_and_reopen(page: Any, service_url: str, photo_pat
 
     # label by type-ahead over the taxonomy (the top differential's name), and lesion tags
     top = answer["differentials"][0]
+    page.fill("#ann-label", top["name"][:-1])  # type-ahead: a partial name lists it among the matches
+    assert top["name"] in page.inner_text("#ann-label-pick") and "match" in page.inner_text("#ann-label-pick")
     page.fill("#ann-label", top["name"])
     assert f"({top['condition_id']})" in page.inner_text("#ann-label-pick")
     page.fill("#ann-subtype", "nodular")

@@ -90,9 +90,18 @@
       else if (id) pick.textContent = "→ " + name(id) + " (" + id + ")";
       else {
         var t = v.toLowerCase();
-        var hits = (c.taxonomy || []).filter(function (cond) {
-          return cond.id.indexOf(t) >= 0 || String(cond.name).toLowerCase().indexOf(t) >= 0;
-        });
+        // names and ids that start with the text first, then those that contain it, then synonyms
+        var rank = function (cond) {
+          var n = String(cond.name).toLowerCase();
+          if (n.indexOf(t) === 0 || cond.id.indexOf(t) === 0) return 0;
+          if (n.indexOf(t) > 0 || cond.id.indexOf(t) > 0) return 1;
+          return (cond.synonyms || []).some(function (x) { return String(x).toLowerCase().indexOf(t) >= 0; }) ? 2 : 3;
+        };
+        var hits = (c.taxonomy || [])
+          .map(function (cond, i) { return [rank(cond), i, cond]; })
+          .filter(function (h) { return h[0] < 3; })
+          .sort(function (a, b) { return a[0] - b[0] || a[1] - b[1]; })
+          .map(function (h) { return h[2]; });
         pick.textContent = hits.length ? hits.length + " match: " + hits.slice(0, 4).map(function (h) { return h.name; }).join(", ") : "no condition of the taxonomy matches";
       }
     }
