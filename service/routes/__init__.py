@@ -7,12 +7,14 @@ from service.routes.fhir import FhirController
 from service.routes.health import HealthController
 from service.routes.metrics import MetricsController
 from service.routes.model_cards import ModelsController
+from service.routes.monitoring import MonitoringController
 from service.routes.triage import TriageController
 from service.routes.viewer import VIEWER_HANDLERS
 
 CONTROLLERS = [
     TriageController,
     CasesController,
+    MonitoringController,
     ConditionsController,
     ModelsController,
     HealthController,

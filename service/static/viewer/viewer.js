@@ -358,6 +358,8 @@
     $("disclaimer").textContent = result.disclaimer || "";
     $("result").hidden = false;
     $("open-id").value = result.id || "";
+    // the review panel, annotation tool and past cases (clinician.js) follow the answer shown
+    document.dispatchEvent(new CustomEvent("dermtriage:result", { detail: { result: result, photoURL: photoURL || null } }));
     var box = $("results");
     if (box.scrollIntoView && window.matchMedia && window.matchMedia("(max-width: 900px)").matches) {
       box.scrollIntoView({ block: "start" });
@@ -870,6 +872,27 @@
         clear(body).appendChild(el("p", { cls: "error-inline", text: "Could not load the model card: " + err.message }));
       });
   }
+
+  /* ------------------------------------------------------------------ for clinician.js */
+
+  window.dermtriage = {
+    el: el,
+    clear: clear,
+    words: words,
+    pct: pct,
+    request: request,
+    authHeaders: authHeaders,
+    showError: showError,
+    setBusy: setBusy,
+    current: function () {
+      return state.result ? { result: state.result, photoURL: state.photoFor === state.result.id ? state.fileURL : null } : null;
+    },
+    /* show a stored answer (a reopened case); its photo when this tab triaged it, else `photoURL` */
+    show: function (result, photoURL) {
+      render(result, state.photoFor === result.id ? state.fileURL : photoURL || null);
+      setBusy(false, "Case " + result.id + " opened. " + summary(result));
+    },
+  };
 
   /* ------------------------------------------------------------------ start */
 
