@@ -148,3 +148,14 @@ def test_runtime_setting(monkeypatch) -> None:
     monkeypatch.setenv("DERMTRIAGE_RUNTIME", "tensorrt")
     with pytest.raises(ValidationError):
         Settings()
+
+
+def test_export_runtime_command_builds_then_reuses(tmp_path: Path, capsys) -> None:
+    from service.cli import main
+
+    assert main(["export-runtime", "--cache-dir", str(tmp_path)]) == 0
+    assert "exported" in capsys.readouterr().out
+    onnx_file = tmp_path / "embedded-pad-lite0.onnx"
+    stamp = onnx_file.stat().st_mtime_ns
+    assert main(["export-runtime", "--cache-dir", str(tmp_path)]) == 0
+    assert "up to date" in capsys.readouterr().out and onnx_file.stat().st_mtime_ns == stamp

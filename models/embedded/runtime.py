@@ -6,7 +6,7 @@ into one graph and run by ONNX Runtime or OpenVINO; eager PyTorch spends most of
 the depthwise convolutions of EfficientNet-Lite0. The PyTorch model stays loaded: heatmaps need
 autograd, training and CUDA use it.
 
-The exported file is not shipped (about 20 MB, and its bytes depend on the torch version): it is
+The exported file is not shipped (about 28 MB, and its bytes depend on the torch version): it is
 built at first start into a cache folder, one file per model name, beside a JSON that records the
 identity it was made for; `ModelIdentity.accepts` decides whether it is reused, else it is rebuilt.
 """
