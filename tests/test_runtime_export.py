@@ -1,4 +1,4 @@
-"""The embedded model's served forward on ONNX Runtime / OpenVINO (models/embedded/runtime.py): the same
+"""The embedded model's served forward on ONNX Runtime / OpenVINO (models/embedded/export.py, runtime.py): the same
 answers as PyTorch on real photos, a cached export reused only for the weights it was made for, and
 PyTorch when a runtime is missing or fails."""
 
@@ -14,7 +14,8 @@ import torch
 
 from models.backends.artifacts import ModelIdentity
 from models.embedded import runtime
-from models.embedded.runtime import attach_runtime, cached_export, choose_runtime, ensure_export, installed
+from models.embedded.export import cached_export, ensure_export
+from models.embedded.runtime import attach_runtime, choose_runtime, installed
 
 MAX_PROB_CHANGE = 0.01  # the bar the default runtime was chosen at (benchmarks/runtime_agreement.py)
 COMPILED = [n for n in ("onnxruntime", "openvino") if installed(n)]

@@ -1,32 +1,23 @@
 """The served image-tower forward on an optimised CPU runtime (ONNX Runtime or OpenVINO).
 
-The served forward of the embedded model (4 flipped views, their mean embedding, and the frozen
-ImageNet view the OOD rule reads, models/embedded/domain.py) is exported once with `torch.onnx`
-into one graph and run by ONNX Runtime or OpenVINO; eager PyTorch spends most of its time between
-the depthwise convolutions of EfficientNet-Lite0. The PyTorch model stays loaded: heatmaps need
-autograd, training and CUDA use it.
-
-The exported file is not shipped (about 28 MB, and its bytes depend on the torch version): it is
-built at first start into a cache folder, one file per model name, beside a JSON that records the
-identity it was made for; `ModelIdentity.accepts` decides whether it is reused, else it is rebuilt.
+Eager PyTorch spends most of EfficientNet-Lite0's time between its depthwise convolutions; the
+exported graph (models/embedded/export.py) runs the same forward, float32, on OpenVINO or ONNX
+Runtime, chosen by `DERMTRIAGE_RUNTIME` (README, Performance: picked by photos/s at equal answers).
+The PyTorch model stays loaded: heatmaps need autograd, training and CUDA use it.
 """
 
 from __future__ import annotations
 
 import importlib.util
-import json
 import logging
-import os
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from models.backends.artifacts import ModelIdentity
-from models.embedded.domain import FrozenFeatureTap, first_tuned_block
+from models.embedded.export import ensure_export
 
 if TYPE_CHECKING:
     from models.embedded.model import EmbeddedBackend
@@ -36,14 +27,7 @@ log = logging.getLogger(__name__)
 RuntimeName = Literal["torch", "onnxruntime", "openvino"]
 RuntimeSetting = Literal["torch", "onnxruntime", "openvino", "auto"]
 AUTO_ORDER: tuple[RuntimeName, ...] = ("openvino", "onnxruntime")  # fastest at equal answers first (README)
-EXPORT_FORMAT = 1  # bump when the exported graph changes meaning
-OPSET = 17
 _MODULES = {"onnxruntime": "onnxruntime", "openvino": "openvino"}
-
-
-def default_cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "dermtriage" / "runtime"
 
 
 def installed(name: str) -> bool:
@@ -61,97 +45,6 @@ def choose_runtime(setting: str, device: str = "cpu") -> RuntimeName:
             return name  # type: ignore[return-value]
     log.warning("image-tower runtime %s is not installed; running PyTorch", " or ".join(wanted))
     return "torch"
-
-
-class ServedForward(torch.nn.Module):
-    """The served forward as one traceable module: pixels -> (unit embedding, ImageNet probabilities)."""
-
-    def __init__(self, backend: EmbeddedBackend) -> None:
-        super().__init__()
-        self.model = backend.model
-        self.tta = backend.tta_flips
-        self.top = backend.imagenet_top
-        self.block = first_tuned_block(backend.model.visual.trunk, backend.tuned_blocks) if self.top else None
-
-    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        b = pixels.shape[0]
-        views = pixels
-        if self.tta:
-            views = torch.cat([pixels, pixels.flip(-1), pixels.flip(-2), pixels.flip(-1).flip(-2)])
-        if self.block is None or self.top is None:
-            emb = F.normalize(self.model.encode_image(views).float(), dim=-1)
-            domain = torch.zeros(b, 1)
-        else:
-            with FrozenFeatureTap(self.block) as tap:
-                emb = F.normalize(self.model.encode_image(views).float(), dim=-1)
-            assert tap.features is not None
-            domain = torch.softmax(self.top(tap.features[:b].float()), dim=-1)
-        if self.tta:
-            emb = F.normalize(emb.reshape(4, b, -1).mean(0), dim=-1)
-        return emb, domain
-
-
-def export_meta(backend: EmbeddedBackend) -> dict[str, Any]:
-    return {
-        "made_for": backend.artifacts.identity.fingerprint,
-        "format": EXPORT_FORMAT,
-        "tta_flips": backend.tta_flips,
-        "tuned_blocks": backend.tuned_blocks,
-        "image_size": backend.preprocessing.image_size,
-    }
-
-
-def export_paths(backend: EmbeddedBackend, cache_dir: Path | None) -> tuple[Path, Path]:
-    """One file per model name (a new weights hash replaces it: the cache stays bounded)."""
-    folder = Path(cache_dir) if cache_dir else default_cache_dir()
-    stem = backend.artifacts.identity.name.replace("/", "_")
-    return folder / f"{stem}.onnx", folder / f"{stem}.json"
-
-
-def cached_export(backend: EmbeddedBackend, cache_dir: Path | None) -> Path | None:
-    """The cached export when it was made for these weights (the one identity check), else None."""
-    onnx_path, meta_path = export_paths(backend, cache_dir)
-    try:
-        meta = json.loads(meta_path.read_text())
-    except (OSError, ValueError):
-        return None
-    if not onnx_path.exists() or not isinstance(meta, dict):
-        return None
-    want = export_meta(backend)
-    made_for = ModelIdentity.parse(str(meta.get("made_for", "")))
-    same = all(meta.get(k) == want[k] for k in want if k != "made_for")
-    return onnx_path if same and backend.artifacts.identity.accepts(made_for) else None
-
-
-def export_onnx(backend: EmbeddedBackend, cache_dir: Path | None) -> Path:
-    """Export the served forward (float32, dynamic batch) to ONNX; atomic, so a crash leaves no half file."""
-    onnx_path, meta_path = export_paths(backend, cache_dir)
-    onnx_path.parent.mkdir(parents=True, exist_ok=True)
-    size = backend.preprocessing.image_size
-    module = ServedForward(backend).eval()
-    tmp = onnx_path.with_suffix(f".{os.getpid()}.tmp")
-    with torch.no_grad():
-        torch.onnx.export(
-            module,
-            (torch.zeros(2, 3, size, size),),
-            str(tmp),
-            input_names=["pixels"],
-            output_names=["embedding", "domain"],
-            dynamic_axes={"pixels": {0: "batch"}, "embedding": {0: "batch"}, "domain": {0: "batch"}},
-            opset_version=OPSET,
-            dynamo=False,
-        )
-    os.replace(tmp, onnx_path)
-    meta_tmp = meta_path.with_suffix(f".{os.getpid()}.tmp")
-    meta_tmp.write_text(json.dumps(export_meta(backend), indent=1))
-    os.replace(meta_tmp, meta_path)
-    log.info("exported the image tower of %s to %s", backend.artifacts.fingerprint, onnx_path)
-    return onnx_path
-
-
-def ensure_export(backend: EmbeddedBackend, cache_dir: Path | None = None) -> Path:
-    """The cached export for these weights, built now when missing or made for other weights."""
-    return cached_export(backend, cache_dir) or export_onnx(backend, cache_dir)
 
 
 class CompiledTower:
@@ -182,13 +75,14 @@ class CompiledTower:
 
     def __call__(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = np.ascontiguousarray(pixels.detach().float().cpu().numpy())
-        with self._lock:
+        with self._lock:  # copied inside: OpenVINO's outputs are views of the request's reused buffers
             if self.name == "onnxruntime":
-                emb, domain = self._session.run(None, {"pixels": x})
+                outputs = self._session.run(None, {"pixels": x})
             else:
-                out = self._request.infer({"pixels": x})
-                emb, domain = (out[i] for i in range(2))
-        return torch.from_numpy(np.array(emb, np.float32)), torch.from_numpy(np.array(domain, np.float32))
+                result = self._request.infer({"pixels": x})
+                outputs = [result[i] for i in range(2)]
+            emb, domain = (torch.from_numpy(np.array(o, np.float32, copy=True)) for o in outputs)
+        return emb, domain
 
 
 def compile_tower(

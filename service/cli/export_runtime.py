@@ -1,5 +1,5 @@
 """`dermtriage export-runtime`: build (or check) the cached ONNX export of a model's served image tower
-ahead of the first start, e.g. while building a container image (models/embedded/runtime.py)."""
+ahead of the first start, e.g. while building a container image (models/embedded/export.py)."""
 
 from __future__ import annotations
 
@@ -24,8 +24,8 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from models.backends.registry import load_model
+    from models.embedded.export import cached_export, ensure_export
     from models.embedded.model import EmbeddedBackend
-    from models.embedded.runtime import cached_export, ensure_export
     from service.settings import Settings
 
     model = load_model(args.model)
