@@ -115,9 +115,11 @@ def attach_runtime(
         model.compiled = None
         return name
     try:
-        model.compiled = compile_tower(model, name, cache_dir, threads, precision)
+        tower = compile_tower(model, name, cache_dir, threads, precision)
     except Exception as exc:  # any export or runtime failure: serve with PyTorch instead
         log.warning("image-tower runtime %s failed (%s: %s); running PyTorch", name, type(exc).__name__, exc)
         model.compiled = None
         return "torch"
+    model.compiled = tower
+    log.info("%s: image tower on %s (%s), heatmaps on PyTorch", model.artifacts.fingerprint, name, tower.precision)
     return name
