@@ -39,6 +39,7 @@ class BenchConfig:
     threads: int | None = None
     max_batch_size: int | None = None
     precision: str | None = None
+    runtime: str | None = None
     data: Path = DEFAULT_DATA
     photos: int = 32
     heatmaps: bool = True
@@ -48,15 +49,14 @@ def floor(cfg: BenchConfig, photos: list[bytes]) -> dict[str, Any]:
     """In-process: the image tower alone (photos/s by batch size), decode and post-processing per photo."""
     import torch
 
-    from models.knowledge.risk_factors import RiskFactors
     from service.batching import MicroBatcher, serving_autocast
     from service.images import ImageLimits, decode_image
     from service.metrics import Metrics
     from service.runtime import build_engine
-    from service.schemas import ClinicalInput, TriageOptions
     from service.settings import Settings
 
-    settings = Settings(**{k: v for k, v in (("inference_threads", cfg.threads), ("precision", cfg.precision)) if v})
+    chosen = (("inference_threads", cfg.threads), ("precision", cfg.precision), ("runtime", cfg.runtime))
+    settings = Settings(**{k: v for k, v in chosen if v})
     engine = build_engine(settings)  # the served engine: threads, device, calibration as configured
     threads = torch.get_num_threads()
     engine.warm_up()
@@ -92,9 +92,34 @@ def floor(cfg: BenchConfig, photos: list[bytes]) -> dict[str, Any]:
         by_batch[str(b)] = round(n / (time.perf_counter() - t0), 2)
         if b == 1:
             forward_ms_1 = statistics.median(times) * 1000
+    versus_torch = runtime_vs_torch(engine, batcher, torch.stack(pixels[:1]), cfg.seconds)
     batcher.close()
     best = max(by_batch, key=lambda k: by_batch[k])
-    features = engine.embed(decoded[:1])
+    post = post_processing_ms(engine, decoded[0])
+    torch_precision = "bfloat16" if autocast is not None else "float32"
+    return {
+        "threads": threads,
+        "runtime": getattr(engine.model, "runtime_name", "torch"),
+        "precision": getattr(getattr(engine.model, "compiled", None), "precision", torch_precision),
+        "torch_precision": torch_precision,
+        "versus_torch": versus_torch,
+        "tta_views": 4 if getattr(engine.model, "tta_flips", False) else 1,
+        "img_per_s_by_batch": by_batch,
+        "1": by_batch.get("1"),
+        "best": by_batch[best],
+        "best_batch": int(best),
+        "forward_ms_batch1": round(forward_ms_1, 2),
+        "decode_ms_median": round(statistics.median(decode_ms), 2),
+        "post_ms_median": post,
+    }
+
+
+def post_processing_ms(engine: Any, decoded: Any) -> dict[str, float]:
+    """Median ms per photo of the scoring stage (labels, fusion, urgency, SHAP, heatmaps) after the forward."""
+    from models.knowledge.risk_factors import RiskFactors
+    from service.schemas import ClinicalInput, TriageOptions
+
+    features = engine.embed([decoded])
     clinical = ClinicalInput(symptoms=SYMPTOMS, risk_factors=RiskFactors.model_validate_json(RISK_FACTORS))
     post: dict[str, float] = {}
     for name, clin, explain in (
@@ -106,22 +131,36 @@ def floor(cfg: BenchConfig, photos: list[bytes]) -> dict[str, Any]:
         for _ in range(3 if explain else 10):
             t0 = time.perf_counter()
             engine.triage(
-                decoded[0], TriageOptions(top_k=5, explain=explain), clin, request_id="b", image_features=features
+                decoded, TriageOptions(top_k=5, explain=explain), clin, request_id="b", image_features=features
             )
             times.append((time.perf_counter() - t0) * 1000)
         post[name] = round(statistics.median(times), 2)
-    return {
-        "threads": threads,
-        "precision": "bfloat16" if autocast is not None else "float32",
-        "tta_views": 4 if getattr(engine.model, "tta_flips", False) else 1,
-        "img_per_s_by_batch": by_batch,
-        "1": by_batch.get("1"),
-        "best": by_batch[best],
-        "best_batch": int(best),
-        "forward_ms_batch1": round(forward_ms_1, 2),
-        "decode_ms_median": round(statistics.median(decode_ms), 2),
-        "post_ms_median": post,
-    }
+    return post
+
+
+def runtime_vs_torch(engine: Any, batcher: Any, x: Any, seconds: float, rounds: int = 5) -> dict[str, Any]:
+    """Batch-1 photos/s of the chosen runtime and of PyTorch (the serving precision) on the same engine,
+    alternated round by round (the machine's load hits both alike); medians and their ratio."""
+    model = engine.model
+    compiled = getattr(model, "compiled", None)
+    modes = {"runtime": compiled, "torch": None} if compiled is not None else {"torch": None}
+    rates: dict[str, list[float]] = {k: [] for k in modes}
+    per_round = max(seconds / (2 * rounds), 0.3)
+    try:
+        for _ in range(rounds):
+            for name, runner in modes.items():
+                model.compiled = runner
+                batcher.forward(x)
+                n, t0 = 0, time.perf_counter()
+                while time.perf_counter() - t0 < per_round or n < 3:
+                    batcher.forward(x)
+                    n += 1
+                rates[name].append(n / (time.perf_counter() - t0))
+    finally:
+        model.compiled = compiled
+    med = {k: round(statistics.median(v), 2) for k, v in rates.items()}
+    runtime_rate = med.get("runtime", med["torch"])
+    return {"runtime": runtime_rate, "torch": med["torch"], "ratio": round(runtime_rate / med["torch"], 2)}
 
 
 async def load_level(
@@ -186,6 +225,8 @@ def service(cfg: BenchConfig, photos: list[bytes], best_batch: int) -> dict[str,
         env["DERMTRIAGE_INFERENCE_THREADS"] = str(cfg.threads)
     if cfg.precision:
         env["DERMTRIAGE_PRECISION"] = cfg.precision
+    if cfg.runtime:
+        env["DERMTRIAGE_RUNTIME"] = cfg.runtime
     with tempfile.TemporaryDirectory() as tmp:
         proc, base = start_server(env, Path(tmp) / "server.log")
         try:
@@ -227,8 +268,14 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     plain = sv["plain"]
     single = plain.get("1", {}).get("p50_ms")
     target_single = 1.3 * (fl["forward_ms_batch1"] + fl["decode_ms_median"])
+    heat_1 = sv["heatmaps"].get("1", {}).get("p50_ms")
+    vt = fl["versus_torch"]
     out: dict[str, Any] = {
-        "floor_img_per_s": {"1": fl["1"], "best": fl["best"], "best_batch": fl["best_batch"]},
+        "runtime": fl["runtime"],
+        "floor_img_per_s": {"1": fl["1"], "best": fl["best"], "best_batch": fl["best_batch"]}
+        | {fl["runtime"]: vt["runtime"], "torch": vt["torch"], "runtime_vs_torch": vt["ratio"]},
+        "runtime_vs_torch_ok": vt["ratio"] >= 2.5,
+        "heatmap_ratio": round(heat_1 / single, 2) if heat_1 and single else None,
         "service": {c: {k: v[k] for k in ("img_per_s", "p50_ms", "p95_ms", "p99_ms")} for c, v in plain.items()},
         "ratio_32": round(plain["32"]["img_per_s"] / fl["best"], 3) if "32" in plain else None,
         "ratios": {c: round(v["img_per_s"] / fl["best"], 3) for c, v in plain.items()},
@@ -253,12 +300,18 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
 def print_report(out: dict[str, Any]) -> None:
     fl = out["floor"]
     print(
-        f"floor (in-process image tower, {fl['threads']} thread(s), {fl['precision']}, {fl['tta_views']} views/photo):"
+        f"floor (in-process image tower, {fl['runtime']}, {fl['threads']} thread(s), {fl['precision']}, "
+        f"{fl['tta_views']} views/photo):"
     )
     for b, v in fl["img_per_s_by_batch"].items():
         print(f"  batch {b:>3}: {v:7.2f} photos/s")
     print(f"  batch-1 forward {fl['forward_ms_batch1']} ms, decode+preprocess {fl['decode_ms_median']} ms")
     print(f"  post-processing per photo (ms, median): {fl['post_ms_median']}")
+    vt = fl["versus_torch"]
+    print(
+        f"  batch 1, alternated rounds: {fl['runtime']} {vt['runtime']} photos/s, torch ({fl['torch_precision']}) "
+        f"{vt['torch']} photos/s: x{vt['ratio']} (target >= 2.5: {out['runtime_vs_torch_ok']})"
+    )
     sd = out["service_detail"]
     print(f"service (max batch {sd['max_batch_size']}, idle RSS {sd['rss_idle_mb']} MiB):")
     for kind in ("plain", "heatmaps", "clinical"):
@@ -273,4 +326,5 @@ def print_report(out: dict[str, Any]) -> None:
         f"single p50 {out['service'].get('1', {}).get('p50_ms')} ms vs target {out['single_p50_target_ms']} ms "
         f"({out['single_p50_ok']})"
     )
+    print(f"heatmap request p50 / plain request p50 (1 client): {out['heatmap_ratio']}")
     print(f"load average before/after: {out['load_average']}, {out['cpus']} CPUs, photos: {out['photos']}")

@@ -30,6 +30,7 @@ from service.store.cases import CaseFacts, CaseStore
 
 GIL_SWITCH_INTERVAL_S = 0.0005
 HASH_INLINE_BYTES = 256 * 1024  # larger photos are hashed in a thread, off the event loop
+RUNTIME_PRECISION = "float32"  # the compiled runtimes' precision: set by the agreement check (README, Performance)
 MAX_BATCHERS = 2  # the default model and one per routed modality
 
 
@@ -54,11 +55,13 @@ def build_engine(settings: Settings, model_name: str | None = None) -> TriageEng
     """Load a model (the configured one unless named) and the taxonomy (blocking, seconds): run it in a
     worker thread. The calibration override applies to the configured model only."""
     from models.backends.registry import load_model
+    from models.embedded.runtime import attach_runtime
     from models.knowledge.taxonomy import load_taxonomy
 
-    configure_torch(settings)
+    threads = configure_torch(settings)
     name = model_name or settings.model
     model = load_model(name, settings.device)
+    attach_runtime(model, settings.runtime, settings.cache_dir, threads, RUNTIME_PRECISION)
     calibration = settings.calibration if name == settings.model else None
     return TriageEngine(
         model, load_taxonomy(), settings.cache_dir, calibration_path=calibration, coverage=settings.coverage

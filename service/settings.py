@@ -79,6 +79,11 @@ class Settings(BaseSettings):
         default="bfloat16",
         description="image-tower precision; bfloat16 autocasts where the CPU or GPU supports it, else float32",
     )
+    runtime: Literal["torch", "onnxruntime", "openvino", "auto"] = Field(
+        default="auto",
+        description="image-tower runtime on CPU for the embedded models (auto: the fastest installed at equal "
+        "answers, README Performance); heatmaps and CUDA run PyTorch",
+    )
     shutdown_grace_s: float = Field(
         default=30.0, ge=0, description="on SIGTERM, how long in-flight requests may take to finish"
     )

@@ -150,7 +150,7 @@ def test_every_subcommand_is_one_module_with_add_parser_and_run() -> None:
     sub = next(a for a in cli.build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     assert set(sub.choices) == {
         "predict", "evaluate", "calibrate", "fit", "train-embedded", "build-text-cache",
-        "models", "bench", "serve", "create-api-key", "faithfulness", "db", "export",
+        "models", "bench", "serve", "create-api-key", "faithfulness", "db", "export", "export-runtime",
     }  # fmt: skip
     for choice, parser in sub.choices.items():
         assert parser.get_default("func").__name__ == "run", choice

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -38,8 +39,17 @@ class EmbeddedBackend(OpenClipBackend):
     tta_flips: bool = False
     imagenet_top: ImageNetTop | None = None
     tuned_blocks: int = 0
+    # the served forward on ONNX Runtime or OpenVINO (models/embedded/runtime.py); None: PyTorch.
+    # Gradients (heatmaps) always run PyTorch.
+    compiled: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None
+
+    @property
+    def runtime_name(self) -> str:
+        return getattr(self.compiled, "name", "torch")
 
     def encode_image(self, pixels: torch.Tensor, *, grad: bool = False) -> torch.Tensor:
+        if not grad and self.compiled is not None:
+            return self.compiled(pixels)[0]
         if grad or not self.tta_flips:
             return super().encode_image(pixels, grad=grad)
         b = pixels.shape[0]
@@ -51,6 +61,9 @@ class EmbeddedBackend(OpenClipBackend):
     def encode_image_with_domain(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Embeddings, plus the untouched ImageNet network's (B, 1000) probabilities of each photo
         (models/embedded/domain.py), from the frozen features of the same forward pass."""
+        if self.compiled is not None:
+            emb, domain = self.compiled(pixels)
+            return emb, domain if self.imagenet_top is not None else None
         if self.imagenet_top is None:
             return self.encode_image(pixels), None
         block = first_tuned_block(self.model.visual.trunk, self.tuned_blocks)

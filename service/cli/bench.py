@@ -20,6 +20,9 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: the cores available)")
     p.add_argument("--max-batch-size", type=int, default=None, help="default: the floor's best batch")
     p.add_argument("--precision", choices=["float32", "bfloat16"], default=None)
+    p.add_argument(
+        "--runtime", choices=["torch", "onnxruntime", "openvino", "auto"], default=None, help="image-tower runtime"
+    )
     add_data(p, "photos to send (generated ones if absent)")
     return p
 
@@ -38,6 +41,7 @@ def run(args: argparse.Namespace) -> int:
         threads=args.threads,
         max_batch_size=args.max_batch_size,
         precision=args.precision,
+        runtime=args.runtime,
         data=Path(args.data),
         heatmaps=not args.no_heatmaps,
     )
