@@ -58,7 +58,7 @@ def folder_answers(
     taxonomy: Taxonomy,
     data_dir: str | Path,
     modality: str = "clinical",
-    progress: bool = False,
+    progress: bool = True,
     split: str | None = None,
 ) -> FolderAnswers:
     """Uncalibrated answers of each stage on the folder (the rows of `split`), honest for a model trained on it."""

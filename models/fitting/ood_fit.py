@@ -15,8 +15,12 @@ mean than these do, and their false-flag rate may be higher than the held-out fi
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-from collections.abc import Sequence
+import json
+import os
+import tempfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -24,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
+from tqdm import tqdm
 
 from models.backends.base import ImageTextModel
 from models.uncertainty.ood import (
@@ -109,14 +114,54 @@ class PhotoSet:
     imagenet: np.ndarray | None  # (N, 1000) frozen-ImageNet probabilities; None: the model has no such trunk
 
 
-def _photo_set(model: ImageTextModel, key: str, names: list[str], load: Any) -> PhotoSet:
+def embed_photo_set(
+    model: ImageTextModel, names: list[str], load: Callable[[int], Image.Image], desc: str, batch_size: int = 16
+) -> PhotoSet:
+    """Embeddings, ImageNet probabilities and skin-pixel shares of a photo set: each photo loaded once and
+    forwarded once (`encode_image_with_domain` gives both outputs of the same forward), with a progress bar."""
     n = len(names)
+    emb: list[np.ndarray] = []
+    inet: list[np.ndarray] = []
+    pix: list[float] = []
+    has_domain = True
+    bar = tqdm(total=n, desc=desc, unit="img")
+    for i in range(0, n, batch_size):
+        images = [load(j) for j in range(i, min(i + batch_size, n))]
+        pix.extend(skin_pixel_fraction(im) for im in images)
+        pixels = model.preprocessing.batch(images).to(model.device)
+        with torch.inference_mode():
+            e, domain = model.encode_image_with_domain(pixels)
+        emb.append(e.float().cpu().numpy())
+        if domain is None:  # the backend has no frozen ImageNet trunk: the rule stays off
+            has_domain = False
+        else:
+            inet.append(domain.float().cpu().numpy())
+        bar.update(len(images))
+    bar.close()
     return PhotoSet(
         names=names,
-        embeddings=cached_embeddings(model, key, load, n),
-        skin_pixels=np.array([skin_pixel_fraction(load(j)) for j in range(n)]),
-        imagenet=cached_imagenet_probs(model, key, load, n),
+        embeddings=np.concatenate(emb) if emb else np.zeros((0, 0)),
+        skin_pixels=np.array(pix),
+        imagenet=np.concatenate(inet) if has_domain and inet else None,
     )
+
+
+def _photo_set(model: ImageTextModel, key: str, names: list[str], load: Any, cache_dir: Path = CACHE_DIR) -> PhotoSet:
+    """The development photos' set; their embeddings and ImageNet probabilities reused from the per-folder cache
+    (`cached_embeddings`'s files) when both are there, else computed in one pass and written there."""
+    digest = hashlib.sha256(f"{model.artifacts.fingerprint}|{key}".encode()).hexdigest()[:16]
+    digest_inet = hashlib.sha256(f"{model.artifacts.fingerprint}|imagenet|{key}".encode()).hexdigest()[:16]
+    emb_path, inet_path = cache_dir / f"embeddings-{digest}.npy", cache_dir / f"imagenet-{digest_inet}.npy"
+    if emb_path.exists() and inet_path.exists():
+        n = len(names)
+        skin = np.array([skin_pixel_fraction(load(j)) for j in tqdm(range(n), desc="OOD: skin pixels", unit="img")])
+        return PhotoSet(names, np.load(emb_path), skin, np.load(inet_path))
+    photos = embed_photo_set(model, names, load, "OOD: embedding photos")
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    np.save(emb_path, photos.embeddings)
+    if photos.imagenet is not None:
+        np.save(inet_path, photos.imagenet)
+    return photos
 
 
 def dev_photos(model: ImageTextModel, items: Sequence[Any]) -> PhotoSet:
@@ -126,13 +171,102 @@ def dev_photos(model: ImageTextModel, items: Sequence[Any]) -> PhotoSet:
     return _photo_set(model, "|".join(names), names, lambda j: load_photo(items[j].path))
 
 
-def non_skin_photos(model: ImageTextModel) -> PhotoSet:
-    """The non-skin set (models/fitting/ood_data.py), generated once."""
+NON_SKIN_CACHE_FORMAT = 1  # bump when the cached arrays or the set's generator change meaning
+
+
+def non_skin_cache_dir() -> Path:
+    """$DERMTRIAGE_CACHE_DIR/ood (the service's cache dir), else $XDG_CACHE_HOME/dermtriage/ood or ~/.cache/..."""
+    root = os.environ.get("DERMTRIAGE_CACHE_DIR")
+    if root:
+        return Path(root) / "ood"
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "dermtriage" / "ood"
+
+
+def non_skin_params(per_kind: int = 30, seed: int = 0) -> dict[str, Any]:
+    """What the non-skin set is generated from (models/fitting/ood_data.py), part of its cache key."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from models.fitting.ood_data import SKIMAGE_NAMES, SYNTHETIC
+
+    versions = {}
+    for pkg in ("scikit-image", "scikit-learn", "matplotlib", "numpy", "pillow"):
+        try:
+            versions[pkg] = version(pkg)
+        except PackageNotFoundError:
+            versions[pkg] = None
+    return {
+        "format": NON_SKIN_CACHE_FORMAT,
+        "per_kind": per_kind,
+        "seed": seed,
+        "skimage_names": list(SKIMAGE_NAMES),
+        "synthetic": list(SYNTHETIC),
+        "packages": versions,
+    }
+
+
+def _non_skin_key(model: ImageTextModel, params: dict[str, Any]) -> str:
+    return json.dumps({"fingerprint": model.artifacts.fingerprint, "params": params}, sort_keys=True)
+
+
+def _cache_file(model: ImageTextModel, cache_dir: Path) -> Path:
+    """One file per model name: a new fingerprint overwrites it (bounded)."""
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in model.card.name)
+    return cache_dir / f"non-skin-{safe}.npz"
+
+
+def load_non_skin_cache(model: ImageTextModel, key: str, cache_dir: Path) -> PhotoSet | None:
+    path = _cache_file(model, cache_dir)
+    if not path.exists():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if str(z["key"]) != key:  # another model identity or another generator: not used
+                return None
+            inet = z["imagenet"] if bool(z["has_imagenet"]) else None
+            return PhotoSet([str(n) for n in z["names"]], z["embeddings"], z["skin_pixels"], inet)
+    except (OSError, KeyError, ValueError):  # unreadable or partial: recomputed
+        return None
+
+
+def save_non_skin_cache(model: ImageTextModel, key: str, photos: PhotoSet, cache_dir: Path) -> Path:
+    """Written to a temporary file in the same folder, then renamed over the model's file (atomic)."""
+    path = _cache_file(model, cache_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=cache_dir)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.savez(
+                fh,
+                key=np.array(key),
+                names=np.array(photos.names),
+                embeddings=photos.embeddings,
+                skin_pixels=photos.skin_pixels,
+                has_imagenet=np.array(photos.imagenet is not None),
+                imagenet=photos.imagenet if photos.imagenet is not None else np.zeros((0, 0)),
+            )
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def non_skin_photos(model: ImageTextModel, cache_dir: Path | None = None) -> PhotoSet:
+    """The non-skin set (models/fitting/ood_data.py): its features cached on disk per model, keyed by the
+    model's fingerprint and the set's generator parameters; generated and embedded only on a miss."""
     from models.fitting.ood_data import non_skin_images
 
+    folder = cache_dir if cache_dir is not None else non_skin_cache_dir()
+    key = _non_skin_key(model, non_skin_params())
+    cached = load_non_skin_cache(model, key, folder)
+    if cached is not None:
+        return cached
     images = non_skin_images()
     names = [n for n, _ in images]
-    return _photo_set(model, "non-skin|" + "|".join(names), names, lambda j: images[j][1])
+    photos = embed_photo_set(model, names, lambda j: images[j][1], "OOD: embedding the non-skin set")
+    with contextlib.suppress(OSError):  # a read-only cache: the figures do not depend on it
+        save_non_skin_cache(model, key, photos, folder)
+    return photos
 
 
 def rule_flags(

@@ -1,0 +1,84 @@
+"""`dermtriage evaluate`'s OOD pass: each photo forwarded once per run, the non-skin set's features cached on
+disk per model identity (fingerprint + generator parameters), and a cache of another identity never used."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from models.fitting import ood_data, ood_fit
+
+PAD = Path(os.environ.get("DERMTRIAGE_DATA", "")) / "images"
+
+
+class _RowCounter:
+    """Wraps the real image encoder: counts the photos (pixel rows) it is asked to embed."""
+
+    def __init__(self, model: Any) -> None:
+        self.rows = 0
+        self._inner = model.encode_image
+
+    def __call__(self, pixels: torch.Tensor, **kw: Any) -> torch.Tensor:
+        self.rows += pixels.shape[0]
+        return self._inner(pixels, **kw)
+
+
+@pytest.fixture
+def small_non_skin(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """A real, small non-skin set (one synthetic image of each kind) and a private cache dir."""
+    monkeypatch.setattr(ood_data, "non_skin_images", lambda: ood_data.synthetic_images(per_kind=1, seed=0))
+    monkeypatch.setenv("DERMTRIAGE_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)  # dev_photos' per-folder cache
+    return tmp_path / "cache"
+
+
+def test_one_forward_per_photo_and_same_features(embedded_model, small_non_skin: Path, monkeypatch) -> None:
+    images = ood_data.non_skin_images()
+    counter = _RowCounter(embedded_model)
+    monkeypatch.setattr(embedded_model, "encode_image", counter)
+    photos = ood_fit.non_skin_photos(embedded_model)
+    assert counter.rows == len(images)  # embeddings and ImageNet probabilities from the same forward
+    monkeypatch.setattr(embedded_model, "encode_image", counter._inner)
+    # the same figures as the former two passes (embeddings, then ImageNet probabilities)
+    pil = [im for _, im in images]
+    np.testing.assert_array_equal(photos.embeddings, ood_fit.embed_pil(embedded_model, pil))
+    pixels = embedded_model.preprocessing.batch(pil).to(embedded_model.device)
+    domain = embedded_model.encode_image_with_domain(pixels)[1]
+    if domain is None:
+        assert photos.imagenet is None
+    else:
+        np.testing.assert_array_equal(photos.imagenet, domain.float().cpu().numpy())
+
+
+@pytest.mark.skipif(not PAD.is_dir(), reason="PAD-UFES-20 not present (DERMTRIAGE_DATA)")
+def test_dev_photos_embedded_once(embedded_model, small_non_skin: Path, monkeypatch) -> None:
+    from models.fitting.datasets import load_labelled_folder
+    from models.knowledge.taxonomy import load_taxonomy
+
+    items = load_labelled_folder(PAD.parent, load_taxonomy())[:5]
+    counter = _RowCounter(embedded_model)
+    monkeypatch.setattr(embedded_model, "encode_image", counter)
+    ood_fit.dev_photos(embedded_model, items)
+    ood_fit.non_skin_photos(embedded_model)
+    assert counter.rows == len(items) + len(ood_data.non_skin_images())
+    ood_fit.non_skin_photos(embedded_model)  # cached on disk: not generated nor embedded again
+    assert counter.rows == len(items) + len(ood_data.non_skin_images())
+
+
+def test_cache_of_another_fingerprint_is_not_used(embedded_model, small_non_skin: Path) -> None:
+    fresh = ood_fit.non_skin_photos(embedded_model)
+    files = list(small_non_skin.glob("ood/*.npz"))
+    assert len(files) == 1  # one file per model
+    other = json.dumps({"fingerprint": "sha256:another-model", "params": ood_fit.non_skin_params()}, sort_keys=True)
+    bogus = ood_fit.PhotoSet(fresh.names, np.zeros_like(fresh.embeddings), fresh.skin_pixels, fresh.imagenet)
+    ood_fit.save_non_skin_cache(embedded_model, other, bogus, small_non_skin / "ood")
+    again = ood_fit.non_skin_photos(embedded_model)
+    np.testing.assert_array_equal(again.embeddings, fresh.embeddings)  # recomputed, not the other model's zeros
+    assert list(small_non_skin.glob("ood/*.npz")) == files  # overwritten in place, still bounded
+    assert not list(small_non_skin.glob("ood/*.tmp"))
