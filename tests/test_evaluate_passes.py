@@ -3,7 +3,6 @@ disk per model identity (fingerprint + generator parameters), and a cache of ano
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -12,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from models.fitting import ood_data, ood_fit
+from models.fitting import ood_cache, ood_data, ood_fit
 
 PAD = Path(os.environ.get("DERMTRIAGE_DATA", "")) / "images"
 
@@ -75,9 +74,9 @@ def test_cache_of_another_fingerprint_is_not_used(embedded_model, small_non_skin
     fresh = ood_fit.non_skin_photos(embedded_model)
     files = list(small_non_skin.glob("ood/*.npz"))
     assert len(files) == 1  # one file per model
-    other = json.dumps({"fingerprint": "sha256:another-model", "params": ood_fit.non_skin_params()}, sort_keys=True)
+    other = ood_cache.non_skin_key(embedded_model, fingerprint="sha256:another-model")
     bogus = ood_fit.PhotoSet(fresh.names, np.zeros_like(fresh.embeddings), fresh.skin_pixels, fresh.imagenet)
-    ood_fit.save_non_skin_cache(embedded_model, other, bogus, small_non_skin / "ood")
+    ood_cache.save_non_skin_cache(embedded_model, other, bogus, small_non_skin / "ood")
     again = ood_fit.non_skin_photos(embedded_model)
     np.testing.assert_array_equal(again.embeddings, fresh.embeddings)  # recomputed, not the other model's zeros
     assert list(small_non_skin.glob("ood/*.npz")) == files  # overwritten in place, still bounded

@@ -17,9 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
-import os
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -58,40 +55,6 @@ def embed_pil(model: ImageTextModel, images: Sequence[Image.Image], batch_size: 
         pixels = model.preprocessing.batch(list(images[i : i + batch_size])).to(model.device)
         out.append(model.encode_image(pixels).float().cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, 0))
-
-
-def cached_embeddings(model: ImageTextModel, key: str, load: Any, n: int, cache_dir: Path = CACHE_DIR) -> np.ndarray:
-    """Embeddings of n images (load(i) -> PIL image), cached under a key of the model and the image list."""
-    digest = hashlib.sha256(f"{model.artifacts.fingerprint}|{key}".encode()).hexdigest()[:16]
-    path = cache_dir / f"embeddings-{digest}.npy"
-    if path.exists():
-        return np.load(path)
-    emb = np.concatenate([embed_pil(model, [load(j) for j in range(i, min(i + 16, n))]) for i in range(0, n, 16)])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    np.save(path, emb)
-    return emb
-
-
-@torch.inference_mode()
-def cached_imagenet_probs(
-    model: ImageTextModel, key: str, load: Any, n: int, cache_dir: Path = CACHE_DIR
-) -> np.ndarray | None:
-    """(n, 1000) frozen-ImageNet probabilities for models that offer them (`encode_image_with_domain`), cached."""
-    digest = hashlib.sha256(f"{model.artifacts.fingerprint}|imagenet|{key}".encode()).hexdigest()[:16]
-    path = cache_dir / f"imagenet-{digest}.npy"
-    if path.exists():
-        return np.load(path)
-    out = []
-    for i in range(0, n, 16):
-        pixels = model.preprocessing.batch([load(j) for j in range(i, min(i + 16, n))]).to(model.device)
-        domain = model.encode_image_with_domain(pixels)[1]
-        if domain is None:  # the backend has no frozen ImageNet trunk: the rule stays off
-            return None
-        out.append(domain.float().cpu().numpy())
-    probs = np.concatenate(out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    np.save(path, probs)
-    return probs
 
 
 def cross_fitted_imagenet_mass(probs: np.ndarray, groups: Sequence[str], folds: int = 5, seed: int = 0) -> np.ndarray:
@@ -171,93 +134,14 @@ def dev_photos(model: ImageTextModel, items: Sequence[Any]) -> PhotoSet:
     return _photo_set(model, "|".join(names), names, lambda j: load_photo(items[j].path))
 
 
-NON_SKIN_CACHE_FORMAT = 1  # bump when the cached arrays or the set's generator change meaning
-
-
-def non_skin_cache_dir() -> Path:
-    """$DERMTRIAGE_CACHE_DIR/ood (the service's cache dir), else $XDG_CACHE_HOME/dermtriage/ood or ~/.cache/..."""
-    root = os.environ.get("DERMTRIAGE_CACHE_DIR")
-    if root:
-        return Path(root) / "ood"
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "dermtriage" / "ood"
-
-
-def non_skin_params(per_kind: int = 30, seed: int = 0) -> dict[str, Any]:
-    """What the non-skin set is generated from (models/fitting/ood_data.py), part of its cache key."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    from models.fitting.ood_data import SKIMAGE_NAMES, SYNTHETIC
-
-    versions = {}
-    for pkg in ("scikit-image", "scikit-learn", "matplotlib", "numpy", "pillow"):
-        try:
-            versions[pkg] = version(pkg)
-        except PackageNotFoundError:
-            versions[pkg] = None
-    return {
-        "format": NON_SKIN_CACHE_FORMAT,
-        "per_kind": per_kind,
-        "seed": seed,
-        "skimage_names": list(SKIMAGE_NAMES),
-        "synthetic": list(SYNTHETIC),
-        "packages": versions,
-    }
-
-
-def _non_skin_key(model: ImageTextModel, params: dict[str, Any]) -> str:
-    return json.dumps({"fingerprint": model.artifacts.fingerprint, "params": params}, sort_keys=True)
-
-
-def _cache_file(model: ImageTextModel, cache_dir: Path) -> Path:
-    """One file per model name: a new fingerprint overwrites it (bounded)."""
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in model.card.name)
-    return cache_dir / f"non-skin-{safe}.npz"
-
-
-def load_non_skin_cache(model: ImageTextModel, key: str, cache_dir: Path) -> PhotoSet | None:
-    path = _cache_file(model, cache_dir)
-    if not path.exists():
-        return None
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            if str(z["key"]) != key:  # another model identity or another generator: not used
-                return None
-            inet = z["imagenet"] if bool(z["has_imagenet"]) else None
-            return PhotoSet([str(n) for n in z["names"]], z["embeddings"], z["skin_pixels"], inet)
-    except (OSError, KeyError, ValueError):  # unreadable or partial: recomputed
-        return None
-
-
-def save_non_skin_cache(model: ImageTextModel, key: str, photos: PhotoSet, cache_dir: Path) -> Path:
-    """Written to a temporary file in the same folder, then renamed over the model's file (atomic)."""
-    path = _cache_file(model, cache_dir)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=cache_dir)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(
-                fh,
-                key=np.array(key),
-                names=np.array(photos.names),
-                embeddings=photos.embeddings,
-                skin_pixels=photos.skin_pixels,
-                has_imagenet=np.array(photos.imagenet is not None),
-                imagenet=photos.imagenet if photos.imagenet is not None else np.zeros((0, 0)),
-            )
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def non_skin_photos(model: ImageTextModel, cache_dir: Path | None = None) -> PhotoSet:
     """The non-skin set (models/fitting/ood_data.py): its features cached on disk per model, keyed by the
     model's fingerprint and the set's generator parameters; generated and embedded only on a miss."""
+    from models.fitting.ood_cache import load_non_skin_cache, non_skin_cache_dir, non_skin_key, save_non_skin_cache
     from models.fitting.ood_data import non_skin_images
 
     folder = cache_dir if cache_dir is not None else non_skin_cache_dir()
-    key = _non_skin_key(model, non_skin_params())
+    key = non_skin_key(model)
     cached = load_non_skin_cache(model, key, folder)
     if cached is not None:
         return cached
