@@ -81,3 +81,24 @@ def test_cache_of_another_fingerprint_is_not_used(embedded_model, small_non_skin
     np.testing.assert_array_equal(again.embeddings, fresh.embeddings)  # recomputed, not the other model's zeros
     assert list(small_non_skin.glob("ood/*.npz")) == files  # overwritten in place, still bounded
     assert not list(small_non_skin.glob("ood/*.tmp"))
+
+
+def test_evaluate_embeds_the_photos_once_per_run(tiny_clip, tmp_path: Path, monkeypatch) -> None:
+    """A real run of `dermtriage evaluate`'s passes (figures, scopes, uncertainty) on a model that did not see
+    the photos: each photo goes through the image encoder once."""
+    from argparse import Namespace
+
+    from models.knowledge.taxonomy import load_taxonomy
+    from service.cli.evaluate import _evaluate
+    from tests.test_evaluate_splits import _folder
+
+    rows = [(f"p{i}", "MEL" if i % 2 else "NEV", "test", "clinical") for i in range(10)]
+    root = _folder(tmp_path, rows)
+    counter = _RowCounter(tiny_clip)
+    monkeypatch.setattr(tiny_clip, "encode_image", counter)
+    args = Namespace(
+        data=str(root), labels="dataset", modality="clinical", batch_size=16, split=None, coverage=0.9, no_ood=True
+    )
+    report = _evaluate(tiny_clip, load_taxonomy(), args)
+    assert report["n"] == len(rows) and "ece" in report  # the uncertainty pass ran
+    assert counter.rows == len(rows)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Literal
 
@@ -24,9 +26,27 @@ log = logging.getLogger(__name__)
 LabelScope = Literal["dataset", "taxonomy", "validated"]
 
 
+_RUN_EMBEDDINGS: ContextVar[dict[tuple, torch.Tensor] | None] = ContextVar("run_embeddings", default=None)
+
+
+@contextmanager
+def one_embedding_per_photo() -> Iterator[None]:
+    """Within this block, `embed_images` embeds a given photo list once: the evaluation, its scopes and the
+    uncertainty pass of one `dermtriage evaluate` run reuse the same tensor (same photos, same batches)."""
+    token = _RUN_EMBEDDINGS.set({})
+    try:
+        yield
+    finally:
+        _RUN_EMBEDDINGS.reset(token)
+
+
 def embed_images(
     model: ImageTextModel, items: Sequence[LabelledImage], batch_size: int = 16, progress: bool = True
 ) -> torch.Tensor:
+    memo = _RUN_EMBEDDINGS.get()
+    key = (id(model), model.artifacts.fingerprint, tuple(str(it.path) for it in items), batch_size)
+    if memo is not None and key in memo:
+        return memo[key]
     out = []
     bar = tqdm(total=len(items), desc="scoring photos", unit="img", disable=not progress)
     for i in range(0, len(items), batch_size):
@@ -35,7 +55,10 @@ def embed_images(
         out.append(model.encode_image(pixels).cpu())
         bar.update(len(chunk))
     bar.close()
-    return torch.cat(out)
+    emb = torch.cat(out)
+    if memo is not None:
+        memo[key] = emb
+    return emb
 
 
 def evaluate(

@@ -85,6 +85,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _evaluate(model: Any, taxonomy: Any, args: argparse.Namespace) -> dict:
+    from models.fitting.evaluation import one_embedding_per_photo
+
+    with one_embedding_per_photo():  # the photos are embedded once; every pass below reuses them
+        return _evaluate_passes(model, taxonomy, args)
+
+
+def _evaluate_passes(model: Any, taxonomy: Any, args: argparse.Namespace) -> dict:
     from models.fitting.evaluation import evaluate
 
     with warnings.catch_warnings(record=True) as caught:
