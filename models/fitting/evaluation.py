@@ -44,7 +44,7 @@ def embed_images(
     model: ImageTextModel, items: Sequence[LabelledImage], batch_size: int = 16, progress: bool = True
 ) -> torch.Tensor:
     memo = _RUN_EMBEDDINGS.get()
-    key = (id(model), model.artifacts.fingerprint, tuple(str(it.path) for it in items), batch_size)
+    key = (id(model), tuple(str(it.path) for it in items), batch_size) if memo is not None else ()
     if memo is not None and key in memo:
         return memo[key]
     out = []

@@ -39,7 +39,7 @@ def non_skin_params(per_kind: int = 30, seed: int = 0) -> dict[str, Any]:
     from models.fitting.ood_data import SKIMAGE_NAMES, SYNTHETIC
 
     versions = {}
-    for pkg in ("scikit-image", "scikit-learn", "matplotlib", "numpy", "pillow"):
+    for pkg in ("scikit-image", "scikit-learn", "matplotlib", "numpy", "pillow", "pooch"):
         try:
             versions[pkg] = version(pkg)
         except PackageNotFoundError:
