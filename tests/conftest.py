@@ -7,6 +7,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -90,3 +91,20 @@ def embedded_model():
     from models.backends.registry import load_model
 
     return load_model("embedded-pad-lite0")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh case database for each test, on SQLite and on the real PostgreSQL server (tests/case_db.py)."""
+    from tests.case_db import database_url
+
+    return database_url(request.param, tmp_path)
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_clip: Any) -> Any:
+    """A triage engine over the tiny test model (a module may define its own `engine`)."""
+    from models.knowledge.taxonomy import load_taxonomy
+    from service.engine import TriageEngine
+
+    return TriageEngine(tiny_clip, load_taxonomy())

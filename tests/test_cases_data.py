@@ -12,8 +12,6 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import pytest
-from case_db import database_url
 from litestar.testing import TestClient
 from PIL import Image
 from service_photos import jpeg_bytes, lesion_photo
@@ -21,19 +19,8 @@ from sqlalchemy import text
 from test_cases_store import A, B, R, problem, serve, triage, written
 from test_service_api import wait_ready
 
-from models.knowledge.taxonomy import load_taxonomy
 from service.engine import TriageEngine
 from service.store.db import alchemy_config
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    return database_url(request.param, tmp_path)
-
-
-@pytest.fixture(scope="module")
-def engine(tiny_clip: Any) -> TriageEngine:
-    return TriageEngine(tiny_clip, load_taxonomy())
 
 
 def _gps_photo() -> bytes:

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from case_db import database_url
 from fhir.resources.R4B.auditevent import AuditEvent
 from fhir.resources.R4B.bundle import Bundle
 from service_photos import jpeg_bytes, lesion_photo
@@ -23,16 +22,6 @@ from service.engine import TriageEngine
 
 TAXONOMY = load_taxonomy()
 T1, T2 = TAXONOMY.conditions[0].id, TAXONOMY.conditions[1].id
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    return database_url(request.param, tmp_path)
-
-
-@pytest.fixture(scope="module")
-def engine(tiny_clip: Any) -> TriageEngine:
-    return TriageEngine(tiny_clip, load_taxonomy())
 
 
 def _cases(engine: TriageEngine, url: str, folder: Path) -> dict[str, Any]:

@@ -16,15 +16,9 @@ from sqlalchemy.engine import make_url
 from test_cases_store import A, problem, serve, triage, written
 from test_service_api import wait_ready
 
-from models.knowledge.taxonomy import load_taxonomy
 from service.engine import TriageEngine
 
 UNREACHABLE = "postgresql+asyncpg://nobody@127.0.0.1:1/none"  # nothing listens on port 1
-
-
-@pytest.fixture(scope="module")
-def engine(tiny_clip: Any) -> TriageEngine:
-    return TriageEngine(tiny_clip, load_taxonomy())
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-from case_db import database_url
 
 from models.knowledge.taxonomy import load_taxonomy
 from models.uncertainty.calibration import load_calibration
@@ -24,11 +23,6 @@ from service.store.models import Annotation, Case, Outcome, Review
 
 MODEL = "embedded-pad-lite0"
 CLASSES = [c.id for c in load_taxonomy().conditions[:4]]
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    return database_url(request.param, tmp_path)
 
 
 def _answer(raw: np.ndarray) -> dict[str, Any]:

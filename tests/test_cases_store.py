@@ -9,18 +9,15 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from case_db import database_url
 from litestar.testing import TestClient
 from service_photos import jpeg_bytes, lesion_photo
 from sqlalchemy import text
 from test_service_api import wait_ready
 
-from models.knowledge.taxonomy import load_taxonomy
 from service.app import create_app
 from service.auth.api_keys import generate_api_key
 from service.cds_hooks.state import FeedbackRecord
@@ -36,16 +33,6 @@ KEY_B, REC_B = generate_api_key("clinic-b", per_minute=60000)
 KEY_R, REC_R = generate_api_key("dr-lee", per_minute=60000)
 A, B, R = ({"X-API-Key": k} for k in (KEY_A, KEY_B, KEY_R))
 KEYS = f"{REC_A.line()},{REC_B.line()},{REC_R.line()}"
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    return database_url(request.param, tmp_path)
-
-
-@pytest.fixture(scope="module")
-def engine(tiny_clip: Any) -> TriageEngine:
-    return TriageEngine(tiny_clip, load_taxonomy())
 
 
 @pytest.fixture(scope="module")

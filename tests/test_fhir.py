@@ -18,7 +18,6 @@ from service_photos import jpeg_bytes, lesion_photo
 from test_service_api import wait_ready
 
 from models.knowledge.risk_factors import RiskFactors
-from models.knowledge.taxonomy import load_taxonomy
 from models.uncertainty.contract import Flag, Uncertainty
 from service.app import create_app
 from service.engine import TriageEngine
@@ -28,11 +27,6 @@ from service.schemas import ClinicalInput, TriageOptions, TriageResult
 from service.settings import Settings
 
 FHIR = "application/fhir+json"
-
-
-@pytest.fixture(scope="module")
-def engine(tiny_clip: Any) -> TriageEngine:
-    return TriageEngine(tiny_clip, load_taxonomy())
 
 
 @pytest.fixture(scope="module")

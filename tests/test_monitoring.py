@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
-from case_db import database_url
 from service_photos import jpeg_bytes, lesion_photo
 from sqlalchemy import select, update
 from test_cases_store import A, B, R, problem, serve, triage, written
@@ -19,16 +17,6 @@ from models.knowledge.taxonomy import load_taxonomy
 from service.engine import TriageEngine
 from service.store.db import alchemy_config
 from service.store.models import AuditEvent, Case
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    return database_url(request.param, tmp_path)
-
-
-@pytest.fixture(scope="module")
-def engine(tiny_clip: Any) -> TriageEngine:
-    return TriageEngine(tiny_clip, load_taxonomy())
 
 
 @pytest.fixture(scope="module")

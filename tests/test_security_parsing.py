@@ -11,7 +11,6 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any
 
 import httpx
 import pytest
@@ -22,7 +21,6 @@ from litestar.testing import TestClient
 from test_service_api import wait_ready
 
 from models.knowledge.symptoms import extract_findings
-from models.knowledge.taxonomy import load_taxonomy
 from service.app import create_app
 from service.cds_hooks.services import SERVICE_ID
 from service.engine import TriageEngine
@@ -35,11 +33,6 @@ LIVE_BUDGET_S = 0.2
 
 def _settings() -> Settings:
     return Settings(auth_disabled=True, body_read_timeout_s=BODY_READ_TIMEOUT_S, limit_concurrency=32)
-
-
-@pytest.fixture(scope="module")
-def engine(tiny_clip: Any) -> TriageEngine:
-    return TriageEngine(tiny_clip, load_taxonomy())
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,6 @@ from PIL import Image
 from service_photos import jpeg_bytes, lesion_photo
 from test_service_api import wait_ready
 
-from models.knowledge.taxonomy import load_taxonomy
 from service.app import create_app
 from service.auth.api_keys import generate_api_key
 from service.engine import TriageEngine
@@ -32,11 +31,6 @@ from service.schemas import TriageOptions
 from service.settings import Settings
 
 PROBLEM = "https://dermtriage.dev/problems/"
-
-
-@pytest.fixture(scope="module")
-def engine(tiny_clip: Any) -> TriageEngine:
-    return TriageEngine(tiny_clip, load_taxonomy())
 
 
 @pytest.fixture(scope="module")
