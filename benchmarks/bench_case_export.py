@@ -12,9 +12,6 @@ SQLite file.
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-import json
 import tempfile
 import time
 from datetime import date
@@ -22,7 +19,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import percentile, sample_photos
+from benchmarks.common import case_bench_main, percentile, sample_photos
 from models.fitting.datasets import DEFAULT_DATA
 from service.images import ImageLimits, decode_image, storable_copy
 from service.runtime import build_engine
@@ -104,14 +101,7 @@ async def measure(url: str, n: int) -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--cases", type=int, default=1000)
-    parser.add_argument("--url", help="database URL (default: a fresh SQLite file)")
-    parser.add_argument("--json", action="store_true")
-    args = parser.parse_args()
-    url = args.url or f"sqlite+aiosqlite:///{Path(tempfile.mkdtemp()) / 'bench.db'}"
-    figures = asyncio.run(measure(url, args.cases))
-    print(json.dumps(figures) if args.json else "\n".join(f"{k}: {v}" for k, v in figures.items()))
+    case_bench_main(__doc__, measure)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,9 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 from models.fitting.datasets import DEFAULT_DATA
 
@@ -95,3 +97,19 @@ def start_server(env_extra: dict[str, str], log_path: Path) -> tuple[subprocess.
         time.sleep(0.25)
     proc.kill()
     raise RuntimeError("server never got ready")
+
+
+def case_bench_main(doc: str | None, measure: Callable[[str, int], Awaitable[dict[str, Any]]]) -> None:
+    """The case-store benchmarks' command line: `--cases N`, `--url URL` (default a fresh SQLite file), `--json`."""
+    import argparse
+    import asyncio
+    import tempfile
+
+    parser = argparse.ArgumentParser(description=(doc or "").split("\n\n")[0])
+    parser.add_argument("--cases", type=int, default=1000)
+    parser.add_argument("--url", help="database URL (default: a fresh SQLite file)")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    url = args.url or f"sqlite+aiosqlite:///{Path(tempfile.mkdtemp()) / 'bench.db'}"
+    figures = asyncio.run(measure(url, args.cases))
+    print(json.dumps(figures) if args.json else "\n".join(f"{k}: {v}" for k, v in figures.items()))
