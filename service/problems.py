@@ -59,7 +59,11 @@ def field_errors(exc: ValidationError, prefix: tuple[str | int, ...] = ()) -> li
 
 
 def validation_problem(exc: ValidationError, prefix: tuple[str | int, ...] = ()) -> Problem:
-    errors = field_errors(exc, prefix)
+    return invalid_fields_problem(field_errors(exc, prefix))
+
+
+def invalid_fields_problem(errors: list[dict[str, str]]) -> Problem:
+    """The one 422 for invalid fields: `errors` items carry `loc`, `message` and `type`."""
     where = ", ".join(e["loc"] for e in errors[:5])
     return Problem(
         "validation-error",

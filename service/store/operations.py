@@ -13,7 +13,7 @@ from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from models.knowledge.taxonomy import load_taxonomy
-from service.problems import Problem
+from service.problems import Problem, invalid_fields_problem
 from service.store.cases import CaseStore, audit_row, now
 from service.store.models import Annotation, AuditEvent, Case, Outcome, Review
 from service.store.removal import drop_photos, remove_cases
@@ -110,17 +110,6 @@ async def get_case(store: CaseStore, caller: Caller, case_id: str) -> CaseOut:
     return summary(case, case.id in done, CaseOut, answer=case.answer)
 
 
-def _invalid(errors: list[dict[str, str]]) -> Problem:
-    where = ", ".join(e["loc"] for e in errors[:5])
-    return Problem(
-        "validation-error",
-        422,
-        f"The request is well-formed but {len(errors)} field(s) are invalid: {where}. See `errors`.",
-        title="Invalid request fields",
-        errors=errors,
-    )
-
-
 def _check_label(loc: str, value: str | None, errors: list[dict[str, str]]) -> None:
     if value is not None and value not in load_taxonomy():
         errors.append(
@@ -161,7 +150,7 @@ def _columns(kind: str, data: BaseModel, case: Case) -> dict[str, Any]:
             "geometry": data.model_dump(mode="json", include={"box", "points", "tags"}),
         }
     if errors:
-        raise _invalid(errors)
+        raise invalid_fields_problem(errors)
     return values
 
 
