@@ -24,6 +24,10 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=25)
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument(
+        "--unfrozen-blocks", type=int, default=None, help="image-tower blocks trained on cached activations (default 3)"
+    )
+    p.add_argument("--train-views", type=int, default=None, help="augmented views cached an image (pad 8, isic 6)")
     p.add_argument("--version", default=None, help="the trained model's version on its card (pad 1.1.0, isic 1.0.0)")
     p.add_argument("--spec-dir", metavar="DIR", help="isic: also write the model's spec file there (models/specs)")
     p.add_argument("--cache-dir", default=".cache/embedded")
@@ -35,6 +39,11 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("--dry-run", action="store_true", help="report CV figures, write nothing")
     return p
+
+
+def recipe(args: argparse.Namespace) -> dict[str, int]:
+    """The recipe options given on the command line (the rest keep each dataset's defaults)."""
+    return {k: v for k, v in (("unfrozen_blocks", args.unfrozen_blocks), ("train_views", args.train_views)) if v}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -50,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     from models.knowledge.taxonomy import load_taxonomy
 
     out = resolve_output(args.out, MODEL_NAME)
-    cfg = TrainConfig(seed=args.seed, epochs=args.epochs, folds=args.folds, threads=args.threads)
+    cfg = TrainConfig(seed=args.seed, epochs=args.epochs, folds=args.folds, threads=args.threads, **recipe(args))
     taxonomy = load_taxonomy()
     result = train_embedded(
         Path(args.data or DEFAULT_DATA),
@@ -84,7 +93,7 @@ def run_isic(args: argparse.Namespace) -> int:
     from models.fitting.split_report import check_artefacts, print_split_result
     from models.fitting.train_splits import ISIC_DIR, dermoscopic_config, train_on_splits
 
-    cfg = dermoscopic_config(seed=args.seed, epochs=args.epochs, threads=args.threads)
+    cfg = dermoscopic_config(seed=args.seed, epochs=args.epochs, threads=args.threads, **recipe(args))
     result = train_on_splits(Path(args.data or ISIC_DIR), cfg, cache_dir=Path(args.cache_dir))
     artefacts = check_artefacts(result)
     print_split_result(result, artefacts)
