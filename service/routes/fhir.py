@@ -6,15 +6,16 @@ from dataclasses import dataclass
 from typing import Any
 
 import anyio
-from litestar import Controller, Request, Response, post
+from litestar import Controller, Request, Response, get, post
 from litestar.di import NamedDependency
 from litestar.exceptions import HTTPException
 from litestar.openapi import ResponseSpec
 from litestar.openapi.spec import Example, OpenAPIMediaType, Operation, RequestBody, Schema
 from litestar.openapi.spec.enums import OpenAPIType
 
-from service.auth.guard import API_KEY_SECURITY
+from service.auth.guard import API_KEY_SECURITY, auth_of
 from service.engine import TriageEngine
+from service.fhir.conformance import capability_statement, operation_definition
 from service.fhir.intake import read_fhir_body
 from service.fhir.negotiate import fhir_response
 from service.fhir.outcome import FHIR_JSON, FhirError, handle_fhir_error, handle_problem_as_outcome, outcome_response
@@ -142,6 +143,35 @@ class FhirController(Controller):
         ImageError: handle_image_error,
         HTTPException: handle_http_error,
     }
+
+    @get(
+        "/metadata",
+        summary="FHIR CapabilityStatement (R4 4.0.1): the $triage operation, formats and security",
+        opt={"auth": "open"},
+        responses={
+            200: example_response(
+                dict, "CapabilityStatement", "metadata", {"resourceType": "CapabilityStatement"}, FHIR_JSON
+            )
+        },
+        sync_to_thread=False,
+    )
+    def metadata(self, request: Request[Any, Any, Any], service: NamedDependency[ServiceState]) -> Response[bytes]:
+        smart = bool(service.settings.smart_client_configs())
+        return Response(capability_statement(auth_of(request).base_url(request), smart), media_type=FHIR_JSON)
+
+    @get(
+        "/OperationDefinition/triage",
+        summary="FHIR OperationDefinition of $triage",
+        opt={"auth": "open"},
+        responses={
+            200: example_response(
+                dict, "OperationDefinition", "triage", {"resourceType": "OperationDefinition"}, FHIR_JSON
+            )
+        },
+        sync_to_thread=False,
+    )
+    def triage_definition(self, request: Request[Any, Any, Any]) -> Response[bytes]:
+        return Response(operation_definition(auth_of(request).base_url(request)), media_type=FHIR_JSON)
 
     @post(
         "/$triage",
