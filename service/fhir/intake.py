@@ -210,6 +210,19 @@ def photo_bytes(resource: Any) -> bytes | None:
     return None
 
 
+def attachment_url(resource: Any) -> str | None:
+    """The photo's reference when it is not inline: ``Attachment.url`` of a Media or DocumentReference
+    (an image or untyped attachment), or None."""
+    kind = resource.get_resource_type()
+    attachments = [resource.content] if kind == "Media" else []
+    if kind == "DocumentReference":
+        attachments = [c.attachment for c in resource.content or []]
+    for att in attachments:
+        if att is not None and att.url and (not att.contentType or att.contentType.startswith("image/")):
+            return str(att.url)
+    return None
+
+
 def photo_time(resource: Any) -> str:
     """Sort key: when the photo was taken or filed (ISO text; empty when unknown)."""
     kind = resource.get_resource_type()

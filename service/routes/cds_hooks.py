@@ -15,7 +15,7 @@ from pydantic import BaseModel
 
 from service.auth.guard import CDS_JWT_SECURITY, auth_of, cds_issuer_of
 from service.cds_hooks.cards import CS_OVERRIDE, OVERRIDE_CODES, triage_card
-from service.cds_hooks.prefetch import gather, read_patient_data
+from service.cds_hooks.prefetch import gather, photo_session, read_patient_data
 from service.cds_hooks.services import SERVICE_ID, CdsRequest, FeedbackRequest, discovery
 from service.cds_hooks.state import CdsState, FeedbackRecord, photo_key
 from service.intake import load_json
@@ -181,8 +181,10 @@ class CdsHooksController(Controller):
         if call.hook != "patient-view":
             raise Problem("unsupported-hook", 400, f"This service answers patient-view, not {call.hook[:40]!r}.")
         state = cds_state(request)
-        data = await anyio.to_thread.run_sync(gather, call, state.fhir_fetcher, cds_issuer_of(request))
-        patient = await anyio.to_thread.run_sync(read_patient_data, data, CDS_OPTIONS)
+        issuer = cds_issuer_of(request)
+        data = await anyio.to_thread.run_sync(gather, call, state.fhir_fetcher, issuer)
+        session = photo_session(call, state.fhir_fetcher, issuer)  # photos by reference, with the call's token
+        patient = await anyio.to_thread.run_sync(read_patient_data, data, CDS_OPTIONS, session)
         if patient.image is None:
             return {"cards": []}
         key = photo_key(patient.image, CDS_OPTIONS, patient.clinical)
