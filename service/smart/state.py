@@ -9,8 +9,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from service.auth.cds_config import normalize_base
+from service.fhir.client import FhirFetcher
+from service.safe_http import OutboundPolicy
 from service.settings import Settings
 from service.smart.config import SmartClient
+from service.smart.sessions import LaunchSessions
 
 _LOCK = threading.Lock()
 STATE_KEY = "smart"
@@ -20,7 +23,13 @@ STATE_KEY = "smart"
 class SmartState:
     clients: dict[str, SmartClient]
     settings: Settings
-    extras: dict[str, Any] = field(default_factory=dict)  # sessions, backend tokens: added by their modules
+    fetcher: FhirFetcher  # FHIR reads on a configured base (the outbound rules and limits of CDS fetches)
+    sessions: LaunchSessions
+    extras: dict[str, Any] = field(default_factory=dict)  # e.g. Backend Services tokens
+
+    @property
+    def policy(self) -> OutboundPolicy:
+        return self.fetcher.policy
 
     def client_for(self, fhir_base: str | None) -> SmartClient | None:
         """The SMART client configured for this FHIR base URL, or None (also for a malformed URL)."""
@@ -38,6 +47,14 @@ def smart_state(app_state: Any) -> SmartState:
         state = app_state.get(STATE_KEY) if hasattr(app_state, "get") else None
         if state is None:
             settings = app_state.service.settings
-            state = SmartState(settings.smart_client_configs(), settings)
+            fetcher = FhirFetcher(
+                {},
+                OutboundPolicy.allowing(settings.cds_fetch_allow_hosts),
+                timeout_s=settings.cds_fetch_timeout_s,
+                max_bytes=settings.cds_fetch_max_bytes,
+                max_image_bytes=settings.max_image_bytes,
+            )
+            sessions = LaunchSessions(settings.smart_sessions_max, settings.smart_session_ttl_s)
+            state = SmartState(settings.smart_client_configs(), settings, fetcher, sessions)
             app_state[STATE_KEY] = state
         return state  # type: ignore[no-any-return]
