@@ -15,9 +15,12 @@ from typing import Any
 
 from authlib.integrations.flask_oauth2 import AuthorizationServer
 from authlib.oauth2.rfc6749 import grants
+from authlib.oauth2.rfc6749.errors import InvalidClientError
 from authlib.oauth2.rfc7523 import JWTBearerClientAssertion
 from authlib.oauth2.rfc7636 import CodeChallenge
 from flask import Flask, Response, request
+from joserfc import jwt
+from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 from werkzeug.serving import make_server
 
@@ -146,6 +149,15 @@ def _grants(ehr: SmartEhr) -> tuple[type, type, type]:
                 return False
             ehr.jtis.add(jti)
             return True
+
+        def process_assertion_claims(self, assertion: str, resolve_key: Any) -> Any:
+            """SMART Backend Services signs RS384 or ES384 (joserfc accepts RS384 only when asked)."""
+            try:
+                token = jwt.decode(assertion, resolve_key, algorithms=["RS384", "ES384"])
+            except JoseError as exc:
+                raise InvalidClientError(description=exc.description) from exc
+            self.verify_claims(token.claims)
+            return token.claims
 
         def resolve_client_public_key(self, client: Client) -> Any:
             return KeySet.import_key_set(client.jwks or {"keys": []})

@@ -42,19 +42,25 @@ def precondition_failed(missing: list[str], reason: str | None = None) -> Proble
     )
 
 
-def _open_session(request: CdsRequest, fetcher: FhirFetcher | None, issuer: str | None) -> FhirSession:
-    if request.fhirServer is None or request.fhirAuthorization is None or fetcher is None:
+def _open_session(
+    request: CdsRequest, fetcher: FhirFetcher | None, issuer: str | None, backend_token: str | None = None
+) -> FhirSession:
+    """The call's ``fhirAuthorization`` token, else a SMART Backend Services token for its ``fhirServer``."""
+    token = request.fhirAuthorization.access_token if request.fhirAuthorization is not None else backend_token
+    if request.fhirServer is None or token is None or fetcher is None:
         raise FetchRefused("the call grants no fhirServer with fhirAuthorization")
     if not FHIR_ID.fullmatch(request.context.patientId) or not request.context.patientId.strip("."):
         raise FetchRefused("context.patientId is not a FHIR id")
-    return fetcher.session(request.fhirServer, request.fhirAuthorization.access_token, issuer)
+    return fetcher.session(request.fhirServer, token, issuer)
 
 
-def gather(request: CdsRequest, fetcher: FhirFetcher | None, issuer: str | None = None) -> dict[str, Any]:
+def gather(
+    request: CdsRequest, fetcher: FhirFetcher | None, issuer: str | None = None, backend_token: str | None = None
+) -> dict[str, Any]:
     """Prefetch plus whatever missing keys could be fetched; 412 if required ones stay missing.
 
-    ``issuer`` is the verified ``iss`` of the call (None with authentication off). Blocking when it
-    fetches: run in a worker thread.
+    ``issuer`` is the verified ``iss`` of the call (None with authentication off); ``backend_token``
+    is used when the call grants no ``fhirAuthorization``. Blocking when it fetches: run in a worker thread.
     """
     data = {k: v for k, v in (request.prefetch or {}).items() if v is not None}
     wanted = [*REQUIRED_PREFETCH, "observations"]
@@ -64,7 +70,7 @@ def gather(request: CdsRequest, fetcher: FhirFetcher | None, issuer: str | None 
     failures: list[str] = []
     if wanted:
         try:
-            session: FhirSession | None = _open_session(request, fetcher, issuer)
+            session: FhirSession | None = _open_session(request, fetcher, issuer, backend_token)
         except FetchRefused as exc:
             session, failures = None, [str(exc)]
         for key in wanted if session is not None else []:
@@ -92,10 +98,12 @@ def _resources(value: Any) -> list[Any]:
     return [parse_resource(value, (value.get("resourceType") or "?",))]
 
 
-def photo_session(request: CdsRequest, fetcher: FhirFetcher | None, issuer: str | None) -> FhirSession | None:
+def photo_session(
+    request: CdsRequest, fetcher: FhirFetcher | None, issuer: str | None, backend_token: str | None = None
+) -> FhirSession | None:
     """A session for photos by reference, when the call grants one (no network here)."""
     try:
-        return _open_session(request, fetcher, issuer)
+        return _open_session(request, fetcher, issuer, backend_token)
     except FetchRefused:
         return None
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any, TypeVar
 
@@ -24,9 +25,11 @@ from service.problems import Problem, request_id_of, validated
 from service.results import client_of, principal_of
 from service.runtime import InferenceRunner, ServiceState
 from service.schemas import TriageOptions
+from service.smart.launch import LaunchError
 from service.smart.state import smart_state
 
 CDS_OPTIONS = TriageOptions(top_k=5)
+log = logging.getLogger("dermtriage.cds")
 M = TypeVar("M", bound=BaseModel)
 CARDS_EXAMPLE = {
     "cards": [
@@ -102,6 +105,22 @@ async def _json(request: Request[Any, Any, Any], model: type[M]) -> M:
 
 
 _SERVICE_ID = Parameter(description="the CDS service id from discovery", examples=[Example(value=SERVICE_ID)])
+
+
+async def _backend_token(request: Request[Any, Any, Any], call: CdsRequest) -> str | None:
+    """A SMART Backend Services token for the call's fhirServer when the call grants no fhirAuthorization
+    and that server is configured with ``backend`` (None otherwise, or when the EHR refuses)."""
+    if call.fhirAuthorization is not None:
+        return None
+    smart = smart_state(request.app.state)
+    client = smart.client_for(call.fhirServer)
+    if client is None or client.backend is None:
+        return None
+    try:
+        return await anyio.to_thread.run_sync(smart.backend.token, client)
+    except LaunchError as exc:
+        log.info("backend token refused", extra={"reason": exc.detail})
+        return None
 
 
 def _check_override_reason(reason: dict[str, Any] | None) -> None:
@@ -182,8 +201,9 @@ class CdsHooksController(Controller):
             raise Problem("unsupported-hook", 400, f"This service answers patient-view, not {call.hook[:40]!r}.")
         state = cds_state(request)
         issuer = cds_issuer_of(request)
-        data = await anyio.to_thread.run_sync(gather, call, state.fhir_fetcher, issuer)
-        session = photo_session(call, state.fhir_fetcher, issuer)  # photos by reference, with the call's token
+        backend = await _backend_token(request, call)
+        data = await anyio.to_thread.run_sync(gather, call, state.fhir_fetcher, issuer, backend)
+        session = photo_session(call, state.fhir_fetcher, issuer, backend)  # photos by reference
         patient = await anyio.to_thread.run_sync(read_patient_data, data, CDS_OPTIONS, session)
         if patient.image is None:
             return {"cards": []}

@@ -24,6 +24,8 @@ from service.openapi import example_response
 from service.problems import Problem, request_id_of
 from service.results import client_of, principal_of
 from service.runtime import InferenceRunner, ServiceState
+from service.smart.photos import backend_photo_resolver
+from service.smart.state import smart_state
 
 _B64 = "/9j/4AAQSkZJRgABAQAAAQABAAD/2wBDAAgGBgcGBQgHBwcJCQgKDBQNDAsLDBkSEw8UHSEaHR8e..."
 PARAMETERS_EXAMPLE = {
@@ -211,7 +213,8 @@ class FhirController(Controller):
                 headers={"Accept-Post": FHIR_JSON},
             )
         body = await request.body()  # parsing and FHIR validation run in a worker thread, never on the event loop
-        received = await anyio.to_thread.run_sync(read_fhir_body, body, service.settings.max_fhir_resources)
+        resolve = backend_photo_resolver(smart_state(request.app.state))  # photos by reference
+        received = await anyio.to_thread.run_sync(read_fhir_body, body, service.settings.max_fhir_resources, resolve)
         result = await service.triage(received, request_id_of(request), principal_of(request), client_of(request))
         return fhir_response(
             request, result, subject=received.subject, photo=received.photo_ref, inputs=received.inputs

@@ -5,13 +5,14 @@ app factory needs no change to carry it."""
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from service.auth.cds_config import normalize_base
 from service.fhir.client import FhirFetcher
 from service.safe_http import OutboundPolicy
 from service.settings import Settings
+from service.smart.backend import BackendTokens
 from service.smart.config import SmartClient
 from service.smart.sessions import LaunchSessions
 
@@ -25,7 +26,7 @@ class SmartState:
     settings: Settings
     fetcher: FhirFetcher  # FHIR reads on a configured base (the outbound rules and limits of CDS fetches)
     sessions: LaunchSessions
-    extras: dict[str, Any] = field(default_factory=dict)  # e.g. Backend Services tokens
+    backend: BackendTokens
 
     @property
     def policy(self) -> OutboundPolicy:
@@ -55,6 +56,7 @@ def smart_state(app_state: Any) -> SmartState:
                 max_image_bytes=settings.max_image_bytes,
             )
             sessions = LaunchSessions(settings.smart_sessions_max, settings.smart_session_ttl_s)
-            state = SmartState(settings.smart_client_configs(), settings, fetcher, sessions)
+            backend = BackendTokens(fetcher.policy, settings.cds_fetch_timeout_s)
+            state = SmartState(settings.smart_client_configs(), settings, fetcher, sessions, backend)
             app_state[STATE_KEY] = state
         return state  # type: ignore[no-any-return]
