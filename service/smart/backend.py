@@ -6,7 +6,6 @@ expire; they are never logged or returned."""
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from typing import Any
@@ -17,9 +16,9 @@ from authlib.integrations.httpx_client import OAuth2Client
 from authlib.oauth2.rfc7523 import PrivateKeyJWT
 from joserfc.jwk import ECKey, RSAKey
 
-from service.safe_http import Budget, FetchRefused, OutboundPolicy, fetch
+from service.safe_http import OutboundPolicy
 from service.smart.config import BackendConfig, SmartClient
-from service.smart.launch import WELL_KNOWN, LaunchError, checked_url
+from service.smart.launch import LaunchError, checked_url, read_configuration
 
 ASSERTION_LIFETIME_S = 300  # SMART Backend Services: the assertion's exp at most five minutes ahead
 EARLY_S = 30.0  # renew a cached token this long before it expires
@@ -27,18 +26,7 @@ EARLY_S = 30.0  # renew a cached token this long before it expires
 
 def token_endpoint(client: SmartClient, policy: OutboundPolicy, timeout_s: float) -> str:
     """Blocking: the token endpoint from the EHR's SMART configuration."""
-    try:
-        got = fetch(
-            client.fhir_base + WELL_KNOWN, policy, Budget(timeout_s, 256 * 1024), {"Accept": "application/json"}
-        )
-        config = json.loads(got.body)
-    except FetchRefused as exc:
-        raise LaunchError(502, f"The EHR's SMART configuration could not be read: {exc}.") from None
-    except (ValueError, RecursionError):
-        raise LaunchError(502, "The EHR's SMART configuration is not JSON.") from None
-    if not isinstance(config, dict):
-        raise LaunchError(502, "The EHR's SMART configuration is not a JSON object.")
-    return checked_url(config.get("token_endpoint"), policy, "token_endpoint")
+    return checked_url(read_configuration(client, policy, timeout_s).get("token_endpoint"), policy, "token_endpoint")
 
 
 def _key(backend: BackendConfig) -> Any:

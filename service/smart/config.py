@@ -120,7 +120,7 @@ def decode_smart_clients_setting(value: Any) -> Any:
     text = value.strip()
     if not text:
         return {}
-    if not text.startswith("{"):
+    if not text.startswith(("{", "[")):
         try:
             text = Path(text).read_text(encoding="utf-8")
         except OSError as exc:

@@ -53,8 +53,8 @@ def checked_url(url: Any, policy: OutboundPolicy, what: str) -> str:
     return url
 
 
-def discover(client: SmartClient, policy: OutboundPolicy, timeout_s: float) -> SmartConfiguration:
-    """Blocking: the EHR's SMART configuration (authorization and token endpoints)."""
+def read_configuration(client: SmartClient, policy: OutboundPolicy, timeout_s: float) -> dict[str, Any]:
+    """Blocking: the EHR's ``.well-known/smart-configuration`` as a JSON object (LaunchError otherwise)."""
     try:
         got = fetch(
             client.fhir_base + WELL_KNOWN, policy, Budget(timeout_s, MAX_CONFIG_BYTES), {"Accept": "application/json"}
@@ -66,6 +66,12 @@ def discover(client: SmartClient, policy: OutboundPolicy, timeout_s: float) -> S
         raise LaunchError(502, "The EHR's SMART configuration is not JSON.") from None
     if not isinstance(config, dict):
         raise LaunchError(502, "The EHR's SMART configuration is not a JSON object.")
+    return config
+
+
+def discover(client: SmartClient, policy: OutboundPolicy, timeout_s: float) -> SmartConfiguration:
+    """Blocking: the EHR's SMART configuration (authorization and token endpoints)."""
+    config = read_configuration(client, policy, timeout_s)
     methods = config.get("code_challenge_methods_supported")
     if isinstance(methods, list) and "S256" not in methods:
         raise LaunchError(502, "The EHR does not support PKCE S256.")
