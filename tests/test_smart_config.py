@@ -46,7 +46,7 @@ def test_parsed_and_normalised() -> None:
             },
             "cannot read",
         ),
-        (["https://ehr.example.org/fhir"], "JSON object"),
+        (["https://ehr.example.org/fhir"], "JSON object|valid dictionary"),
     ],
 )
 def test_malformed_is_refused(raw: object, why: str) -> None:
