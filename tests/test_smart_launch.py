@@ -108,6 +108,7 @@ def test_ehr_launch_end_to_end(
 
         context = c.get("/viewer/launch/context")
         assert context.status_code == 200, context.text
+        assert "no-store" in context.headers["cache-control"]
         body = context.json()
         assert body["patient"] == "p1" and body["result"]["differentials"] and body["share"]
         assert body["viewer_url"] == f"/viewer?result={body['result']['id']}&share={body['share']}"

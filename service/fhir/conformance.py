@@ -114,7 +114,7 @@ def capability_statement_json(base_url: str, *, smart_launch: bool) -> dict[str,
         "rest": [
             {
                 "mode": "server",
-                "security": {"cors": False, "description": security_text},
+                "security": {"description": security_text},
                 "resource": [
                     {
                         "type": "OperationDefinition",

@@ -17,7 +17,7 @@ from typing import Annotated, Any
 
 import anyio
 from litestar import Controller, Request, get
-from litestar.datastructures import Cookie
+from litestar.datastructures import CacheControlHeader, Cookie
 from litestar.di import NamedDependency
 from litestar.params import QueryParameter
 from litestar.response import Redirect
@@ -25,6 +25,7 @@ from litestar.response import Redirect
 from service.auth.guard import auth_of
 from service.cds_hooks.prefetch import FHIR_ID, read_patient_data
 from service.cds_hooks.services import PHOTO_KEYS, prefetch_path
+from service.openapi import problem_example, problem_responses
 from service.problems import Problem, request_id_of
 from service.results import client_of
 from service.runtime import ServiceState
@@ -39,6 +40,14 @@ OPTIONS = TriageOptions(top_k=5)
 ERROR_CODE = re.compile(r"[a-z_]{1,40}")
 Iss = Annotated[str, QueryParameter(name="iss", description="the EHR's FHIR base URL", max_length=2048)]
 Launch = Annotated[str, QueryParameter(name="launch", description="the EHR's opaque launch id", max_length=2048)]
+T = "SMART launch failed"
+BAD_ISS = (400, problem_example("smart-unknown-iss", 400, T, "iss is not an EHR configured for SMART launch here."))
+EHR_FAILED = (502, problem_example("smart-launch-failed", 502, T, "The EHR's SMART configuration could not be read."))
+NO_LAUNCH = (401, problem_example("smart-no-launch", 401, T, "No SMART launch in progress here (or it expired)."))
+EXPIRED = (401, problem_example("smart-token-expired", 401, T, "The access token has expired; launch again."))
+REFUSED = (403, problem_example("smart-consent-refused", 403, T, "The EHR answered access_denied."))
+BAD_STATE = (400, problem_example("smart-bad-state", 400, T, "state does not match this launch."))
+NO_PHOTO = (404, problem_example("smart-no-photo", 404, T, "The EHR holds no skin photo for this patient."))
 Code = Annotated[str | None, QueryParameter(name="code", description="the authorization code", max_length=4096)]
 
 
@@ -109,7 +118,12 @@ class SmartLaunchController(Controller):
     tags = ("smart",)
     opt = {"auth": "open"}  # noqa: RUF012 (Litestar's own attribute): the EHR's OAuth server authenticates
 
-    @get("/", summary="SMART EHR launch of the viewer: discovery, then the EHR's authorization (PKCE)")
+    @get(
+        "/",
+        status_code=302,
+        summary="SMART EHR launch of the viewer: discovery, then the EHR's authorization (PKCE)",
+        responses=problem_responses(BAD_ISS, EHR_FAILED),
+    )
     async def launch(self, request: Request[Any, Any, Any], iss: Iss, launch: Launch) -> Redirect:
         state = smart_state(request.app.state)
         client = state.client_for(iss)
@@ -135,7 +149,13 @@ class SmartLaunchController(Controller):
         )
         return Redirect(authorize_url(session, config, launch), status_code=302, cookies=[cookie])
 
-    @get("/callback", summary="SMART launch: the EHR's authorization answer (code or error)")
+    @get(
+        "/callback",
+        status_code=303,
+        summary="SMART launch: the EHR's authorization answer (code or error)",
+        responses=problem_responses(BAD_STATE, NO_LAUNCH, EXPIRED, REFUSED, NO_PHOTO, EHR_FAILED),
+        cache_control=CacheControlHeader(no_store=True),
+    )
     async def callback(self, request: Request[Any, Any, Any], code: Code = None) -> Redirect:
         """``state`` is read from the query by hand: Litestar reserves the parameter name for the app state."""
         state = smart_state(request.app.state)
@@ -156,7 +176,12 @@ class SmartLaunchController(Controller):
             raise _problem(exc) from None
         return Redirect(LANDING, status_code=303)
 
-    @get("/context", summary="SMART launch: the launched patient's answer, for the viewer")
+    @get(
+        "/context",
+        summary="SMART launch: the launched patient's answer, for the viewer",
+        responses=problem_responses(NO_LAUNCH, NO_PHOTO),
+        cache_control=CacheControlHeader(no_store=True),
+    )
     async def context(self, request: Request[Any, Any, Any], service: NamedDependency[ServiceState]) -> dict[str, Any]:
         state = smart_state(request.app.state)
         session = _session(request, state)
