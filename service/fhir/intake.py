@@ -3,7 +3,9 @@
 Accepted: a ``Parameters`` resource (parameters ``patient``, ``observation`` (repeatable), ``image``
 (a Media, Binary or DocumentReference), ``symptoms`` (string), ``topK`` (integer), ``explain``
 (boolean), ``modality`` (code)), or a ``Bundle`` of any type whose entries hold the Patient,
-Observations and one photo. CDS Hooks prefetch uses the same readers.
+Observations and one photo. CDS Hooks prefetch uses the same readers. A photo without inline data
+but with a reference (``Attachment.url``, or an ``image`` parameter as ``valueReference``) is fetched
+by the caller's resolver (``read_fhir_body``'s ``resolve``: SMART Backend Services, ``service.smart.photos``).
 
 Observations are read by code: the dermtriage risk-factor code system
 (``https://dermtriage.dev/fhir/CodeSystem/risk-factor``, one code per ``RiskFactors`` field), LOINC

@@ -99,7 +99,8 @@ OUTCOME_EXAMPLE = {
         {
             "severity": "error",
             "code": "required",
-            "diagnostics": "No photo: add the skin photo as a Media, Binary or DocumentReference with inline data.",
+            "diagnostics": "No photo: add the skin photo as a Media, Binary or DocumentReference "
+            "(inline data or a reference).",
         }
     ],
 }
@@ -182,7 +183,8 @@ class FhirController(Controller):
         description=(
             "Send a Parameters or Bundle (application/fhir+json) with a Patient (age from birthDate, sex from "
             "gender), Observations (risk factors with dermtriage's risk-factor codes, LOINC 30525-0 age, symptoms) "
-            "and exactly one photo as Media, Binary or DocumentReference with inline data. The answer is the same "
+            "and exactly one photo as Media, Binary or DocumentReference with inline data, or by reference (an "
+            "absolute URL on a FHIR server configured for SMART Backend Services). The answer is the same "
             "Bundle `POST /v1/triage?format=fhir` gives: RiskAssessment, Observations, DiagnosticReport, Media per "
             "heatmap, Device, Provenance. Errors are OperationOutcome: 400 malformed, 422 unusable, 415, 401, 429."
         ),

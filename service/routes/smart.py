@@ -25,7 +25,7 @@ from litestar.response import Redirect
 from service.auth.guard import auth_of
 from service.cds_hooks.prefetch import FHIR_ID, read_patient_data
 from service.cds_hooks.services import PHOTO_KEYS, prefetch_path
-from service.openapi import problem_example, problem_responses
+from service.openapi import example_response, problem_example, problem_responses
 from service.problems import Problem, request_id_of
 from service.results import client_of
 from service.runtime import ServiceState
@@ -48,6 +48,13 @@ EXPIRED = (401, problem_example("smart-token-expired", 401, T, "The access token
 REFUSED = (403, problem_example("smart-consent-refused", 403, T, "The EHR answered access_denied."))
 BAD_STATE = (400, problem_example("smart-bad-state", 400, T, "state does not match this launch."))
 NO_PHOTO = (404, problem_example("smart-no-photo", 404, T, "The EHR holds no skin photo for this patient."))
+CONTEXT_EXAMPLE = {
+    "patient": "p1",
+    "fhir_server": "https://ehr.example.org/fhir",
+    "result": {"id": "9c1f0e7a2b4d4e6f8a0b1c2d3e4f5a6b", "differentials": ["..."]},
+    "share": "Hk3xq0Vb2mN9pL4sT7wY1A",
+    "viewer_url": "/viewer?result=9c1f0e7a2b4d4e6f8a0b1c2d3e4f5a6b&share=Hk3xq0Vb2mN9pL4sT7wY1A",
+}
 Code = Annotated[str | None, QueryParameter(name="code", description="the authorization code", max_length=4096)]
 
 
@@ -121,6 +128,7 @@ class SmartLaunchController(Controller):
     @get(
         "/",
         status_code=302,
+        include_in_schema=False,  # browser redirects, like the viewer's pages
         summary="SMART EHR launch of the viewer: discovery, then the EHR's authorization (PKCE)",
         responses=problem_responses(BAD_ISS, EHR_FAILED),
     )
@@ -152,6 +160,7 @@ class SmartLaunchController(Controller):
     @get(
         "/callback",
         status_code=303,
+        include_in_schema=False,
         summary="SMART launch: the EHR's authorization answer (code or error)",
         responses=problem_responses(BAD_STATE, NO_LAUNCH, EXPIRED, REFUSED, NO_PHOTO, EHR_FAILED),
         cache_control=CacheControlHeader(no_store=True),
@@ -179,7 +188,10 @@ class SmartLaunchController(Controller):
     @get(
         "/context",
         summary="SMART launch: the launched patient's answer, for the viewer",
-        responses=problem_responses(NO_LAUNCH, NO_PHOTO),
+        responses={
+            200: example_response(dict, "the launch's answer", "context", CONTEXT_EXAMPLE),
+            **problem_responses(NO_LAUNCH, NO_PHOTO),
+        },
         cache_control=CacheControlHeader(no_store=True),
     )
     async def context(self, request: Request[Any, Any, Any], service: NamedDependency[ServiceState]) -> dict[str, Any]:
