@@ -150,6 +150,12 @@ class Budget:
     def expired(self) -> bool:
         return self._clock() >= self.deadline
 
+    def sub(self, max_bytes: int) -> Budget:
+        """A budget with the same deadline and at most ``max_bytes`` (one photo); ``take`` its use back here."""
+        child = Budget(0, 0, self._clock)
+        child.deadline, child.bytes_left = self.deadline, min(self.bytes_left, max_bytes)
+        return child
+
     def take(self, n: int) -> None:
         self.bytes_left -= n
         if self.bytes_left < 0:
@@ -182,6 +188,12 @@ def _abort(conn: http.client.HTTPConnection) -> None:
             sock.shutdown(socket.SHUT_RDWR)
 
 
+@dataclass(frozen=True)
+class Fetched:
+    body: bytes
+    content_type: str  # the media type, lower-case, without parameters ("" when the server sent none)
+
+
 def _read_body(conn: http.client.HTTPConnection, response: http.client.HTTPResponse, budget: Budget) -> bytes:
     if 300 <= response.status < 400:
         raise FetchRefused(f"the server answered a redirect ({response.status}); redirects are not followed")
@@ -209,6 +221,11 @@ def _read_body(conn: http.client.HTTPConnection, response: http.client.HTTPRespo
 
 def get(url: str, policy: OutboundPolicy, budget: Budget, headers: dict[str, str] | None = None) -> bytes:
     """GET ``url`` under ``policy`` within ``budget``: the body of a 200, else :class:`FetchRefused`."""
+    return fetch(url, policy, budget, headers).body
+
+
+def fetch(url: str, policy: OutboundPolicy, budget: Budget, headers: dict[str, str] | None = None) -> Fetched:
+    """:func:`get` with the response's media type (photos by reference: an image or a FHIR resource)."""
     target = policy.target(url)
     ip = policy.address(target)
     timeout = budget.remaining_s()
@@ -219,7 +236,10 @@ def get(url: str, policy: OutboundPolicy, budget: Budget, headers: dict[str, str
     timer.start()
     try:
         conn.request("GET", target.path, headers={"Accept-Encoding": "identity", **(headers or {})})
-        return _read_body(conn, conn.getresponse(), budget)
+        response = conn.getresponse()
+        body = _read_body(conn, response, budget)
+        media = (response.getheader("Content-Type") or "").split(";", 1)[0].strip().lower()
+        return Fetched(body, media)
     except FetchRefused:
         raise
     except (OSError, http.client.HTTPException, ValueError) as exc:

@@ -12,6 +12,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from models.backends.registry import DEFAULT_MODEL, default_dermoscopic_model
 from service.auth.cds_config import IssuerConfig, decode_issuers_setting, parse_issuers
 from service.images import ImageLimits
+from service.smart.config import SmartClient, decode_smart_clients_setting, parse_smart_clients
 
 MIB = 1024 * 1024
 LogLevel = Literal["debug", "info", "warning", "error", "critical"]
@@ -153,6 +154,17 @@ class Settings(BaseSettings):
         default=None, gt=0, description="purge cases and their photos older than this (None: keep)"
     )
 
+    # EHR integration (issue 23): see service/smart/ and the README's "Integrating with an EHR"
+    smart_clients: Annotated[dict[str, Any], NoDecode] = Field(
+        default_factory=dict,
+        description="SMART clients per EHR: JSON object FHIR base (iss) -> {client_id, client_secret?, scope?, "
+        "backend?} (service/smart/config.py) or file; empty: no SMART launch, CDS card links are `absolute`",
+    )
+    smart_session_ttl_s: float = Field(
+        default=900.0, gt=0, description="how long a SMART launch (its tokens, server-side only) is kept"
+    )
+    smart_sessions_max: int = Field(default=1000, ge=1, description="SMART launches kept at once (oldest dropped)")
+
     @field_validator("dermoscopic_model", mode="before")
     @classmethod
     def _no_dermoscopic_model(cls, value: object) -> object:
@@ -176,6 +188,11 @@ class Settings(BaseSettings):
             return [part.strip() for part in text.split(",") if part.strip()]
         return value
 
+    @field_validator("smart_clients", mode="before")
+    @classmethod
+    def _decode_smart(cls, value: object) -> object:
+        return decode_smart_clients_setting(value)
+
     @field_validator("cds_issuers", mode="before")
     @classmethod
     def _decode_issuers(cls, value: object) -> object:
@@ -185,12 +202,17 @@ class Settings(BaseSettings):
     def _cds_needs_public_url(self) -> Settings:
         """CDS issuers: each with its own keys and FHIR servers, and the JWT aud on the configured public URL."""
         public = self.public_url or ""
+        self.smart_client_configs()  # refused at start when malformed
         if self.cds_issuer_configs() and not public.startswith(("https://", "http://")):
             raise ValueError(
                 "DERMTRIAGE_PUBLIC_URL (an absolute http(s) URL) is required with DERMTRIAGE_CDS_ISSUERS: "
                 "the CDS Hooks JWT audience is checked against it, never against the request's Host"
             )
         return self
+
+    def smart_client_configs(self) -> dict[str, SmartClient]:
+        hosts = frozenset(h.strip().strip("[]").lower() for h in self.cds_fetch_allow_hosts if h.strip())
+        return parse_smart_clients(self.smart_clients, hosts)
 
     def cds_issuer_configs(self) -> dict[str, IssuerConfig]:
         return parse_issuers(self.cds_issuers, self.cds_jwks, self.cds_jku_allowlist, self.cds_fetch_allow_hosts)

@@ -321,7 +321,8 @@ def test_unusable_fhir_gets_operation_outcome(client: TestClient, photo: bytes) 
     assert_outcome(post(parameters(photo, {"name": "explain", "valueString": "maybe"})), 422, "value")
     url_only = parameters(photo)
     url_only["parameter"][5]["resource"]["content"] = {"contentType": "image/jpeg", "url": "https://ehr.example/p.jpg"}
-    assert_outcome(post(url_only), 422, "required")
+    refused = assert_outcome(post(url_only), 422, "not-supported")  # no FHIR server configured to fetch from
+    assert "SMART Backend Services" in refused["issue"][0]["diagnostics"]
     corrupt = parameters(photo)
     corrupt["parameter"][5]["resource"]["content"]["data"] = b64(b"\xff\xd8\xff\xe0 not really a jpeg")
     assert_outcome(post(corrupt), 400)

@@ -14,90 +14,21 @@ deadline and one byte cap for the whole hook call.
 
 from __future__ import annotations
 
-import json
-import logging
 import re
-import urllib.parse
-from collections.abc import Iterable, Mapping
 from typing import Any
 
 from pydantic import ValidationError
 
-from service.auth.cds_config import normalize_base
-from service.cds_hooks.services import PHOTO_KEYS, PREFETCH, REQUIRED_PREFETCH, CdsRequest
-from service.fhir.intake import ClinicalReader, photo_bytes, photo_time
+from service.cds_hooks.services import PHOTO_KEYS, REQUIRED_PREFETCH, CdsRequest, prefetch_path
+from service.fhir.client import FhirFetcher, FhirSession
+from service.fhir.intake import ClinicalReader, attachment_url, photo_bytes, photo_time
 from service.fhir.outcome import FhirError
 from service.problems import Problem
-from service.safe_http import Budget, FetchRefused, OutboundPolicy, get
+from service.safe_http import FetchRefused
 from service.schemas import TriageInput, TriageOptions
-from service.settings import Settings
 
 FHIR_ID = re.compile(r"[A-Za-z0-9.-]{1,64}")
-log = logging.getLogger("dermtriage.cds")
-
-
-class FhirSession:
-    """The reads of one hook call: one FHIR base, the token granted for the call, one shared budget."""
-
-    def __init__(self, base: str, token: str | None, policy: OutboundPolicy, budget: Budget) -> None:
-        self.base, self.token, self.policy, self.budget = base, token, policy, budget
-        self.failures: list[str] = []
-
-    def get(self, path: str) -> dict[str, Any] | None:
-        """The JSON resource at ``base/path``, or None (the reason is kept in ``failures`` and logged)."""
-        headers = {"Accept": "application/fhir+json"}
-        if self.token:
-            headers["Authorization"] = f"Bearer {self.token}"
-        try:
-            value = json.loads(get(f"{self.base}/{path}", self.policy, self.budget, headers))
-            if not isinstance(value, dict):
-                raise FetchRefused("the response is not a JSON object")
-            return value
-        except FetchRefused as exc:
-            reason = str(exc)
-        except (ValueError, RecursionError):
-            reason = "the response is not JSON"
-        log.info("fhir fetch failed", extra={"reason": reason})
-        self.failures.append(reason)
-        return None
-
-
-class FhirFetcher:
-    """Opens a :class:`FhirSession` for a hook call, if its ``fhirServer`` is configured for its issuer."""
-
-    def __init__(
-        self,
-        bases: Mapping[str, Iterable[str]],
-        policy: OutboundPolicy | None = None,
-        *,
-        timeout_s: float = 10.0,
-        max_bytes: int = 32 * 1024 * 1024,
-    ) -> None:
-        self.bases = {issuer: frozenset(normalize_base(b) for b in urls) for issuer, urls in bases.items()}
-        self.policy = policy or OutboundPolicy()
-        self.timeout_s, self.max_bytes = timeout_s, max_bytes
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> FhirFetcher:
-        return cls(
-            {issuer: config.fhir for issuer, config in settings.cds_issuer_configs().items()},
-            OutboundPolicy.allowing(settings.cds_fetch_allow_hosts),
-            timeout_s=settings.cds_fetch_timeout_s,
-            max_bytes=settings.cds_fetch_max_bytes,
-        )
-
-    def session(self, fhir_server: str, token: str | None, issuer: str | None) -> FhirSession:
-        """FetchRefused unless ``fhir_server`` is a base configured for ``issuer`` (no issuer, i.e.
-        authentication off: any configured base). Nothing is fetched or resolved here."""
-        try:
-            base = normalize_base(fhir_server)
-        except ValueError:
-            raise FetchRefused("fhirServer is not an absolute https URL") from None
-        allowed = self.bases.get(issuer, frozenset()) if issuer is not None else frozenset().union(*self.bases.values())
-        if base not in allowed:
-            raise FetchRefused("fhirServer is not a FHIR server configured for this issuer")
-        self.policy.target(base)  # the scheme rules, before any request
-        return FhirSession(base, token, self.policy, Budget(self.timeout_s, self.max_bytes))
+__all__ = ["FhirFetcher", "FhirSession", "gather", "read_patient_data"]
 
 
 def precondition_failed(missing: list[str], reason: str | None = None) -> Problem:
@@ -111,23 +42,25 @@ def precondition_failed(missing: list[str], reason: str | None = None) -> Proble
     )
 
 
-def _template_path(request: CdsRequest, key: str) -> str:
-    return PREFETCH[key].replace("{{context.patientId}}", urllib.parse.quote(request.context.patientId, safe=""))
-
-
-def _open_session(request: CdsRequest, fetcher: FhirFetcher | None, issuer: str | None) -> FhirSession:
-    if request.fhirServer is None or request.fhirAuthorization is None or fetcher is None:
+def _open_session(
+    request: CdsRequest, fetcher: FhirFetcher | None, issuer: str | None, backend_token: str | None = None
+) -> FhirSession:
+    """The call's ``fhirAuthorization`` token, else a SMART Backend Services token for its ``fhirServer``."""
+    token = request.fhirAuthorization.access_token if request.fhirAuthorization is not None else backend_token
+    if request.fhirServer is None or token is None or fetcher is None:
         raise FetchRefused("the call grants no fhirServer with fhirAuthorization")
     if not FHIR_ID.fullmatch(request.context.patientId) or not request.context.patientId.strip("."):
         raise FetchRefused("context.patientId is not a FHIR id")
-    return fetcher.session(request.fhirServer, request.fhirAuthorization.access_token, issuer)
+    return fetcher.session(request.fhirServer, token, issuer)
 
 
-def gather(request: CdsRequest, fetcher: FhirFetcher | None, issuer: str | None = None) -> dict[str, Any]:
+def gather(
+    request: CdsRequest, fetcher: FhirFetcher | None, issuer: str | None = None, backend_token: str | None = None
+) -> dict[str, Any]:
     """Prefetch plus whatever missing keys could be fetched; 412 if required ones stay missing.
 
-    ``issuer`` is the verified ``iss`` of the call (None with authentication off). Blocking when it
-    fetches: run in a worker thread.
+    ``issuer`` is the verified ``iss`` of the call (None with authentication off); ``backend_token``
+    is used when the call grants no ``fhirAuthorization``. Blocking when it fetches: run in a worker thread.
     """
     data = {k: v for k, v in (request.prefetch or {}).items() if v is not None}
     wanted = [*REQUIRED_PREFETCH, "observations"]
@@ -137,11 +70,11 @@ def gather(request: CdsRequest, fetcher: FhirFetcher | None, issuer: str | None 
     failures: list[str] = []
     if wanted:
         try:
-            session: FhirSession | None = _open_session(request, fetcher, issuer)
+            session: FhirSession | None = _open_session(request, fetcher, issuer, backend_token)
         except FetchRefused as exc:
             session, failures = None, [str(exc)]
         for key in wanted if session is not None else []:
-            resource = session.get(_template_path(request, key))
+            resource = session.get(prefetch_path(key, request.context.patientId))
             if resource is not None:
                 data[key] = resource
         failures += session.failures if session is not None else []
@@ -165,8 +98,36 @@ def _resources(value: Any) -> list[Any]:
     return [parse_resource(value, (value.get("resourceType") or "?",))]
 
 
-def read_patient_data(data: dict[str, Any], options: TriageOptions) -> TriageInput:
-    """Validated FHIR -> the newest photo with inline data and the clinical input (malformed FHIR: 400)."""
+def photo_session(
+    request: CdsRequest, fetcher: FhirFetcher | None, issuer: str | None, backend_token: str | None = None
+) -> FhirSession | None:
+    """A session for photos by reference, when the call grants one (no network here)."""
+    try:
+        return _open_session(request, fetcher, issuer, backend_token)
+    except FetchRefused:
+        return None
+
+
+def _photo_image(resource: Any, image: bytes | None, session: FhirSession | None) -> bytes:
+    """The photo's bytes: inline, or fetched by its reference (412 when it cannot be)."""
+    if image:
+        return image
+    ref = attachment_url(resource)
+    if ref is None:  # checked by the caller
+        raise precondition_failed(["photo data"])
+    if session is None:
+        raise precondition_failed(["photo data"], "the photo is a reference and the call grants no fhirAuthorization")
+    try:
+        return session.photo(ref)
+    except FetchRefused as exc:
+        raise precondition_failed(["photo data"], str(exc)) from None
+
+
+def read_patient_data(
+    data: dict[str, Any], options: TriageOptions, session: FhirSession | None = None
+) -> TriageInput:
+    """Validated FHIR -> the newest photo (inline, or fetched by reference through ``session``) and the
+    clinical input (malformed FHIR: 400). Blocking when it fetches: run in a worker thread."""
     try:
         reader = ClinicalReader()
         for patient in _resources(data["patient"]):
@@ -180,7 +141,7 @@ def read_patient_data(data: dict[str, Any], options: TriageOptions) -> TriageInp
             for r in _resources(data[key]) if key in data else []:
                 if r.get_resource_type() in ("Media", "DocumentReference"):
                     image = photo_bytes(r)
-                    if image:
+                    if image or attachment_url(r):
                         photos.append((photo_time(r), r, image))
         clinical = reader.clinical()
     except FhirError as exc:
@@ -191,4 +152,5 @@ def read_patient_data(data: dict[str, Any], options: TriageOptions) -> TriageInp
         return TriageInput(None, options, clinical)
     taken, resource, image = max(photos, key=lambda p: p[0])
     ref = f"{resource.get_resource_type()}/{resource.id}" if resource.id else None
+    image = _photo_image(resource, image, session)
     return TriageInput(image, options, clinical, photo_ref=ref, photo_taken=taken)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import urllib.parse
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -38,6 +39,11 @@ SERVICE = {
         "of 'photos' / 'photoDocuments' with inline image data, or grant fhirAuthorization so they can be fetched."
     ),
 }
+
+
+def prefetch_path(key: str, patient_id: str) -> str:
+    """The FHIR query of a prefetch template for one patient (the id URL-quoted)."""
+    return PREFETCH[key].replace("{{context.patientId}}", urllib.parse.quote(patient_id, safe=""))
 
 
 def discovery() -> dict[str, Any]:

@@ -9,7 +9,8 @@ What goes where:
   urgency (score, category, NG12 points, red flags, SHAP values) and the uncertainty (summary
   plus one per flag, with value and threshold).
 - ``DiagnosticReport`` (``preliminary``: machine output no clinician has reviewed) ties the
-  Observations and heatmap Media together with a conclusion in words.
+  Observations and heatmap Media together with a conclusion in words; coded LOINC 18748-4 with the
+  triage code, category v2-0074 ``RAD`` (why: ``service.fhir.codes``).
 - ``Media``: the input photo's description (no pixels echoed) and one PNG overlay per heatmap,
   linked to the differential it explains (``reasonCode`` and the report's ``media.comment``).
 - ``Device`` (the model: name, version, AI device type, model card) with a model-card
@@ -42,6 +43,8 @@ from service.fhir.codes import (
     MEDIA_TYPE,
     PROVENANCE_PARTICIPANT,
     QUALITATIVE_RISK,
+    REPORT_CATEGORY,
+    REPORT_CODE,
     REQUEST_ID_SYSTEM,
     RESULT_ID_SYSTEM,
     RISK_PROBABILITY,
@@ -271,7 +274,8 @@ def _report(ctx: _Context, observations: list[str], media_links: list[dict[str, 
         "resourceType": "DiagnosticReport",
         "identifier": _identifiers(result),
         "status": "preliminary",
-        "code": codeable(CS_TRIAGE, "skin-photo-triage", "Skin photo triage (AI decision support)"),
+        "category": [REPORT_CATEGORY],
+        "code": REPORT_CODE,
         "subject": {"reference": ctx.subject},
         "effectiveDateTime": ctx.when,
         "issued": ctx.when,

@@ -35,6 +35,21 @@ AI_DEVICE_TYPE = AI_IG + "CodeSystem/AIdeviceTypeCS"
 AI_INPUTS = AI_IG + "CodeSystem/AIinputsCS"
 AI_MODEL_CARD_EXT = AI_IG + "StructureDefinition/aitransparency.modelCardDescription"
 
+V2_0074 = "http://terminology.hl7.org/CodeSystem/v2-0074"
+# LOINC has no code for an AI triage of a skin photo; 18748-4 "Diagnostic imaging study" is the LOINC
+# code EHRs file imaging reports under (US Core's report-and-note value set), and the triaged photo is
+# the study. The dermtriage code follows as a second, more precise coding.
+REPORT_CODE = {
+    "coding": [
+        {"system": LOINC, "code": "18748-4", "display": "Diagnostic imaging study"},
+        {"system": CS_TRIAGE, "code": "skin-photo-triage", "display": "Skin photo triage (AI decision support)"},
+    ],
+    "text": "Skin photo triage (AI decision support)",
+}
+# HL7 v2 table 0074 (diagnostic service section) has no dermatology or photography section; RAD is the
+# imaging section, where EHRs list imaging reports, so the report shows with the patient's imaging.
+REPORT_CATEGORY = {"coding": [{"system": V2_0074, "code": "RAD", "display": "Radiology"}], "text": "Imaging"}
+
 AI_ASSERTED = {"system": V3_OBS_VALUE, "code": "AIAST", "display": "Artificial Intelligence asserted"}
 AI_META = {"security": [AI_ASSERTED]}
 _NAMESPACE = uuid.UUID("6f1c2d3e-4b5a-5c6d-8e7f-9a0b1c2d3e4f")

@@ -3,7 +3,9 @@
 Accepted: a ``Parameters`` resource (parameters ``patient``, ``observation`` (repeatable), ``image``
 (a Media, Binary or DocumentReference), ``symptoms`` (string), ``topK`` (integer), ``explain``
 (boolean), ``modality`` (code)), or a ``Bundle`` of any type whose entries hold the Patient,
-Observations and one photo. CDS Hooks prefetch uses the same readers.
+Observations and one photo. CDS Hooks prefetch uses the same readers. A photo without inline data
+but with a reference (``Attachment.url``, or an ``image`` parameter as ``valueReference``) is fetched
+by the caller's resolver (``read_fhir_body``'s ``resolve``: SMART Backend Services, ``service.smart.photos``).
 
 Observations are read by code: the dermtriage risk-factor code system
 (``https://dermtriage.dev/fhir/CodeSystem/risk-factor``, one code per ``RiskFactors`` field), LOINC
@@ -18,7 +20,7 @@ Structural errors (not JSON, not FHIR, wrong resource type) are 400; valid FHIR 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
@@ -72,9 +74,13 @@ def parse_json_body(body: bytes, max_resources: int | None = None) -> Any:
         raise FhirError(exc.status, f"{exc.detail} Send FHIR JSON (application/fhir+json).", code=code) from None
 
 
-def read_fhir_body(body: bytes, max_resources: int | None = None) -> TriageInput:
-    """Blocking (run it in a worker thread): parse, validate and read a ``$triage`` body."""
-    return read_fhir_triage(parse_json_body(body, max_resources))
+PhotoResolver = Callable[[str], bytes]
+
+
+def read_fhir_body(body: bytes, max_resources: int | None = None, resolve: PhotoResolver | None = None) -> TriageInput:
+    """Blocking (run it in a worker thread): parse, validate and read a ``$triage`` body; ``resolve``
+    fetches a photo given by reference (raising FhirError when it cannot)."""
+    return read_fhir_triage(parse_json_body(body, max_resources), resolve)
 
 
 def _ref(resource: Any) -> str | None:
@@ -210,6 +216,19 @@ def photo_bytes(resource: Any) -> bytes | None:
     return None
 
 
+def attachment_url(resource: Any) -> str | None:
+    """The photo's reference when it is not inline: ``Attachment.url`` of a Media or DocumentReference
+    (an image or untyped attachment), or None."""
+    kind = resource.get_resource_type()
+    attachments = [resource.content] if kind == "Media" else []
+    if kind == "DocumentReference":
+        attachments = [c.attachment for c in resource.content or []]
+    for att in attachments:
+        if att is not None and att.url and (not att.contentType or att.contentType.startswith("image/")):
+            return str(att.url)
+    return None
+
+
 def photo_time(resource: Any) -> str:
     """Sort key: when the photo was taken or filed (ISO text; empty when unknown)."""
     kind = resource.get_resource_type()
@@ -243,7 +262,7 @@ def _parameter_value(p: Any) -> Any:
     return None
 
 
-def read_fhir_triage(payload: Any) -> TriageInput:
+def read_fhir_triage(payload: Any, resolve: PhotoResolver | None = None) -> TriageInput:
     """A Parameters or Bundle payload (parsed JSON) -> the engine's input; raises FhirError."""
     resource = parse_resource(payload, ("Parameters", "Bundle"))
     reader = ClinicalReader()
@@ -251,10 +270,13 @@ def read_fhir_triage(payload: Any) -> TriageInput:
     subject: str | None = None
     option_values: dict[str, Any] = {}
     resources: list[Any] = []
+    photo_refs: list[str] = []  # an ``image`` parameter given as a Reference
     if resource.get_resource_type() == "Parameters":
         for p in resource.parameter or []:
             if p.resource is not None:
                 resources.append(p.resource)
+            elif p.name == "image" and p.valueReference is not None and p.valueReference.reference:
+                photo_refs.append(str(p.valueReference.reference))
             elif p.name == "symptoms":
                 reader.add_symptoms(_parameter_value(p))
             elif p.name in _OPTION_PARAMETERS:
@@ -279,27 +301,36 @@ def read_fhir_triage(payload: Any) -> TriageInput:
             reader.observation(r)
         elif kind in PHOTO_TYPES:
             photos.append(r)
-    if not photos:
+    if not photos and not photo_refs:
         raise FhirError(
             422,
-            "No photo: add the skin photo as a Media, Binary or DocumentReference with inline data.",
+            "No photo: add the skin photo as a Media, Binary or DocumentReference (inline data or a reference).",
             code="required",
         )
-    if len(photos) > 1:
+    if len(photos) + len(photo_refs) > 1:
         raise FhirError(422, "Send exactly one photo per request.", code="too-costly")
-    data = photo_bytes(photos[0])
+    data = photo_bytes(photos[0]) if photos else None
     if not data:
-        raise FhirError(
-            422,
-            f"The {photos[0].get_resource_type()} has no inline image data (attachment.data with an image/* "
-            "contentType); links to photos are not fetched.",
-            code="required",
-        )
+        ref = photo_refs[0] if photo_refs else attachment_url(photos[0])
+        if ref is None or resolve is None:
+            kind = photos[0].get_resource_type() if photos else "image"
+            raise FhirError(
+                422,
+                f"The {kind} has no inline image data (attachment.data with an image/* contentType)"
+                + (
+                    " and no reference."
+                    if ref is None
+                    else "; photos by reference need a FHIR server configured "
+                    "for SMART Backend Services (DERMTRIAGE_SMART_CLIENTS)."
+                ),
+                code="required",
+            )
+        data = resolve(ref)
     return TriageInput(
         image=data,
         options=_options(option_values),
         clinical=reader.clinical(),
         subject=subject,
-        photo_ref=_ref(photos[0]),
+        photo_ref=_ref(photos[0]) if photos else photo_refs[0][:200],
         inputs=reader.used,
     )

@@ -8,6 +8,7 @@ from service.routes.health import HealthController
 from service.routes.metrics import MetricsController
 from service.routes.model_cards import ModelsController
 from service.routes.monitoring import MonitoringController
+from service.routes.smart import SmartLaunchController
 from service.routes.triage import TriageController
 from service.routes.viewer import VIEWER_HANDLERS
 
@@ -21,6 +22,7 @@ CONTROLLERS = [
     MetricsController,
     FhirController,
     CdsHooksController,
+    SmartLaunchController,
     *VIEWER_HANDLERS,
 ]
 

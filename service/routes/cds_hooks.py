@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any, TypeVar
 
@@ -14,8 +15,8 @@ from litestar.params import Parameter
 from pydantic import BaseModel
 
 from service.auth.guard import CDS_JWT_SECURITY, auth_of, cds_issuer_of
-from service.cds_hooks.cards import triage_card
-from service.cds_hooks.prefetch import gather, read_patient_data
+from service.cds_hooks.cards import CS_OVERRIDE, OVERRIDE_CODES, triage_card
+from service.cds_hooks.prefetch import gather, photo_session, read_patient_data
 from service.cds_hooks.services import SERVICE_ID, CdsRequest, FeedbackRequest, discovery
 from service.cds_hooks.state import CdsState, FeedbackRecord, photo_key
 from service.intake import load_json
@@ -24,8 +25,11 @@ from service.problems import Problem, request_id_of, validated
 from service.results import client_of, principal_of
 from service.runtime import InferenceRunner, ServiceState
 from service.schemas import TriageOptions
+from service.smart.launch import LaunchError
+from service.smart.state import smart_state
 
 CDS_OPTIONS = TriageOptions(top_k=5)
+log = logging.getLogger("dermtriage.cds")
 M = TypeVar("M", bound=BaseModel)
 CARDS_EXAMPLE = {
     "cards": [
@@ -45,10 +49,31 @@ CARDS_EXAMPLE = {
                     "label": "Open in the dermtriage viewer",
                     "url": "https://dermtriage.example.org/viewer?result=9c1f0e7a2b4d4e6f8a0b1c2d3e4f5a6b"
                     "&share=Hk3xq0Vb2mN9pL4sT7wY1A",
-                    "type": "smart",
-                    "appContext": '{"result": "9c1f0e7a2b4d4e6f8a0b1c2d3e4f5a6b", "share": "Hk3xq0Vb2mN9pL4sT7wY1A"}',
+                    "type": "absolute",
                 }
             ],
+            "overrideReasons": [
+                {
+                    "system": "https://dermtriage.dev/fhir/CodeSystem/card-override-reason",
+                    "code": "already-referred",
+                    "display": "Already referred or under dermatology care",
+                }
+            ],
+            "suggestions": [
+                {
+                    "label": "Refer to dermatology (urgent)",
+                    "uuid": "5b0c9a7e-1d2f-5e3a-8b4c-6d7e8f9a0b1c",
+                    "isRecommended": True,
+                    "actions": [
+                        {
+                            "type": "create",
+                            "description": "Draft a dermatology referral",
+                            "resource": {"resourceType": "ServiceRequest", "status": "draft", "intent": "proposal"},
+                        }
+                    ],
+                }
+            ],
+            "selectionBehavior": "at-most-one",
         }
     ]
 }
@@ -80,6 +105,35 @@ async def _json(request: Request[Any, Any, Any], model: type[M]) -> M:
 
 
 _SERVICE_ID = Parameter(description="the CDS service id from discovery", examples=[Example(value=SERVICE_ID)])
+
+
+async def _backend_token(request: Request[Any, Any, Any], call: CdsRequest) -> str | None:
+    """A SMART Backend Services token for the call's fhirServer when the call grants no fhirAuthorization
+    and that server is configured with ``backend`` (None otherwise, or when the EHR refuses)."""
+    if call.fhirAuthorization is not None:
+        return None
+    smart = smart_state(request.app.state)
+    client = smart.client_for(call.fhirServer)
+    if client is None or client.backend is None:
+        return None
+    try:
+        return await anyio.to_thread.run_sync(smart.backend.token, client)
+    except LaunchError as exc:
+        log.info("backend token refused", extra={"reason": exc.detail})
+        return None
+
+
+def _check_override_reason(reason: dict[str, Any] | None) -> None:
+    """A reason in this service's code system must be one the cards offer (others are the EHR's own)."""
+    if reason and reason.get("system") == CS_OVERRIDE and reason.get("code") not in OVERRIDE_CODES:
+        raise Problem(
+            "unknown-override-reason",
+            422,
+            "overrideReason.reason.code is not one of the card's overrideReasons: "
+            + ", ".join(sorted(OVERRIDE_CODES))
+            + ".",
+            title="Unknown override reason",
+        )
 
 
 class CdsHooksController(Controller):
@@ -146,8 +200,11 @@ class CdsHooksController(Controller):
         if call.hook != "patient-view":
             raise Problem("unsupported-hook", 400, f"This service answers patient-view, not {call.hook[:40]!r}.")
         state = cds_state(request)
-        data = await anyio.to_thread.run_sync(gather, call, state.fhir_fetcher, cds_issuer_of(request))
-        patient = await anyio.to_thread.run_sync(read_patient_data, data, CDS_OPTIONS)
+        issuer = cds_issuer_of(request)
+        backend = await _backend_token(request, call)
+        data = await anyio.to_thread.run_sync(gather, call, state.fhir_fetcher, issuer, backend)
+        session = photo_session(call, state.fhir_fetcher, issuer, backend)  # photos by reference
+        patient = await anyio.to_thread.run_sync(read_patient_data, data, CDS_OPTIONS, session)
         if patient.image is None:
             return {"cards": []}
         key = photo_key(patient.image, CDS_OPTIONS, patient.clinical)
@@ -161,7 +218,15 @@ class CdsHooksController(Controller):
             state.cache.put(key, result)
         share = service.results.share_token(result.id, owner)  # the card link's capability for this answer
         base = auth_of(request).base_url(request)
-        card = triage_card(result, base, share=share, photo_ref=patient.photo_ref, photo_taken=patient.photo_taken)
+        card = triage_card(
+            result,
+            base,
+            share=share,
+            photo_ref=patient.photo_ref,
+            photo_taken=patient.photo_taken,
+            smart=smart_state(request.app.state).client_for(call.fhirServer) is not None,
+            patient_id=call.context.patientId,
+        )
         state.cards.add(card["uuid"], rid)
         return {"cards": [card]}
 
@@ -183,6 +248,8 @@ class CdsHooksController(Controller):
     async def feedback(self, request: Request[Any, Any, Any], service_id: str = _SERVICE_ID) -> dict[str, Any]:
         _known_service(service_id)
         parsed = await _json(request, FeedbackRequest)
+        for item in parsed.feedback:
+            _check_override_reason(item.overrideReason.reason if item.overrideReason else None)
         state = cds_state(request)
         for item in parsed.feedback:
             await state.feedback.add(

@@ -6,15 +6,16 @@ from dataclasses import dataclass
 from typing import Any
 
 import anyio
-from litestar import Controller, Request, Response, post
+from litestar import Controller, Request, Response, get, post
 from litestar.di import NamedDependency
 from litestar.exceptions import HTTPException
 from litestar.openapi import ResponseSpec
 from litestar.openapi.spec import Example, OpenAPIMediaType, Operation, RequestBody, Schema
 from litestar.openapi.spec.enums import OpenAPIType
 
-from service.auth.guard import API_KEY_SECURITY
+from service.auth.guard import API_KEY_SECURITY, auth_of
 from service.engine import TriageEngine
+from service.fhir.conformance import capability_statement, operation_definition
 from service.fhir.intake import read_fhir_body
 from service.fhir.negotiate import fhir_response
 from service.fhir.outcome import FHIR_JSON, FhirError, handle_fhir_error, handle_problem_as_outcome, outcome_response
@@ -23,6 +24,8 @@ from service.openapi import example_response
 from service.problems import Problem, request_id_of
 from service.results import client_of, principal_of
 from service.runtime import InferenceRunner, ServiceState
+from service.smart.photos import backend_photo_resolver
+from service.smart.state import smart_state
 
 _B64 = "/9j/4AAQSkZJRgABAQAAAQABAAD/2wBDAAgGBgcGBQgHBwcJCQgKDBQNDAsLDBkSEw8UHSEaHR8e..."
 PARAMETERS_EXAMPLE = {
@@ -96,7 +99,8 @@ OUTCOME_EXAMPLE = {
         {
             "severity": "error",
             "code": "required",
-            "diagnostics": "No photo: add the skin photo as a Media, Binary or DocumentReference with inline data.",
+            "diagnostics": "No photo: add the skin photo as a Media, Binary or DocumentReference "
+            "(inline data or a reference).",
         }
     ],
 }
@@ -143,6 +147,35 @@ class FhirController(Controller):
         HTTPException: handle_http_error,
     }
 
+    @get(
+        "/metadata",
+        summary="FHIR CapabilityStatement (R4 4.0.1): the $triage operation, formats and security",
+        opt={"auth": "open"},
+        responses={
+            200: example_response(
+                dict, "CapabilityStatement", "metadata", {"resourceType": "CapabilityStatement"}, FHIR_JSON
+            )
+        },
+        sync_to_thread=False,
+    )
+    def metadata(self, request: Request[Any, Any, Any], service: NamedDependency[ServiceState]) -> Response[bytes]:
+        smart = bool(service.settings.smart_client_configs())
+        return Response(capability_statement(auth_of(request).base_url(request), smart), media_type=FHIR_JSON)
+
+    @get(
+        "/OperationDefinition/triage",
+        summary="FHIR OperationDefinition of $triage",
+        opt={"auth": "open"},
+        responses={
+            200: example_response(
+                dict, "OperationDefinition", "triage", {"resourceType": "OperationDefinition"}, FHIR_JSON
+            )
+        },
+        sync_to_thread=False,
+    )
+    def triage_definition(self, request: Request[Any, Any, Any]) -> Response[bytes]:
+        return Response(operation_definition(auth_of(request).base_url(request)), media_type=FHIR_JSON)
+
     @post(
         "/$triage",
         status_code=200,
@@ -150,7 +183,8 @@ class FhirController(Controller):
         description=(
             "Send a Parameters or Bundle (application/fhir+json) with a Patient (age from birthDate, sex from "
             "gender), Observations (risk factors with dermtriage's risk-factor codes, LOINC 30525-0 age, symptoms) "
-            "and exactly one photo as Media, Binary or DocumentReference with inline data. The answer is the same "
+            "and exactly one photo as Media, Binary or DocumentReference with inline data, or by reference (an "
+            "absolute URL on a FHIR server configured for SMART Backend Services). The answer is the same "
             "Bundle `POST /v1/triage?format=fhir` gives: RiskAssessment, Observations, DiagnosticReport, Media per "
             "heatmap, Device, Provenance. Errors are OperationOutcome: 400 malformed, 422 unusable, 415, 401, 429."
         ),
@@ -181,7 +215,8 @@ class FhirController(Controller):
                 headers={"Accept-Post": FHIR_JSON},
             )
         body = await request.body()  # parsing and FHIR validation run in a worker thread, never on the event loop
-        received = await anyio.to_thread.run_sync(read_fhir_body, body, service.settings.max_fhir_resources)
+        resolve = backend_photo_resolver(smart_state(request.app.state))  # photos by reference
+        received = await anyio.to_thread.run_sync(read_fhir_body, body, service.settings.max_fhir_resources, resolve)
         result = await service.triage(received, request_id_of(request), principal_of(request), client_of(request))
         return fhir_response(
             request, result, subject=received.subject, photo=received.photo_ref, inputs=received.inputs
