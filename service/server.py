@@ -81,10 +81,13 @@ def warn_if_unauthenticated(settings: Settings) -> None:
 def share_metrics(settings: Settings) -> str | None:
     """With several workers: the folder their metrics go through (``PROMETHEUS_MULTIPROC_DIR``: kept
     when set, else a fresh one), exported before uvicorn starts them; None with one worker."""
-    if settings.workers <= 1:
-        return None
+    # Set but empty, prometheus_client (when imported) would write its files to the working directory.
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR") == "":
+        del os.environ["PROMETHEUS_MULTIPROC_DIR"]
     from service.metrics import MULTIPROC_ENV
 
+    if settings.workers <= 1:
+        return None
     folder = os.environ.get(MULTIPROC_ENV) or tempfile.mkdtemp(prefix="dermtriage-metrics-")
     os.environ[MULTIPROC_ENV] = folder
     if not settings.redis_url:

@@ -149,3 +149,14 @@ def test_replayed_cds_token_refused_by_the_other_worker(server: Server) -> None:
         assert r.status_code == 401 and "replay" in r.json()["detail"], r.text
 
     on_both_workers(base, replay)
+
+
+def test_serve_shares_metrics_only_with_several_workers(monkeypatch: pytest.MonkeyPatch) -> None:
+    from service.server import share_metrics
+    from service.settings import Settings
+
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", "")  # empty: never the working directory
+    assert share_metrics(Settings(workers=1)) is None and "PROMETHEUS_MULTIPROC_DIR" not in os.environ
+    folder = share_metrics(Settings(workers=2))
+    assert folder and Path(folder).is_dir() and os.environ["PROMETHEUS_MULTIPROC_DIR"] == folder
+    shutil.rmtree(folder)
