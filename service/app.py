@@ -28,11 +28,12 @@ from service.metrics import Metrics
 from service.middleware import RequestContextMiddleware
 from service.openapi import finish_openapi
 from service.problems import EXCEPTION_HANDLERS
-from service.results import MemoryResultStore
+from service.results import MemoryResultStore, RedisResultStore, ResultStore
 from service.routes import CONTROLLERS
 from service.routes.deps import provide_engine, provide_runner, provide_service
 from service.runtime import InferenceRunner, ServiceState, build_engine, registry_catalog
 from service.settings import Settings
+from service.shared_state import DegradedHeader, SharedState
 from service.store.cases import CaseStore
 from service.store.feedback import DatabaseFeedbackStore
 
@@ -145,8 +146,18 @@ def _lifespan(service: ServiceState, purgeable: Sequence[Purgeable]):  # type: i
         if service.cases is not None:  # after the drain task stopped: write what is queued, then close
             with anyio.CancelScope(shield=True):
                 await service.cases.stop()
+        await service.shared.close()
 
     return lifespan
+
+
+def result_store(settings: Settings, shared: SharedState) -> ResultStore:
+    """Answers by id in Redis when configured (and not turned off by a size of 0), else in memory."""
+    if shared.client is not None and settings.result_store_size > 0:
+        return RedisResultStore(shared.client, settings.result_ttl_s, max_heatmap_bytes=settings.result_heatmap_bytes)
+    return MemoryResultStore(
+        settings.result_store_size, settings.result_ttl_s, max_heatmap_bytes=settings.result_heatmap_bytes
+    )
 
 
 def create_app(settings: Settings | None = None, engine: TriageEngine | None = None) -> Litestar:
@@ -155,17 +166,17 @@ def create_app(settings: Settings | None = None, engine: TriageEngine | None = N
     metrics = Metrics()
     runner = InferenceRunner.from_settings(settings, metrics)
     cases = CaseStore(settings, metrics)
+    shared = SharedState.from_url(settings.redis_url)
     service = ServiceState(
         settings=settings,
         metrics=metrics,
         runner=runner,
         engine=engine,
-        results=MemoryResultStore(
-            settings.result_store_size, settings.result_ttl_s, max_heatmap_bytes=settings.result_heatmap_bytes
-        ),
+        results=result_store(settings, shared),
         cases=cases,
+        shared=shared,
     )
-    cds = CdsState.from_settings(settings)
+    cds = CdsState.from_settings(settings, shared)
     cds.feedback = DatabaseFeedbackStore(cases)
     cors = (
         CORSConfig(allow_origins=settings.cors_origins, allow_methods=["GET", "POST"], expose_headers=["X-Request-ID"])
@@ -175,7 +186,7 @@ def create_app(settings: Settings | None = None, engine: TriageEngine | None = N
     app = Litestar(
         route_handlers=CONTROLLERS,
         lifespan=[_lifespan(service, (service.results, cds.cache))],
-        state=State({"service": service, "auth": build_auth(settings), "cds": cds}),
+        state=State({"service": service, "auth": build_auth(settings, shared), "cds": cds}),
         guards=[require_credentials],
         dependencies={
             "service": Provide(provide_service, sync_to_thread=False),
@@ -202,6 +213,6 @@ def create_app(settings: Settings | None = None, engine: TriageEngine | None = N
     )
     # Outermost, so 404s and errors raised before routing get a request id, a log line and metrics too.
     context = RequestContextMiddleware(app.asgi_handler, metrics, settings.body_read_timeout_s)
-    app.asgi_handler = SecurityHeaders(context)
+    app.asgi_handler = SecurityHeaders(DegradedHeader(context))
     finish_openapi(app.openapi_schema)  # corrections found by fuzzing (service/openapi.py)
     return app

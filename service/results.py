@@ -5,28 +5,35 @@ one later, for the principal that made it.
 time in this process (answers hold patient data: nothing is written to disk). Each answer is kept
 with its owner (`api-key:<name>`, the CDS principal, or `anonymous` when authentication is off) and
 a share token (a capability for that one answer, put in CDS Hooks card links); a read by anyone
-else is answered like a missing id. Nothing overwrites a stored answer. A shared store (Redis, a
-database) can implement the same methods for several workers. `TtlCache` is the bounded,
-time-limited map under it, also used for the CDS Hooks photo cache.
+else is answered like a missing id. Nothing overwrites a stored answer. `RedisResultStore` keeps
+the same for every worker and replica (``DERMTRIAGE_REDIS_URL``). `TtlCache` is the bounded,
+time-limited map under the memory store, also used for the CDS Hooks photo cache.
 """
 
 from __future__ import annotations
 
 import hmac
+import json
+import math
 import secrets
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from service.schemas import TriageResult
+from service.shared_state import KEY_PREFIX, mark_degraded, redis_errors
+
+if TYPE_CHECKING:
+    import redis
 
 V = TypeVar("V")
 ANONYMOUS = "anonymous"
 SHARE_HEADER = "X-Result-Share"  # a result's share token, from a CDS Hooks card link
 DEFAULT_HEATMAP_BYTES = 64 * 1024 * 1024
+MAX_ID_CHARS = 64  # server-minted ids are 32 hex digits; a longer one is never looked up
 
 
 def principal_of(connection: Any) -> str:
@@ -227,3 +234,65 @@ class MemoryResultStore:
 
     def __len__(self) -> int:
         return len(self._cache)
+
+
+class RedisResultStore:
+    """The same contract in Redis, for every worker and replica: ``SET NX EX`` (an id is never
+    overwritten; Redis expires it after ``ttl_s``). An answer whose heatmaps pass
+    ``max_heatmap_bytes`` is kept without them; the total is bounded by the server's ``maxmemory``.
+
+    Redis unreachable: ``put`` keeps nothing and the response says ``X-Result-Cache: unavailable``;
+    reads miss (the route then asks the case database)."""
+
+    def __init__(
+        self, client: redis.Redis, ttl_s: float = 3600.0, *, max_heatmap_bytes: int = DEFAULT_HEATMAP_BYTES
+    ) -> None:
+        self.client = client
+        self.ttl_s = max(1, math.ceil(ttl_s))
+        self.max_heatmap_bytes = max_heatmap_bytes
+
+    @staticmethod
+    def key(result_id: str) -> str:
+        return f"{KEY_PREFIX}result:{result_id}"
+
+    def put(self, result: TriageResult, owner: str) -> None:
+        if heatmap_bytes(result) > self.max_heatmap_bytes:
+            result = result.model_copy(update={"heatmaps": None})
+        value = json.dumps(
+            {"owner": owner, "share": secrets.token_urlsafe(16), "result": result.model_dump(mode="json")}
+        )
+        try:
+            stored = self.client.set(self.key(result.id), value, nx=True, ex=self.ttl_s)
+        except redis_errors():
+            mark_degraded("result-cache")
+            return
+        if not stored:
+            raise ResultExists(f"a result is already held under id {result.id[:8]}...")
+
+    def _readable(self, result_id: str, principal: str, share_token: str | None) -> dict[str, Any] | None:
+        if len(result_id) > MAX_ID_CHARS:
+            return None
+        try:
+            raw = self.client.get(self.key(result_id))
+        except redis_errors():
+            mark_degraded("result-cache")
+            return None
+        if raw is None:
+            return None
+        held = json.loads(raw)
+        if hmac.compare_digest(held["owner"].encode(), principal.encode()):
+            return held  # type: ignore[no-any-return]
+        if share_token and hmac.compare_digest(held["share"].encode(), share_token.encode()):
+            return held  # type: ignore[no-any-return]
+        return None
+
+    def get(self, result_id: str, principal: str, share_token: str | None = None) -> TriageResult | None:
+        held = self._readable(result_id, principal, share_token)
+        return TriageResult.model_validate(held["result"]) if held is not None else None
+
+    def share_token(self, result_id: str, principal: str) -> str | None:
+        held = self._readable(result_id, principal, None)
+        return str(held["share"]) if held is not None else None
+
+    def purge(self) -> int:
+        return 0  # Redis expires keys itself

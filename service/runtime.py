@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import math
 import os
 import sys
 import threading
@@ -12,6 +13,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from functools import partial
+from pathlib import Path
 
 import torch
 
@@ -26,6 +28,7 @@ from service.problems import Problem
 from service.results import MemoryResultStore, ResultStore
 from service.schemas import ClinicalInput, Timings, TriageInput, TriageOptions, TriageResult, new_result_id
 from service.settings import Settings
+from service.shared_state import SharedState
 from service.store.cases import CaseFacts, CaseStore
 
 GIL_SWITCH_INTERVAL_S = 0.0005
@@ -38,15 +41,38 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
+
+
+def cgroup_cpu_limit(path: Path | None = None) -> int | None:
+    """The container's CPU quota in whole cores (cgroup v2 ``cpu.max``: ``QUOTA PERIOD``, rounded up),
+    or None when unlimited (``max``) or not readable (no cgroup v2)."""
+    try:
+        quota, _, period = (path or CGROUP_CPU_MAX).read_text().strip().partition(" ")
+        if quota == "max":
+            return None
+        return max(1, math.ceil(int(quota) / int(period or "100000")))
+    except (OSError, ValueError, ZeroDivisionError):
+        return None
+
+
+def usable_cpus(cpu_max: Path | None = None) -> int:
+    """Cores this process may run on: its affinity, capped by the cgroup CPU quota (a Kubernetes CPU
+    limit shows the host's cores to ``sched_getaffinity`` but throttles above the quota)."""
+    cores = len(os.sched_getaffinity(0))
+    quota = cgroup_cpu_limit(cpu_max)
+    return min(cores, quota) if quota is not None else cores
+
+
 def configure_torch(settings: Settings) -> int:
-    """Set torch's intra-op threads on purpose: the setting, else the usable CPU cores less one.
+    """Set torch's intra-op threads on purpose: the setting, else the usable CPU cores (`usable_cpus`) less one.
 
     The spare core decodes, scores (fusion, SHAP) and runs the event loop while the batcher runs the
     tower. Measured on the 2-core development machine: with 2 torch threads, a forward stalled for
     about a scheduler slice per parallel region whenever anything else held a core (1.9 s instead
     of 0.1 s per photo); 1 thread did not. Returns the count.
     """
-    threads = settings.inference_threads or max(1, len(os.sched_getaffinity(0)) - 1)
+    threads = settings.inference_threads or max(1, usable_cpus() - 1)
     torch.set_num_threads(threads)
     return threads
 
@@ -289,6 +315,7 @@ class ServiceState:
     specs: list[ModelSpec] = field(default_factory=list)
     cards: dict[str, ModelCard] = field(default_factory=dict)
     cases: CaseStore | None = None  # the case database (service/store/); None: memory only
+    shared: SharedState = field(default_factory=SharedState)  # Redis for several workers, else memory
 
     async def triage(
         self, received: TriageInput, request_id: str, owner: str, client: str | None = None

@@ -7,6 +7,10 @@ On SIGTERM uvicorn closes the listening socket, lets requests in flight finish f
 ``shutdown_grace_s``, then runs the lifespan shutdown (which stops the batcher after its queue is
 empty), so no admitted request is lost.
 
+With ``workers > 1`` the workers share their metrics through files in ``PROMETHEUS_MULTIPROC_DIR``
+(a fresh folder made here unless set), so ``/metrics`` on any worker shows them all; answers by id,
+rate limits and the JWT replay set need ``DERMTRIAGE_REDIS_URL`` to be shared (a warning says so).
+
 With ``auth_disabled`` the server binds only a loopback address unless
 ``allow_unauthenticated_network`` is also set, and it logs a warning at start either way.
 """
@@ -20,6 +24,7 @@ import logging
 import logging.config
 import os
 import sys
+import tempfile
 from typing import Any
 
 from pydantic import ValidationError
@@ -73,6 +78,27 @@ def warn_if_unauthenticated(settings: Settings) -> None:
         )
 
 
+def share_metrics(settings: Settings) -> str | None:
+    """With several workers: the folder their metrics go through (``PROMETHEUS_MULTIPROC_DIR``: kept
+    when set, else a fresh one), exported before uvicorn starts them; None with one worker."""
+    # Set but empty, prometheus_client (when imported) would write its files to the working directory.
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR") == "":
+        del os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    from service.metrics import MULTIPROC_ENV
+
+    if settings.workers <= 1:
+        return None
+    folder = os.environ.get(MULTIPROC_ENV) or tempfile.mkdtemp(prefix="dermtriage-metrics-")
+    os.environ[MULTIPROC_ENV] = folder
+    if not settings.redis_url:
+        log.warning(
+            "several workers without DERMTRIAGE_REDIS_URL: answers by id, CDS card links, rate limits and the "
+            "JWT replay check are per worker",
+            extra={"workers": settings.workers},
+        )
+    return folder
+
+
 def serve(overrides: dict[str, Any]) -> int:
     given = {k: v for k, v in overrides.items() if v is not None}
     try:
@@ -109,6 +135,7 @@ def serve(overrides: dict[str, Any]) -> int:
         },
     )
     warn_if_unauthenticated(settings)
+    share_metrics(settings)
     uvicorn.run(
         "service.app:create_app",
         factory=True,

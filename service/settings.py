@@ -153,6 +153,12 @@ class Settings(BaseSettings):
     retention_days: float | None = Field(
         default=None, gt=0, description="purge cases and their photos older than this (None: keep)"
     )
+    # more than one process (issue 20): see service/shared_state.py and the README's "More than one process"
+    redis_url: str | None = Field(
+        default=None,
+        description="Redis shared by every worker and replica (redis://host:6379/0): answers by id, CDS photo "
+        "cache and card links, rate-limit buckets, JWT replay set; None: this process's memory",
+    )
 
     # EHR integration (issue 23): see service/smart/ and the README's "Integrating with an EHR"
     smart_clients: Annotated[dict[str, Any], NoDecode] = Field(

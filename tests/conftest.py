@@ -108,3 +108,26 @@ def engine(tiny_clip: Any) -> Any:
     from service.engine import TriageEngine
 
     return TriageEngine(tiny_clip, load_taxonomy())
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> str:
+    """A real Redis server's URL (``DERMTRIAGE_TEST_REDIS_URL``; `.ci/run` starts Debian's). Without the
+    variable the Redis tests are skipped, except under ``CI=true``, where they fail."""
+    url = os.environ.get("DERMTRIAGE_TEST_REDIS_URL")
+    if not url:
+        reason = "no Redis server: set DERMTRIAGE_TEST_REDIS_URL (redis://127.0.0.1:PORT/0); .ci/run starts one"
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return url
+
+
+@pytest.fixture
+def redis_url(redis_server: str) -> str:
+    """The real Redis server, emptied for this test."""
+    import redis
+
+    with redis.Redis.from_url(redis_server) as client:
+        client.flushdb()
+    return redis_server

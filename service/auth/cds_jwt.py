@@ -16,19 +16,25 @@ the service fetch on every request.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import jwt
 from jwt import PyJWK, PyJWKSet
 
 from service.auth.cds_config import IssuerConfig
 from service.safe_http import Budget, FetchRefused, OutboundPolicy, get
+from service.shared_state import KEY_PREFIX, redis_errors, unavailable
+
+if TYPE_CHECKING:
+    import redis
 
 ASYMMETRIC_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512")
 STRING_HEADERS = ("alg", "kid", "jku", "typ", "cty")
@@ -50,8 +56,14 @@ def jwks_fetcher(policy: OutboundPolicy, timeout_s: float = 3.0, max_bytes: int 
     return fetch
 
 
+class Replays(Protocol):
+    def check_and_add(self, key: str, expires: float) -> bool:
+        """True if new (and now recorded), False if replayed."""
+        ...
+
+
 class ReplayCache:
-    """Seen ``jti`` values until their token expires (bounded by the lifetime limit)."""
+    """Seen ``jti`` values until their token expires (bounded by the lifetime limit), in this process."""
 
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self._seen: dict[str, float] = {}
@@ -68,6 +80,25 @@ class ReplayCache:
                 return False
             self._seen[key] = expires
             return True
+
+
+class RedisReplayCache:
+    """The seen ``jti`` set in Redis, for every worker and replica: ``SET NX`` with the token's remaining
+    lifetime as TTL (the key is a hash of issuer and jti). Redis unreachable: fails closed (503), since
+    a replay could not be refused."""
+
+    def __init__(self, client: redis.Redis, clock: Callable[[], float] = time.time) -> None:
+        self.client = client
+        self._clock = clock
+
+    def check_and_add(self, key: str, expires: float) -> bool:
+        digest = hashlib.sha256(key.encode()).hexdigest()
+        ttl = max(1, math.ceil(expires - self._clock()))
+        try:
+            return bool(self.client.set(f"{KEY_PREFIX}jti:{digest}", b"1", nx=True, ex=ttl))
+        except redis_errors():
+            log.warning("jti replay check impossible: redis unreachable")
+            raise unavailable("a CDS Hooks token's replay (jti)") from None
 
 
 @dataclass(frozen=True)
@@ -117,6 +148,7 @@ class CdsJwtVerifier:
         min_refresh_s: float = 60.0,
         failure_ttl_s: float = 10.0,
         clock: Callable[[], float] = time.time,
+        replays: Replays | None = None,
     ) -> None:
         configs = issuers.values() if isinstance(issuers, Mapping) else issuers
         self.issuers = {c.issuer: c for c in configs}
@@ -130,7 +162,7 @@ class CdsJwtVerifier:
         self._clock = clock
         self._jku_cache: dict[str, _JkuEntry] = {}
         self._locks = {url: threading.Lock() for c in self.issuers.values() for url in c.jku}
-        self.replays = ReplayCache(clock)
+        self.replays: Replays = replays or ReplayCache(clock)
 
     @property
     def configured(self) -> bool:

@@ -19,11 +19,12 @@ from litestar.handlers.base import BaseRouteHandler
 from litestar.openapi.spec import Components, SecurityScheme
 
 from service.auth.api_keys import ApiKeyRegistry
-from service.auth.cds_jwt import CdsJwtVerifier, JwtRejected, jwks_fetcher
-from service.auth.rate_limit import RateLimiter, retry_after_header
+from service.auth.cds_jwt import CdsJwtVerifier, JwtRejected, RedisReplayCache, jwks_fetcher
+from service.auth.rate_limit import Limiter, RateLimiter, RedisRateLimiter, retry_after_header
 from service.problems import Problem
 from service.safe_http import OutboundPolicy
 from service.settings import Settings
+from service.shared_state import SharedState
 
 Scheme = Literal["open", "api_key", "cds_jwt"]
 # Open without credentials: liveness/readiness (orchestrators), Prometheus metrics (counts and
@@ -50,7 +51,7 @@ CDS_JWT_SECURITY: list[dict[str, list[str]]] = [{"cdsJwt": []}]
 class AuthState:
     disabled: bool
     keys: ApiKeyRegistry
-    limiter: RateLimiter
+    limiter: Limiter
     cds: CdsJwtVerifier
     public_url: str | None = None
 
@@ -59,14 +60,19 @@ class AuthState:
         return (self.public_url or str(connection.base_url)).rstrip("/")
 
 
-def build_auth(settings: Settings) -> AuthState:
+def build_auth(settings: Settings, shared: SharedState | None = None) -> AuthState:
+    """Rate-limit buckets and the jti replay set in Redis when ``shared`` has clients, else in memory."""
+    rate, burst = settings.api_rate_per_minute, settings.api_rate_burst
+    limiter: Limiter = RateLimiter(rate, burst)
+    replays = None
+    if shared is not None and shared.client is not None and shared.aclient is not None:
+        limiter, replays = RedisRateLimiter(shared.aclient, rate, burst), RedisReplayCache(shared.client)
+    fetcher = jwks_fetcher(OutboundPolicy.allowing(settings.cds_fetch_allow_hosts))
     return AuthState(
         disabled=settings.auth_disabled,
         keys=ApiKeyRegistry.from_lines(settings.api_keys),
-        limiter=RateLimiter(settings.api_rate_per_minute, settings.api_rate_burst),
-        cds=CdsJwtVerifier(
-            settings.cds_issuer_configs(), jwks_fetcher(OutboundPolicy.allowing(settings.cds_fetch_allow_hosts))
-        ),
+        limiter=limiter,
+        cds=CdsJwtVerifier(settings.cds_issuer_configs(), fetcher, replays=replays),
         public_url=settings.public_url,
     )
 
@@ -96,7 +102,7 @@ def _bearer(connection: ASGIConnection[Any, Any, Any, Any]) -> str | None:
     return token.strip() or None if scheme.lower() == "bearer" else None
 
 
-def check_api_key(connection: ASGIConnection[Any, Any, Any, Any], auth: AuthState) -> None:
+async def check_api_key(connection: ASGIConnection[Any, Any, Any, Any], auth: AuthState) -> None:
     challenge = 'ApiKey header="X-API-Key"'
     key = connection.headers.get(API_KEY_HEADER) or _bearer(connection)
     if not key:
@@ -106,7 +112,7 @@ def check_api_key(connection: ASGIConnection[Any, Any, Any, Any], auth: AuthStat
         raise _unauthorized(
             "The API key is not valid; ask the operator for one (dermtriage create-api-key).", challenge
         )
-    wait = auth.limiter.take(record.name, record.per_minute)
+    wait = await auth.limiter.acquire(record.name, record.per_minute)
     if wait is not None:
         raise Problem(
             "rate-limited",
@@ -157,6 +163,6 @@ async def require_credentials(connection: ASGIConnection[Any, Any, Any, Any], ha
         return
     scheme = scheme_for(connection.scope["path"], handler)
     if scheme == "api_key":
-        check_api_key(connection, auth)
+        await check_api_key(connection, auth)
     elif scheme == "cds_jwt":
         await check_cds_jwt(connection, auth)

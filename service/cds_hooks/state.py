@@ -1,21 +1,31 @@
 """What the CDS Hooks service keeps between calls: photo results (for repeat calls on the same photo),
-issued cards, and card feedback behind an interface the case database implements (`service.store.feedback`)."""
+issued cards, and card feedback behind an interface the case database implements (`service.store.feedback`).
+
+The photo results and issued cards live in this process's memory, or in Redis for every worker and
+replica when ``DERMTRIAGE_REDIS_URL`` is set (`service.shared_state`); Redis unreachable: a miss."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from service.cds_hooks.prefetch import FhirFetcher
 from service.results import TtlCache
 from service.schemas import ClinicalInput, TriageOptions, TriageResult
 from service.settings import Settings
+from service.shared_state import KEY_PREFIX, SharedState, mark_degraded, redis_errors
+
+if TYPE_CHECKING:
+    import redis
+
+CARD_TTL_S = 7 * 24 * 3600  # feedback on a card may come days later
 
 
 def photo_key(image: bytes, options: TriageOptions, clinical: ClinicalInput) -> str:
@@ -31,6 +41,32 @@ class PhotoResultCache(TtlCache[TriageResult]):
 
     def __init__(self, max_items: int = 256, ttl_s: float = 900.0, clock: Callable[[], float] = time.monotonic):
         super().__init__(max_items, ttl_s, clock, refresh_on_get=True)
+
+
+class RedisPhotoCache:
+    """``PhotoResultCache`` in Redis: the answer's JSON under the photo key, expired by Redis after
+    ``ttl_s`` (the total is bounded by the server's ``maxmemory``)."""
+
+    def __init__(self, client: redis.Redis, ttl_s: float = 900.0) -> None:
+        self.client = client
+        self.ttl_s = max(1, math.ceil(ttl_s))
+
+    def get(self, key: str) -> TriageResult | None:
+        try:
+            raw = self.client.get(f"{KEY_PREFIX}photo:{key}")
+        except redis_errors():
+            mark_degraded("photo-cache")
+            return None
+        return TriageResult.model_validate_json(raw) if raw is not None else None
+
+    def put(self, key: str, value: TriageResult) -> None:
+        try:
+            self.client.set(f"{KEY_PREFIX}photo:{key}", value.model_dump_json(), ex=self.ttl_s)
+        except redis_errors():
+            mark_degraded("photo-cache")
+
+    def purge(self) -> int:
+        return 0  # Redis expires keys itself
 
 
 @dataclass(frozen=True)
@@ -90,18 +126,51 @@ class IssuedCards:
             return self._items.get(card)
 
 
+class RedisIssuedCards:
+    """``IssuedCards`` in Redis, each for ``CARD_TTL_S``: feedback may reach another worker."""
+
+    def __init__(self, client: redis.Redis, ttl_s: int = CARD_TTL_S) -> None:
+        self.client = client
+        self.ttl_s = ttl_s
+
+    def add(self, card: str, request_id: str) -> None:
+        try:
+            self.client.set(f"{KEY_PREFIX}card:{card}", request_id, ex=self.ttl_s)
+        except redis_errors():
+            mark_degraded("card-links")
+
+    def get(self, card: str) -> str | None:
+        if len(card) > 128:
+            return None
+        try:
+            raw = self.client.get(f"{KEY_PREFIX}card:{card}")
+        except redis_errors():
+            mark_degraded("card-links")
+            return None
+        return raw.decode() if isinstance(raw, bytes) else raw
+
+
 @dataclass
 class CdsState:
-    cache: PhotoResultCache
+    cache: PhotoResultCache | RedisPhotoCache
     feedback: FeedbackStore
-    cards: IssuedCards = field(default_factory=IssuedCards)
+    cards: IssuedCards | RedisIssuedCards = field(default_factory=IssuedCards)
     fhir_fetcher: FhirFetcher = field(default_factory=lambda: FhirFetcher({}))  # default: fetches nothing
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> CdsState:
-        """The cache sizes and the per-issuer FHIR fetching rules of ``settings``."""
+    def from_settings(cls, settings: Settings, shared: SharedState | None = None) -> CdsState:
+        """The cache sizes and the per-issuer FHIR fetching rules of ``settings``; the photo cache and
+        the issued cards in Redis when ``shared`` has a client."""
+        fetcher = FhirFetcher.from_settings(settings)
+        if shared is not None and shared.client is not None:
+            cache: PhotoResultCache | RedisPhotoCache = (
+                RedisPhotoCache(shared.client, settings.cds_cache_ttl_s)
+                if settings.cds_cache_size > 0
+                else PhotoResultCache(0, settings.cds_cache_ttl_s)  # caching off
+            )
+            return cls(cache, MemoryFeedbackStore(), RedisIssuedCards(shared.client), fhir_fetcher=fetcher)
         return cls(
             PhotoResultCache(settings.cds_cache_size, settings.cds_cache_ttl_s),
             MemoryFeedbackStore(),
-            fhir_fetcher=FhirFetcher.from_settings(settings),
+            fhir_fetcher=fetcher,
         )

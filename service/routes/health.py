@@ -31,10 +31,17 @@ class Liveness(BaseModel):
 
 
 class Readiness(BaseModel):
-    status: str = "ready"
+    status: str = Field(
+        default="ready", description="`ready`, or `degraded` while a dependency the service runs without is down"
+    )
     model: ModelRef
     database: dict[str, Any] | None = Field(
         default=None, description="the case database: status, detail, pending, written, failed and lost writes"
+    )
+    shared_state: dict[str, Any] | None = Field(
+        default=None,
+        description="where answers by id, rate limits and the JWT replay set live: backend (memory|redis), "
+        "where, status (ok|down), detail. Redis down: triage goes on uncached, CDS Hooks calls get 503",
     )
 
 
@@ -53,7 +60,8 @@ class HealthController(Controller):
 
     @get(
         "/ready",
-        summary="Readiness: 200 once the model is loaded and warmed up (and the case database answers), 503 before",
+        summary="Readiness: 200 once the model is loaded and warmed up (and the case database answers), 503 before; "
+        "`status: degraded` names a dependency that is down but not required (Redis)",
         responses={
             200: ResponseSpec(
                 Readiness,
@@ -73,9 +81,8 @@ class HealthController(Controller):
             ),
             **problem_responses(NOT_READY, DATABASE_DOWN),
         },
-        sync_to_thread=False,
     )
-    def ready(self, service: NamedDependency[ServiceState]) -> Readiness:
+    async def ready(self, service: NamedDependency[ServiceState]) -> Readiness:
         model = service.require_engine().model_ref
         database = service.cases.readiness() if service.cases is not None else None
         if database is not None and database["required"] and database["status"] != "ok":
@@ -89,4 +96,6 @@ class HealthController(Controller):
                 title="Database unavailable",
                 headers={"Retry-After": "5"},
             )
-        return Readiness(model=model, database=database)
+        shared = await service.shared.readiness()
+        status = "degraded" if shared["status"] != "ok" else "ready"
+        return Readiness(status=status, model=model, database=database, shared_state=shared)
