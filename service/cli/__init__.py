@@ -23,6 +23,7 @@ from service.cli import (
     fit,
     list_models,
     predict,
+    segmentation,
     serve,
     train_embedded,
 )
@@ -42,6 +43,7 @@ COMMANDS = (
     db,
     export,
     faithfulness,
+    segmentation,
 )
 
 
