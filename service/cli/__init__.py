@@ -14,6 +14,7 @@ from service.cli import (
     bench,
     build_text_cache,
     calibrate,
+    compare_eval,
     create_api_key,
     db,
     evaluate,
@@ -44,6 +45,7 @@ COMMANDS = (
     export,
     faithfulness,
     segmentation,
+    compare_eval,
 )
 
 
