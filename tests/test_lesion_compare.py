@@ -9,7 +9,7 @@ from PIL import Image, ImageDraw
 from scipy import ndimage
 from skimage import transform
 
-from models.lesions import PhotoSide, compare
+from models.lesions import ChangeThresholds, PhotoSide, compare
 from models.scoring.urgency import measured_change_reason
 
 SIZE = (360, 480)
@@ -61,9 +61,12 @@ def test_growth_is_measured_and_said() -> None:
     big, mb = scene(radius=50 * np.sqrt(1.3))  # the same skin, the lesion's area +30 %
     big2, mb2 = moved(big, mb)
     c = compare(side(rgb, m), side(big2, mb2))
-    assert c.verdict == "changed", c.reasons
     assert c.area_change_pct == pytest.approx(30, abs=8)
-    assert any("change in size" in r for r in c.reasons)
+    strict = compare(side(rgb, m), side(big2, mb2), ChangeThresholds(area_pct=15))
+    assert strict.verdict == "changed", strict.reasons
+    assert any("change in size" in r for r in strict.reasons)
+    under = compare(side(rgb, m), side(big2, mb2), ChangeThresholds(area_pct=40))
+    assert under.verdict == "stable" and under.change_score < 1
 
 
 def test_darkening_is_a_colour_change() -> None:

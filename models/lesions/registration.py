@@ -35,13 +35,17 @@ def to_work(rgb: np.ndarray) -> np.ndarray:
     return transform.resize(rgb, (round(h * s), round(w * s)), anti_aliasing=True, preserve_range=False)
 
 
-def _keypoints(grey: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    orb = feature.ORB(n_keypoints=600, n_scales=6, fast_threshold=0.04)
+def _keypoints(grey: np.ndarray, skin: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """ORB keypoints on the skin only (outside the dilated lesion): a lesion that grew must not pull
+    the registration's scale with it."""
+    orb = feature.ORB(n_keypoints=600, n_scales=6, fast_threshold=0.02)
     try:
         orb.detect_and_extract(grey)
     except RuntimeError:  # too few keypoints (a flat photo)
         return np.zeros((0, 2)), np.zeros((0, 256), bool)
-    return orb.keypoints, orb.descriptors
+    rows, cols = np.clip(orb.keypoints.round().astype(int).T, 0, np.array(grey.shape)[:, None] - 1)
+    keep = skin[rows, cols]
+    return orb.keypoints[keep], orb.descriptors[keep]
 
 
 _SWAP = np.array([[0.0, 1, 0], [1, 0, 0], [0, 0, 1]])
@@ -61,8 +65,8 @@ def register(earlier: np.ndarray, later: np.ndarray, skin_a: np.ndarray, skin_b:
     """Similarity transform mapping `later` onto `earlier` (both WORK_SIDE float RGB); `skin_*`: bool masks
     of the skin outside each lesion (where the correlation check looks)."""
     ga, gb = color.rgb2gray(earlier), color.rgb2gray(later)
-    ka, da = _keypoints(ga)
-    kb, db = _keypoints(gb)
+    ka, da = _keypoints(ga, skin_a)
+    kb, db = _keypoints(gb, skin_b)
     fail = Registration(False, "orb-ransac-similarity", 1.0, 0.0, (0.0, 0.0), 0, 0, 0.0, 0.0, None)
     if len(ka) < 8 or len(kb) < 8:
         return _with_reason(fail, "too few landmarks to register the photos (flat or blurred photo)")
