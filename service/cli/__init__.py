@@ -22,11 +22,13 @@ from service.cli import (
     export_runtime,
     faithfulness,
     fit,
+    heatmap_localisation,
     list_models,
     predict,
-    segmentation,
+    segment_eval,
     serve,
     train_embedded,
+    train_segmentation,
 )
 
 COMMANDS = (
@@ -44,8 +46,10 @@ COMMANDS = (
     db,
     export,
     faithfulness,
-    segmentation,
     compare_eval,
+    train_segmentation,
+    segment_eval,
+    heatmap_localisation,
 )
 
 
