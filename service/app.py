@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 
 API_VERSION = "1.0.0"
 # Routes whose answers (and errors) may carry patient data: never cached by browsers or proxies.
-PATIENT_DATA_PREFIXES = ("/v1/triage", "/v1/cases", "/fhir", "/cds-services")
+PATIENT_DATA_PREFIXES = ("/v1/triage", "/v1/cases", "/v1/lesions", "/fhir", "/cds-services")
 MAX_FORM_PARTS = 64  # image + options + up to 50 repeated candidate_labels, with room
 log = logging.getLogger("dermtriage.service")
 

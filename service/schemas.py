@@ -6,6 +6,7 @@ that may be null; clients that ignore unknown keys keep working.
 
 from __future__ import annotations
 
+import base64
 import secrets
 from dataclasses import dataclass, field
 from typing import Literal
@@ -18,6 +19,7 @@ from models.knowledge.risk_factors import RiskFactors
 from models.knowledge.symptoms import SymptomFindings
 from models.knowledge.taxonomy import Condition
 from models.scoring.urgency import UrgencyResult
+from models.segmentation import SEGMENTER_NAME, LesionSegmentation, mask_png
 from models.uncertainty.contract import Uncertainty
 from service.images import ImageInfo
 
@@ -77,6 +79,18 @@ class TriageOptions(BaseModel):
         default=False,
         description="the patient consents to keeping the photo with the case (kept only where the operator enables "
         "it: DERMTRIAGE_STORE_PHOTOS; the stored copy is re-encoded without EXIF/GPS)",
+    )
+    segment: bool = Field(
+        default=False,
+        description="add the lesion's outline: a polygon and a PNG mask in the photo's working pixels, area, longest "
+        "diameter, border irregularity and colour variegation (models/segmentation/MODEL_CARD.md)",
+    )
+    mm_per_pixel: float | None = Field(
+        default=None,
+        gt=0,
+        le=10,
+        description="with segment: the photo's scale (millimetres per pixel of the photo as sent), for mm and mm² "
+        "measures; without it they are null",
     )
     label_scope: LabelScope | None = Field(
         default=None,
@@ -173,6 +187,63 @@ class Differential(BaseModel):
     )
 
 
+class LesionOutline(BaseModel):
+    """The lesion's outline on the photo and what it measures (options.segment)."""
+
+    found: bool = Field(description="false when no lesion could be outlined (then every measure is null)")
+    reason: str | None = Field(default=None, description="why nothing was found, or a caveat about the outline")
+    method: str = Field(description="the segmenter (its card: models/segmentation/MODEL_CARD.md)")
+    photo_width: int = Field(description="width of the working copy the polygon and mask are drawn on")
+    photo_height: int = Field(description="height of the working copy")
+    confidence: float = Field(description="mean lesion probability inside the outline (0-1)")
+    polygon: list[tuple[int, int]] = Field(default_factory=list, description="outline as [x, y] working-copy pixels")
+    mask_png: str | None = Field(default=None, description="the mask as a base64 1-bit PNG (white = lesion)")
+    area_px: float | None = Field(default=None, description="lesion area in pixels of the photo as sent")
+    area_mm2: float | None = Field(default=None, description="lesion area in mm² (needs options.mm_per_pixel)")
+    longest_diameter_px: float | None = Field(default=None, description="longest (Feret) diameter, photo pixels")
+    longest_diameter_mm: float | None = Field(default=None, description="longest diameter in mm (needs the scale)")
+    border_irregularity: float | None = Field(
+        default=None, description="perimeter² / (4π area): 1 for a disc, higher for a ragged border"
+    )
+    solidity: float | None = Field(default=None, description="area / convex hull area: 1 for a convex outline")
+    colour_variegation: float | None = Field(
+        default=None, description="RMS CIELAB Delta E of the lesion's pixels from its mean colour"
+    )
+
+    @classmethod
+    def of(
+        cls, seg: LesionSegmentation, sent_width: int, mm_per_pixel: float | None = None, with_mask: bool = True
+    ) -> LesionOutline:
+        """Adapt a segmentation of the working copy; `sent_width` converts its pixels to the photo's as sent."""
+        h, w = seg.mask.shape
+        scale = sent_width / w  # photo pixels (as sent) per working pixel
+        outline = cls(
+            found=seg.found,
+            reason=seg.reason,
+            method=SEGMENTER_NAME,
+            photo_width=w,
+            photo_height=h,
+            confidence=seg.confidence,
+            polygon=seg.polygon,
+            mask_png=base64.b64encode(mask_png(seg.mask)).decode() if with_mask and seg.found else None,
+        )
+        m = seg.measures
+        if m is None:
+            return outline
+        mm = mm_per_pixel * scale if mm_per_pixel else None  # mm per working pixel
+        return outline.model_copy(
+            update={
+                "area_px": round(m.area_px * scale**2, 1),
+                "area_mm2": round(m.area_px * mm**2, 2) if mm else None,
+                "longest_diameter_px": round(m.longest_diameter_px * scale, 1),
+                "longest_diameter_mm": round(m.longest_diameter_px * mm, 2) if mm else None,
+                "border_irregularity": m.border_irregularity,
+                "solidity": m.solidity,
+                "colour_variegation": m.colour_variegation,
+            }
+        )
+
+
 class ModelRef(BaseModel):
     name: str
     version: str
@@ -240,6 +311,7 @@ class TriageResult(BaseModel):
     image: ImageInfo
     timings: Timings
     heatmaps: list[Heatmap] | None = Field(default=None, description="one per differential, same order (explain)")
+    segmentation: LesionOutline | None = Field(default=None, description="the lesion's outline (options.segment)")
     findings: SymptomFindings | None = Field(default=None, description="what the symptoms text says, negations kept")
     risk_factors: RiskFactors | None = Field(default=None, description="the validated risk factors received")
     fusion_model: str | None = Field(default=None, description="the fusion behind `probability`")

@@ -151,6 +151,7 @@ def test_every_subcommand_is_one_module_with_add_parser_and_run() -> None:
     assert set(sub.choices) == {
         "predict", "evaluate", "calibrate", "fit", "train-embedded", "build-text-cache",
         "models", "bench", "serve", "create-api-key", "faithfulness", "db", "export", "export-runtime",
+        "train-segmentation", "segment-eval", "heatmap-localisation", "compare-eval",
     }  # fmt: skip
     for choice, parser in sub.choices.items():
         assert parser.get_default("func").__name__ == "run", choice

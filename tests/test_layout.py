@@ -18,6 +18,7 @@ OFFLINE = (  # fit, evaluate, measure: never per request
     "explain.faithfulness",
     "explain.composites",
     "explain.offcentre",
+    "explain.localisation",
     "explain.sanity",
     "benchmarks",
 )

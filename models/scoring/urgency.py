@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -513,3 +513,29 @@ def urgency_report(
         "per_class": per_class,
         "thresholds": (thresholds or default_thresholds()).model_dump(mode="json"),
     }
+
+
+# A change measured by comparing two photos (models/lesions) sets the same risk factors a patient's
+# report sets, so it scores the same NG12 points through the same rules; only the reason differs.
+MEASURED_CHANGE_FIELDS = {
+    "change in size": "changed_size",
+    "change in shape": "changed_shape",
+    "change in colour": "changed_colour",
+}
+
+
+def with_measured_change(risk: RiskFactors | None, items: Iterable[str]) -> RiskFactors:
+    """`risk` (or none known) with each measured change item set, exactly as if it had been reported."""
+    base = risk or RiskFactors()
+    return base.model_copy(update={MEASURED_CHANGE_FIELDS[i]: True for i in items})
+
+
+def measured_change_reason(items: Sequence[str], details: Mapping[str, str]) -> str:
+    said = "; ".join(f"{i} ({details[i]})" if details.get(i) else i for i in items)
+    return f"NG12 change items measured by comparing two photos of the lesion, not reported: {said}"
+
+
+def mark_measured(result: UrgencyResult, items: Sequence[str], details: Mapping[str, str]) -> UrgencyResult:
+    """The urgency with a checklist reason saying which change items were measured (not reported)."""
+    reason = Reason(kind="checklist", category=result.category, text=measured_change_reason(items, details))
+    return result.model_copy(update={"reasons": [*result.reasons, reason]})

@@ -123,9 +123,7 @@ def _photo_image(resource: Any, image: bytes | None, session: FhirSession | None
         raise precondition_failed(["photo data"], str(exc)) from None
 
 
-def read_patient_data(
-    data: dict[str, Any], options: TriageOptions, session: FhirSession | None = None
-) -> TriageInput:
+def read_patient_data(data: dict[str, Any], options: TriageOptions, session: FhirSession | None = None) -> TriageInput:
     """Validated FHIR -> the newest photo (inline, or fetched by reference through ``session``) and the
     clinical input (malformed FHIR: 400). Blocking when it fetches: run in a worker thread."""
     try:

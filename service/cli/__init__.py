@@ -14,6 +14,7 @@ from service.cli import (
     bench,
     build_text_cache,
     calibrate,
+    compare_eval,
     create_api_key,
     db,
     evaluate,
@@ -21,10 +22,13 @@ from service.cli import (
     export_runtime,
     faithfulness,
     fit,
+    heatmap_localisation,
     list_models,
     predict,
+    segment_eval,
     serve,
     train_embedded,
+    train_segmentation,
 )
 
 COMMANDS = (
@@ -42,6 +46,10 @@ COMMANDS = (
     db,
     export,
     faithfulness,
+    compare_eval,
+    train_segmentation,
+    segment_eval,
+    heatmap_localisation,
 )
 
 

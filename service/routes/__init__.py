@@ -5,6 +5,7 @@ from service.routes.cds_hooks import CdsHooksController
 from service.routes.conditions import ConditionsController
 from service.routes.fhir import FhirController
 from service.routes.health import HealthController
+from service.routes.lesions import LesionsController
 from service.routes.metrics import MetricsController
 from service.routes.model_cards import ModelsController
 from service.routes.monitoring import MonitoringController
@@ -15,6 +16,7 @@ from service.routes.viewer import VIEWER_HANDLERS
 CONTROLLERS = [
     TriageController,
     CasesController,
+    LesionsController,
     MonitoringController,
     ConditionsController,
     ModelsController,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated, Any
 
 from litestar import Controller, Request, Response, get, post
@@ -15,6 +16,7 @@ from service.engine import TriageEngine
 from service.fhir.negotiate import FormatQuery, fhir_response, wants_fhir
 from service.intake import read_triage_input
 from service.openapi import TRIAGE_PROBLEMS, TRIAGE_RESULT_EXAMPLE, TriageOperation, example_response
+from service.outline import outline_in_thread
 from service.problems import Problem, request_id_of
 from service.results import SHARE_HEADER, client_of, principal_of
 from service.runtime import InferenceRunner, ServiceState
@@ -67,7 +69,17 @@ class TriageController(Controller):
     ) -> TriageResult | Response[bytes]:
         runner.check_capacity()  # back-pressure before reading a body of up to max_body_bytes
         received = await read_triage_input(request)
-        result = await service.triage(received, request_id_of(request), principal_of(request), client_of(request))
+        answer = service.triage(received, request_id_of(request), principal_of(request), client_of(request))
+        if received.options.segment and received.image is not None:
+            # The outline runs beside the triage, on its own copy of the photo; it is part of this
+            # answer only (the kept answer and the case do not store it).
+            opts = received.options
+            result, outline = await asyncio.gather(
+                answer, outline_in_thread(received.image, runner.limits, opts.mm_per_pixel)
+            )
+            result = result.model_copy(update={"segmentation": outline})
+        else:
+            result = await answer
         return fhir_response(request, result) if wants_fhir(request, output_format) else result
 
     @get(

@@ -241,3 +241,20 @@ async def delete_case(store: CaseStore, caller: Caller, case_id: str) -> None:
         photos = await remove_cases(session, [case])
         await store.audit_now(session, [audit_row(caller.principal, "delete", "case", case.id, case.id, caller.client)])
     await drop_photos(store, photos)
+
+
+async def lesion_cases(store: CaseStore, caller: Caller, lesion_ref: str, limit: int) -> tuple[list[CaseOut], int]:
+    """The caller's cases of one lesion (a reviewer: everyone's), oldest first: the last `limit` of them and
+    how many there are in all; each read audited."""
+    clauses: list[Any] = [Case.lesion_ref == lesion_ref]
+    if caller.principal not in store.reviewers:
+        clauses.append(Case.owner == caller.principal)
+    async with store.transaction() as session:
+        cases, total = await CaseRepository(session=session).get_many_and_count(
+            *clauses, OrderBy("created_at", "desc"), LimitOffset(limit, 0)
+        )
+        done = await store.reviewed(session, [c.id for c in cases])
+        await store.audit_now(
+            session, [audit_row(caller.principal, "read", "case", c.id, c.id, caller.client) for c in cases]
+        )
+    return [summary(c, c.id in done, CaseOut, answer=c.answer) for c in reversed(cases)], total

@@ -307,6 +307,8 @@
     ["ann-close", "ann-undo", "ann-clear", "ann-mode-polygon", "ann-mode-box"].forEach(function (i) {
       $(i).disabled = !drawable;
     });
+    var seg = c.result && c.result.segmentation;
+    $("ann-from-outline").disabled = !(drawable && seg && seg.found && seg.polygon && seg.polygon.length > 2);
     $("ann-photo-note").textContent = drawable
       ? "Coordinates are kept in the photo's pixels (" + c.width + "×" + c.height + ")."
       : "The photo is not in this tab (and not kept by the service): shapes cannot be drawn; lesion tags can still be saved, and saved shapes are listed below.";
@@ -324,6 +326,23 @@
     drawDraft();
   }
 
+  /* The segmenter's proposed outline as a closed draft polygon in the photo's pixels (the outline is in
+     the working copy's): the clinician corrects it (drag a point, undo, add) instead of drawing from scratch. */
+  function startFromOutline() {
+    var seg = c.result && c.result.segmentation;
+    if (!seg || !seg.polygon || seg.polygon.length < 3) return;
+    var sx = c.width / seg.photo_width;
+    var sy = c.height / seg.photo_height;
+    $("ann-mode-polygon").checked = true;
+    c.draft = {
+      kind: "polygon",
+      closed: true,
+      proposed: true,
+      points: seg.polygon.map(function (p) { return [r1(p[0] * sx), r1(p[1] * sy)]; }),
+    };
+    drawDraft();
+  }
+
   /* mouse -> photo pixels, from the displayed size */
   function toPhoto(ev) {
     var rect = $("ann-svg").getBoundingClientRect();
@@ -338,6 +357,10 @@
 
   function onClick(ev) {
     if (mode() !== "polygon" || ev.detail > 1) return; // the second click of a double-click closes instead
+    if (c.moved) {
+      c.moved = false; // the click that ends dragging a vertex adds no point
+      return;
+    }
     if (!c.draft || c.draft.kind !== "polygon" || c.draft.closed) c.draft = { kind: "polygon", points: [], closed: false };
     c.draft.points.push(toPhoto(ev));
     drawDraft();
@@ -355,7 +378,33 @@
     drawDraft();
   }
 
+  /* a closed polygon's vertex near the pointer (within 2 % of the photo's long side), or -1 */
+  function vertexAt(p) {
+    var d = c.draft;
+    if (!d || d.kind !== "polygon" || !d.closed) return -1;
+    var reach = Math.max(c.width, c.height) / 50;
+    var best = -1;
+    d.points.forEach(function (q, i) {
+      var dist = Math.hypot(q[0] - p[0], q[1] - p[1]);
+      if (dist <= reach && (best < 0 || dist < Math.hypot(d.points[best][0] - p[0], d.points[best][1] - p[1]))) best = i;
+    });
+    return best;
+  }
+
   function onDown(ev) {
+    if (mode() === "polygon" && ev.button === 0) {
+      var hit = vertexAt(toPhoto(ev));
+      if (hit < 0) return;
+      ev.preventDefault();
+      c.vertex = hit;
+      c.moved = true; // pressing a vertex never starts a new polygon
+      try {
+        ev.currentTarget.setPointerCapture(ev.pointerId);
+      } catch (e) {
+        /* capture is a nicety */
+      }
+      return;
+    }
     if (mode() !== "box" || ev.button !== 0) return;
     ev.preventDefault();
     c.drag = toPhoto(ev);
@@ -369,6 +418,13 @@
   }
 
   function onMove(ev) {
+    if (c.vertex != null) {
+      var q = toPhoto(ev);
+      c.draft.points[c.vertex] = [r1(Math.min(c.width, Math.max(0, q[0]))), r1(Math.min(c.height, Math.max(0, q[1])))];
+      c.moved = true;
+      drawDraft();
+      return;
+    }
     if (!c.drag) return;
     var p = toPhoto(ev);
     var x0 = Math.min(c.drag[0], p[0]);
@@ -378,6 +434,10 @@
   }
 
   function onUp(ev) {
+    if (c.vertex != null) {
+      c.vertex = null;
+      return;
+    }
     if (!c.drag) return;
     onMove(ev);
     c.drag = null;
@@ -710,6 +770,7 @@
       c.draft = null;
       drawDraft();
     });
+    $("ann-from-outline").addEventListener("click", startFromOutline);
     $("past-load").addEventListener("click", function () { loadPast(0); });
     $("past-prev").addEventListener("click", function () { loadPast(c.pastOffset - PAGE); });
     $("past-next").addEventListener("click", function () { loadPast(c.pastOffset + PAGE); });

@@ -286,6 +286,7 @@
       top_k: isFinite(topK) ? Math.min(20, Math.max(1, topK)) : 5,
       modality: $("opt-modality").value,
       explain: true,
+      segment: true,
     };
     var form = new FormData();
     form.append("image", state.file, state.file.name || "photo.jpg");
@@ -352,6 +353,7 @@
     renderReview(result.uncertainty);
     renderDifferentials(result);
     renderHeatmaps(result, photoURL);
+    renderOutline(result.segmentation);
     renderShap(result.urgency_shap);
     renderFindings(result);
     renderMeta(result);
@@ -670,6 +672,33 @@
     if (focus && $("heatmap-card").scrollIntoView) $("heatmap-card").scrollIntoView({ block: "nearest" });
   }
 
+  /* The lesion's outline (options.segment) over the photo, as an SVG layer in the working copy's pixels. */
+  function renderOutline(seg) {
+    var layer = $("heat-outline");
+    while (layer.firstChild) layer.removeChild(layer.firstChild);
+    var text = "";
+    if (seg && seg.found && seg.polygon && seg.polygon.length > 2) {
+      layer.setAttribute("viewBox", "0 0 " + seg.photo_width + " " + seg.photo_height);
+      var poly = document.createElementNS("http://www.w3.org/2000/svg", "polygon");
+      poly.setAttribute("points", seg.polygon.map(function (p) { return p.join(","); }).join(" "));
+      layer.appendChild(poly);
+      var parts = ["Outline: area " + (seg.area_mm2 != null ? num(seg.area_mm2, 1) + " mm²" : Math.round(seg.area_px) + " px")];
+      parts.push("longest diameter " + (seg.longest_diameter_mm != null ? num(seg.longest_diameter_mm, 1) + " mm" : Math.round(seg.longest_diameter_px) + " px"));
+      parts.push("border irregularity " + num(seg.border_irregularity, 2) + " (1 = a circle)");
+      parts.push("colour variegation ΔE " + num(seg.colour_variegation, 1));
+      text = parts.join(" · ") + (seg.reason ? ". " + seg.reason + "." : ".");
+    } else if (seg) {
+      text = "No lesion outline: " + (seg.reason || "nothing found") + ".";
+    }
+    $("outline-measures").textContent = text;
+    applyOutline();
+  }
+
+  function applyOutline() {
+    var layer = $("heat-outline");
+    layer.hidden = !$("outline-toggle").checked || !layer.firstChild;
+  }
+
   function applyOpacity() {
     var v = Number($("heat-opacity").value);
     $("heat-overlay").style.opacity = String(v / 100);
@@ -943,6 +972,7 @@
       openById(id);
     });
     $("heat-opacity").addEventListener("input", applyOpacity);
+    $("outline-toggle").addEventListener("change", applyOutline);
     $("model-card").addEventListener("toggle", loadModelCard);
     var params = new URLSearchParams(window.location.search);
     var id = params.get("result");

@@ -1,0 +1,107 @@
+"""Lesion segmentation: the measures of a mask, the outline, the served segmenter on photos."""
+
+from __future__ import annotations
+
+import base64
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw, ImageFilter
+
+from models.segmentation import LesionSegmentation, mask_png, segment
+from models.segmentation.classical import otsu_mask
+from models.segmentation.measures import measure_mask, outline_polygon
+from service.schemas import LesionOutline
+
+ISIC = Path(__file__).resolve().parents[2] / "shared" / "data" / "isic-2017"
+
+
+def disc(shape=(200, 240), centre=(100, 120), r=40) -> np.ndarray:
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    return (yy - centre[0]) ** 2 + (xx - centre[1]) ** 2 <= r**2
+
+
+def skin_photo(mask: np.ndarray, lesion=(90, 55, 40), seed: int = 0) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    px = np.array([200, 155, 128], float) + rng.normal(0, 6, (*mask.shape, 3))
+    px[mask] = np.array(lesion, float) + rng.normal(0, 6, (int(mask.sum()), 3))
+    return Image.fromarray(np.clip(px, 0, 255).astype(np.uint8)).filter(ImageFilter.GaussianBlur(1))
+
+
+def test_disc_measures_match_geometry() -> None:
+    m = disc(r=40)
+    rgb = np.asarray(skin_photo(m))
+    got = measure_mask(m, rgb, mm_per_px=0.1)
+    assert got.area_px == int(m.sum())
+    assert abs(got.longest_diameter_px - 81) < 2.5
+    assert 0.9 < got.border_irregularity < 1.15
+    assert got.solidity > 0.97
+    assert got.area_mm2 == pytest.approx(m.sum() * 0.01, rel=1e-3)
+    assert got.longest_diameter_mm == pytest.approx(got.longest_diameter_px * 0.1, rel=1e-2)
+
+
+def test_ragged_border_and_two_colours_score_higher() -> None:
+    m = disc(r=40)
+    yy, xx = np.mgrid[:200, :240]
+    angle = np.arctan2(yy - 100, xx - 120)
+    star = np.hypot(yy - 100, xx - 120) <= 40 * (1 + 0.35 * np.sin(9 * angle))
+    plain = measure_mask(m, np.asarray(skin_photo(m)))
+    ragged = measure_mask(star, np.asarray(skin_photo(star)))
+    assert ragged.border_irregularity > plain.border_irregularity + 0.3
+    assert ragged.solidity < plain.solidity - 0.1
+    two = np.asarray(skin_photo(m)).copy()
+    two[m & (xx > 120)] = (30, 30, 60)
+    assert measure_mask(m, two).colour_variegation > plain.colour_variegation + 10
+
+
+def test_outline_polygon_runs_along_the_border() -> None:
+    m = disc(r=40)
+    poly = outline_polygon(m)
+    assert len(poly) >= 8
+    radii = [np.hypot(x - 120, y - 100) for x, y in poly]
+    assert all(37 <= r <= 42 for r in radii)
+    drawn = Image.new("1", (240, 200))
+    ImageDraw.Draw(drawn).polygon(poly, fill=1)
+    back = np.asarray(drawn)
+    assert (back & m).sum() / (back | m).sum() > 0.93
+
+
+def test_mask_png_round_trips() -> None:
+    m = disc()
+    back = np.asarray(Image.open(io.BytesIO(mask_png(m))).convert("L")) > 127
+    assert np.array_equal(back, m)
+
+
+def test_otsu_baseline_finds_a_dark_lesion() -> None:
+    m = disc((256, 256), (128, 128), 50)
+    got = otsu_mask(skin_photo(m))
+    assert (got & m).sum() / (got | m).sum() > 0.8
+
+
+def test_outline_converts_working_pixels_to_the_photo_as_sent() -> None:
+    m = disc((300, 400), (140, 210), 60)
+    seg = LesionSegmentation(m, True, 0.9, outline_polygon(m), measure_mask(m, np.asarray(skin_photo(m))))
+    # the working copy is half the size of the photo as sent (800 px wide)
+    out = LesionOutline.of(seg, sent_width=800, mm_per_pixel=0.05)
+    assert out.area_px == pytest.approx(m.sum() * 4, rel=1e-3)
+    assert out.area_mm2 == pytest.approx(m.sum() * 0.1**2, rel=1e-2)
+    assert out.longest_diameter_mm == pytest.approx(seg.measures.longest_diameter_px * 0.1, rel=1e-2)
+    png = Image.open(io.BytesIO(base64.b64decode(out.mask_png)))
+    assert png.size == (400, 300)
+
+
+def test_plain_skin_has_no_lesion() -> None:
+    seg = segment(skin_photo(np.zeros((256, 256), bool)))
+    assert not seg.found and seg.measures is None and seg.reason
+
+
+@pytest.mark.skipif(not (ISIC / "masks").exists(), reason="ISIC 2017 masks not present")
+def test_segmenter_beats_the_baseline_on_isic_validation_images() -> None:
+    from models.fitting.segmentation_fit import evaluate_segmentation
+
+    report = evaluate_segmentation("validation", limit=24, root=ISIC)
+    assert report["n"] == 24
+    assert report["head"]["jaccard"] > 0.65
+    assert report["head"]["jaccard"] > report["otsu"]["jaccard"]
