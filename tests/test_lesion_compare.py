@@ -131,3 +131,16 @@ def test_the_later_outline_lands_on_the_earlier_lesion() -> None:
 def test_measured_change_reason_says_measured() -> None:
     text = measured_change_reason(["change in size"], {"change in size": "area +30 %"})
     assert "measured" in text and "area +30 %" in text
+
+
+def test_measured_change_scores_the_ng12_points_of_a_reported_one() -> None:
+    """A measured change in size and colour reaches the NG12 checklist exactly as the reported items do."""
+    from models.knowledge.risk_factors import RiskFactors
+    from models.scoring.urgency import ng12_checklist, with_measured_change
+
+    none = ng12_checklist(RiskFactors())
+    measured = ng12_checklist(with_measured_change(None, ["change in size", "change in colour"]))
+    reported = ng12_checklist(RiskFactors(changed_size=True, changed_colour=True))
+    assert measured.points == reported.points >= none.points + 4  # two major items, 2 points each
+    assert measured.suspected_cancer and not none.suspected_cancer
+    assert measured.items == reported.items
