@@ -21,7 +21,7 @@ async function showLaunch() {
     item.textContent = d.name + " " + Math.round(d.probability * 100) + "%";
     list.appendChild(item);
   }
-  document.getElementById("open").href = body.viewer_url;
+  document.getElementById("open").href = "/viewer?launch=smart"; // the full viewer, on the same launch cookie
   document.getElementById("disclaimer").textContent = result.disclaimer;
   document.getElementById("answer").hidden = false;
 }

@@ -333,6 +333,28 @@
       });
   }
 
+  /* After a SMART EHR launch: the launch's answer, read with its HttpOnly launch cookie; no API key and
+     no token in the page (the access token stays on the server). */
+  function openLaunch() {
+    $("error").hidden = true;
+    setBusy(true, "Opening the EHR launch…");
+    fetch("/viewer/launch/context", { credentials: "same-origin" })
+      .then(function (resp) {
+        return resp.json().catch(function () { return null; }).then(function (body) {
+          if (!resp.ok) throw new ProblemError(resp.status, body, "The launch failed; launch again from the EHR.");
+          return body;
+        });
+      })
+      .then(function (body) {
+        render(body.result, null);
+        setBusy(false, "EHR launch: result " + body.result.id + " opened. " + summary(body.result));
+      })
+      .catch(function (err) {
+        setBusy(false, "");
+        showError(err);
+      });
+  }
+
   /* ------------------------------------------------------------------ rendering */
 
   /* One sentence for the live region: what a screen-reader user hears when the answer arrives. */
@@ -976,7 +998,8 @@
     $("model-card").addEventListener("toggle", loadModelCard);
     var params = new URLSearchParams(window.location.search);
     var id = params.get("result");
-    if (id) openById(id, params.get("share"));
+    if (params.get("launch") === "smart") openLaunch();
+    else if (id) openById(id, params.get("share"));
     document.documentElement.setAttribute("data-viewer-ready", "true");
   }
 
