@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
+import tempfile
+import threading
 import time
 from typing import Any
 
@@ -19,6 +22,7 @@ from litestar import Litestar
 from ray import serve
 
 from service.app import create_app
+from service.metrics import MULTIPROC_ENV
 from service.settings import Settings
 
 READY_TIMEOUT_S = 600.0  # a replica's model load and warm-up (first start: runtime exports)
@@ -57,25 +61,32 @@ class DermTriage:
 app = DermTriage.bind()  # the import path of deploy/ray/serve_config.yaml
 
 
-def replica_env() -> dict[str, str]:
-    """The ``DERMTRIAGE_*`` variables replicas get (``runtime_env``), as the CLI set them."""
-    return {k: v for k, v in os.environ.items() if k.startswith("DERMTRIAGE_")}
+def replica_env(replicas: int) -> dict[str, str]:
+    """The ``DERMTRIAGE_*`` variables replicas get (``runtime_env``), as the CLI set them; on a local Ray
+    instance with several replicas also a shared ``PROMETHEUS_MULTIPROC_DIR``, so ``/metrics`` on any
+    replica shows every replica (by pid), as with uvicorn workers. A cluster is scraped per replica."""
+    env = {k: v for k, v in os.environ.items() if k.startswith("DERMTRIAGE_")}
+    if replicas > 1 and not os.environ.get("RAY_ADDRESS"):
+        env[MULTIPROC_ENV] = os.environ.get(MULTIPROC_ENV) or tempfile.mkdtemp(prefix="dermtriage-metrics-")
+    return env
 
 
-def run(settings: Settings, replicas: int, num_cpus: float = 2.0) -> int:
+def run(settings: Settings, replicas: int) -> int:
     """``dermtriage serve --engine ray``: start (or join, ``RAY_ADDRESS``) Ray, serve ``replicas``
-    replicas on ``settings.host:port`` until interrupted, then shut Serve down."""
+    replicas on ``settings.host:port`` until SIGINT or SIGTERM, then shut Serve down. Each replica asks
+    for 2 CPUs (one torch thread plus decoding and HTTP), less when the cluster has fewer per replica."""
     import ray
 
     ray.init(ignore_reinit_error=True, include_dashboard=False)
-    serve.start(http_options={"host": settings.host, "port": settings.port})
-    options: dict[str, Any] = {"num_cpus": num_cpus, "runtime_env": {"env_vars": replica_env()}}
-    serve.run(DermTriage.options(num_replicas=replicas, ray_actor_options=options).bind(), route_prefix="/")
+    cpus = min(2.0, float(ray.cluster_resources().get("CPU", 1.0)) / replicas)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
     try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        pass
+        serve.start(http_options={"host": settings.host, "port": settings.port})
+        options: dict[str, Any] = {"num_cpus": cpus, "runtime_env": {"env_vars": replica_env(replicas)}}
+        serve.run(DermTriage.options(num_replicas=replicas, ray_actor_options=options).bind(), route_prefix="/")
+        stop.wait()
     finally:
         serve.shutdown()
         ray.shutdown()
