@@ -99,27 +99,35 @@ def share_metrics(settings: Settings) -> str | None:
     return folder
 
 
-def serve(overrides: dict[str, Any]) -> int:
+def configure(overrides: dict[str, Any]) -> Settings | None:
+    """Validate the flags over the environment and export them as ``DERMTRIAGE_*`` (so every worker or
+    replica builds the same Settings); None (the error printed) when the server must not start."""
     given = {k: v for k, v in overrides.items() if v is not None}
     try:
         settings = Settings(**given)
     except ValidationError as exc:
         print(f"error: invalid configuration:\n{exc}", file=sys.stderr)
-        return 2
+        return None
     from models.backends.registry import get_spec
 
     try:
         get_spec(settings.model)
     except KeyError as exc:
         print(f"error: {exc.args[0]}", file=sys.stderr)
-        return 2
+        return None
     refusal = unauthenticated_bind_refusal(settings)
     if refusal:
         print(f"error: {refusal}", file=sys.stderr)
-        return 2
+        return None
     for key, value in given.items():
         os.environ[Settings.env_name(key)] = str(value)
+    return settings
 
+
+def serve(overrides: dict[str, Any]) -> int:
+    settings = configure(overrides)
+    if settings is None:
+        return 2
     import uvicorn
 
     limit_malloc_arenas()
