@@ -138,3 +138,12 @@ def test_someone_elses_case_is_not_found(engine: TriageEngine, tmp_path, photos)
         )
     assert mine.status_code == 200 and mine.json()["verdict"] == "stable", mine.text
     problem(theirs, 404, "case-not-found")
+
+
+def test_openapi_examples_are_valid_answers() -> None:
+    """The documented examples parse as the routes' own response models (no drift between docs and schema)."""
+    from service.lesion_examples import COMPARE_EXAMPLE, TIMELINE_EXAMPLE
+    from service.lesion_schemas import LesionComparison, LesionTimeline
+
+    assert LesionComparison.model_validate(COMPARE_EXAMPLE).verdict == "changed"
+    assert len(LesionTimeline.model_validate(TIMELINE_EXAMPLE).visits) == 2
