@@ -188,6 +188,13 @@ TRIAGE_RESULT_EXAMPLE: dict[str, Any] = {
 
 _B64_EXAMPLE = "/9j/4AAQSkZJRgABAQAAAQABAAD/2wBDAAgGBgcGBQgHBwcJCQgKDBQNDAsLDBkSEw8UHSEaHR8e..."
 
+MALFORMED_JSON = problem_example(
+    "malformed-json",
+    400,
+    "Malformed JSON",
+    "The request body is not valid JSON at line 1 column 12: Expecting ',' delimiter.",
+)
+
 TRIAGE_PROBLEMS = problem_responses(
     (
         400,
@@ -209,12 +216,7 @@ TRIAGE_PROBLEMS = problem_responses(
     ),
     (
         400,
-        problem_example(
-            "malformed-json",
-            400,
-            "Malformed JSON",
-            "The request body is not valid JSON at line 1 column 12: Expecting ',' delimiter.",
-        ),
+        MALFORMED_JSON,
     ),
     (
         400,

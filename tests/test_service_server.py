@@ -5,25 +5,19 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import httpx
+from live_server import free_port
 from service_photos import jpeg_bytes, lesion_photo
 
 from service.auth.api_keys import generate_api_key
 
 REPO = Path(__file__).resolve().parents[1]
 TEXT_CACHE = REPO / ".cache" / "text-embeddings"  # shared with test_service_api
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_ready(base: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 600.0) -> None:

@@ -5,17 +5,15 @@ prompt, and the access token never reaches the page."""
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
-import httpx
 import pytest
 from ehr_client import media, patient, searchset
+from live_server import free_port, live_server
 from service_photos import jpeg_bytes, lesion_photo
 from smart_ehr import Client, SmartEhr, smart_ehr
-from test_viewer_e2e import CHROMIUM_ARGS, chromium_path, free_port, need
+from test_viewer_e2e import CHROMIUM_ARGS, chromium_path, need
 
 from models.knowledge.taxonomy import load_taxonomy
 from service.app import create_app
@@ -45,29 +43,9 @@ def ehr(port: int) -> Iterator[SmartEhr]:
 @pytest.fixture(scope="module")
 def base_url(tiny_clip: Any, ehr: SmartEhr, port: int) -> Iterator[str]:
     """The app (SMART configured for the test EHR, authentication on: no API key anywhere) under uvicorn."""
-    import uvicorn
-
     settings = Settings(smart_clients={ehr.fhir: {"client_id": "dt-viewer"}}, cds_fetch_allow_hosts="127.0.0.1")
-    app = create_app(settings, engine=TriageEngine(tiny_clip, load_taxonomy()))
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, name="smart-viewer-server", daemon=True)
-    thread.start()
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 300
-    try:
-        while True:
-            assert thread.is_alive(), "the server thread exited"
-            try:
-                if httpx.get(f"{base}/health/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "service not ready in 300 s"
-            time.sleep(0.25)
+    with live_server(create_app(settings, engine=TriageEngine(tiny_clip, load_taxonomy())), port) as base:
         yield base
-    finally:
-        server.should_exit = True
-        thread.join(30)
 
 
 def test_ehr_launch_opens_the_triage_in_the_viewer(base_url: str, ehr: SmartEhr) -> None:

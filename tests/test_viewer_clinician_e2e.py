@@ -10,8 +10,6 @@ and the review again; the stored rows are checked through the API.
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Iterator
 from html.parser import HTMLParser
 from pathlib import Path
@@ -20,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 import test_viewer_e2e as ve
+from live_server import live_server
 
 from service.app import create_app
 from service.settings import Settings
@@ -78,34 +77,12 @@ def test_new_controls_are_labelled_and_outside_the_triage_form() -> None:
 
 @pytest.fixture(scope="module")
 def service_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    import uvicorn
-
     db = tmp_path_factory.mktemp("clinician") / "cases.db"
-    port = ve.free_port()
     settings = Settings(
         auth_disabled=True, cache_dir=ve.TEXT_CACHE, inference_workers=1, database_url=f"sqlite+aiosqlite:///{db}"
     )
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning", lifespan="on")
-    )
-    thread = threading.Thread(target=server.run, name="clinician-test-server", daemon=True)
-    thread.start()
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 600
-    try:
-        while True:
-            assert thread.is_alive(), "the server thread exited"
-            try:
-                if httpx.get(f"{base}/health/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "service not ready in 600 s"
-            time.sleep(0.25)
+    with live_server(create_app(settings)) as base:
         yield base
-    finally:
-        server.should_exit = True
-        thread.join(30)
 
 
 @pytest.fixture

@@ -14,8 +14,6 @@ import json
 import os
 import re
 import shutil
-import socket
-import threading
 import time
 from collections.abc import Iterator
 from html.parser import HTMLParser
@@ -24,6 +22,7 @@ from typing import Any
 
 import httpx
 import pytest
+from live_server import live_server
 from service_photos import jpeg_bytes, lesion_photo
 
 from models.knowledge.risk_factors import BodySite, RiskFactors
@@ -63,12 +62,6 @@ def need(reason: str) -> None:
     pytest.skip(reason)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def artifact(name: str) -> Path:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     return ARTIFACTS / name
@@ -80,31 +73,8 @@ def artifact(name: str) -> Path:
 @pytest.fixture(scope="module")
 def base_url() -> Iterator[str]:
     """The real app under uvicorn in a thread; yields its base URL once the model is ready."""
-    import uvicorn
-
-    port = free_port()
-    app = create_app(Settings(auth_disabled=True, cache_dir=TEXT_CACHE, inference_workers=1))
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, name="viewer-test-server", daemon=True)
-    thread.start()
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 600
-    try:
-        while True:
-            assert thread.is_alive(), "the server thread exited"
-            try:
-                r = httpx.get(f"{base}/health/ready", timeout=2)
-                if r.status_code == 200:
-                    break
-                assert "failed to load" not in r.json().get("detail", ""), r.text
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "service not ready in 600 s"
-            time.sleep(0.25)
+    with live_server(create_app(Settings(auth_disabled=True, cache_dir=TEXT_CACHE, inference_workers=1))) as base:
         yield base
-    finally:
-        server.should_exit = True
-        thread.join(30)
 
 
 @pytest.fixture(scope="module")

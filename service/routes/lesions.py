@@ -38,7 +38,7 @@ from service.lesion_schemas import (
     TimelineStep,
     TimelineVisit,
 )
-from service.openapi import example_response, problem_example, problem_responses
+from service.openapi import MALFORMED_JSON, example_response, problem_example, problem_responses
 from service.outline import outline_photo
 from service.problems import Problem, request_id_of, validated
 from service.results import client_of, principal_of
@@ -53,12 +53,7 @@ OVERLAY_HEIGHT = 320
 PROBLEMS = problem_responses(
     (
         400,
-        problem_example(
-            "malformed-json",
-            400,
-            "Malformed JSON",
-            "The request body is not valid JSON at line 1 column 12: Expecting ',' delimiter.",
-        ),
+        MALFORMED_JSON,
     ),
     (
         422,
