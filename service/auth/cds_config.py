@@ -37,7 +37,8 @@ class IssuerConfig:
     fhir: tuple[str, ...] = ()  # normalised FHIR base URLs (``normalize_base``)
 
 
-def _json_or_file(text: str, what: str) -> Any:
+def json_or_file(text: str, what: str) -> Any:
+    """A setting given as JSON text or as the path of a JSON file (`what` names it in errors)."""
     text = text.strip()
     if not text.startswith(("{", "[")):
         try:
@@ -54,7 +55,7 @@ def load_jwks(value: Any, what: str = "DERMTRIAGE_CDS_JWKS") -> dict[str, Any] |
     """A JWKS given as an object, as JSON text or as a path to a JSON file."""
     if value is None or value == "":
         return None
-    jwks = _json_or_file(value, what) if isinstance(value, str) else value
+    jwks = json_or_file(value, what) if isinstance(value, str) else value
     if not isinstance(jwks, dict) or not isinstance(jwks.get("keys"), list):
         raise ValueError(f"{what} must be a JWKS: a JSON object with a 'keys' list")
     return jwks
@@ -69,7 +70,7 @@ def decode_issuers_setting(value: Any) -> Any:
     if not text:
         return []
     if text.startswith(("{", "[")) or "://" not in text:
-        return _json_or_file(text, "DERMTRIAGE_CDS_ISSUERS")
+        return json_or_file(text, "DERMTRIAGE_CDS_ISSUERS")
     return [part.strip() for part in text.split(",") if part.strip()]
 
 

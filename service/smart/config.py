@@ -15,12 +15,11 @@ SMART Backend Services for that FHIR server. Bases must be https unless their ho
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from service.auth.cds_config import normalize_base
+from service.auth.cds_config import json_or_file, normalize_base
 
 DEFAULT_SCOPE = "launch openid fhirUser patient/Patient.read patient/Observation.read patient/Media.read"
 BACKEND_ALGS = ("RS384", "ES384")
@@ -117,15 +116,4 @@ def decode_smart_clients_setting(value: Any) -> Any:
     """``DERMTRIAGE_SMART_CLIENTS`` from the environment: JSON text or the path of a JSON file."""
     if not isinstance(value, str):
         return value
-    text = value.strip()
-    if not text:
-        return {}
-    if not text.startswith(("{", "[")):
-        try:
-            text = Path(text).read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ValueError(f"DERMTRIAGE_SMART_CLIENTS: cannot read the file ({type(exc).__name__})") from None
-    try:
-        return json.loads(text)
-    except ValueError:
-        raise ValueError("DERMTRIAGE_SMART_CLIENTS is not valid JSON") from None
+    return json_or_file(value, "DERMTRIAGE_SMART_CLIENTS") if value.strip() else {}
