@@ -171,3 +171,27 @@ def test_shipped_text_cache_is_current(embedded_model) -> None:
     mel = tax.get("melanoma")
     fresh = ensemble_embedding(embedded_model, mel.prompt_names, tax.templates_for("clinical"))
     assert torch.allclose(shipped.embeddings[tax.ids.index("melanoma")], fresh, atol=1e-5)
+
+
+def test_vignette_augment_makes_what_the_artefact_check_flags(tmp_path: Path) -> None:
+    """The synthetic dermatoscope vignette darkens the corners the way `artefact_check` detects real
+    ones, leaves the lesion centre as it was, and is off unless asked for (PAD's recipe unchanged)."""
+    from models.fitting.artefact_check import artefact_flags
+    from models.fitting.train_embedded import DermatoscopeVignette, train_augment
+
+    torch.manual_seed(0)
+    skin = torch.full((3, 224, 224), 0.75)
+    flagged = 0
+    for k in range(20):
+        out = DermatoscopeVignette()(skin)
+        path = tmp_path / f"v{k}.png"
+        Image.fromarray((out * 255).round().byte().permute(1, 2, 0).numpy()).save(path)
+        flagged += artefact_flags(path)["vignette"]
+        assert torch.allclose(out[:, 100:124, 100:124], skin[:, 100:124, 100:124], atol=0.01)
+        corners = [out[:, :3, :3], out[:, :3, -3:], out[:, -3:, :3], out[:, -3:, -3:]]
+        assert min(float(c.mean()) for c in corners) < 0.5 * 0.75  # a corner always lies in the dark field
+    assert flagged >= 14  # the wider fields leave the corner patches partly lit, as mild real vignettes do
+    plain = Image.fromarray(np.full((300, 300, 3), 190, np.uint8))
+    assert float(train_augment(224)(plain).min()) > 0.0  # no vignette by default: nothing goes dark
+    assert TrainConfig().fingerprint() == TrainConfig(vignette_augment=0.0).fingerprint()
+    assert TrainConfig().fingerprint() != TrainConfig(vignette_augment=0.3).fingerprint()

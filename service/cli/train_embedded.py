@@ -28,6 +28,13 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         "--unfrozen-blocks", type=int, default=None, help="image-tower blocks trained on cached activations (default 3)"
     )
     p.add_argument("--train-views", type=int, default=None, help="augmented views cached an image (pad 8, isic 6)")
+    p.add_argument(
+        "--vignette-augment",
+        type=float,
+        default=None,
+        metavar="P",
+        help="share of augmented views given a synthetic dermatoscope vignette (default 0)",
+    )
     p.add_argument("--version", default=None, help="the trained model's version on its card (pad 1.1.0, isic 1.0.0)")
     p.add_argument("--spec-dir", metavar="DIR", help="isic: also write the model's spec file there (models/specs)")
     p.add_argument("--cache-dir", default=".cache/embedded")
@@ -41,9 +48,14 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     return p
 
 
-def recipe(args: argparse.Namespace) -> dict[str, int]:
+def recipe(args: argparse.Namespace) -> dict[str, float]:
     """The recipe options given on the command line (the rest keep each dataset's defaults)."""
-    return {k: v for k, v in (("unfrozen_blocks", args.unfrozen_blocks), ("train_views", args.train_views)) if v}
+    given = (
+        ("unfrozen_blocks", args.unfrozen_blocks),
+        ("train_views", args.train_views),
+        ("vignette_augment", args.vignette_augment),
+    )
+    return {k: v for k, v in given if v}
 
 
 def run(args: argparse.Namespace) -> int:
