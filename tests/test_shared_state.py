@@ -29,10 +29,10 @@ from service.auth.rate_limit import RedisRateLimiter
 from service.cds_hooks.state import MemoryFeedbackStore
 from service.engine import TriageEngine
 from service.images import decode_image
-from service.results import RedisResultStore, ResultExists
+from service.results import ResultExists, ResultStore
 from service.schemas import TriageOptions, TriageResult
 from service.settings import Settings
-from service.shared_state import DEGRADED_HEADER
+from service.shared_state import DEGRADED_HEADER, SharedState
 
 SERVICE_PATH = f"/cds-services/{SERVICE_ID}"
 FEEDBACK_PATH = f"{SERVICE_PATH}/feedback"
@@ -95,7 +95,7 @@ def test_answer_made_on_one_worker_is_read_through_the_other(
     read = b.get(f"/v1/triage/{rid}", headers={"X-API-Key": api_key[0]})
     assert read.status_code == 200 and read.json() == made.json()
     with redis.Redis.from_url(redis_url) as r:
-        ttl = r.ttl(RedisResultStore.key(rid))
+        ttl = r.ttl(f"dermtriage:results:{rid}")  # Litestar's RedisStore, namespace dermtriage:results
     assert 3500 < ttl <= 3600  # result_ttl_s, kept by Redis
 
 
@@ -130,17 +130,24 @@ def test_replayed_cds_token_refused_by_the_other_worker(
 def test_result_ids_never_overwritten_and_owned(redis_url: str, engine: Any) -> None:
     decoded = decode_image(jpeg_bytes(lesion_photo(5)), Settings().image_limits())
     result: TriageResult = engine.triage(decoded, TriageOptions(), request_id="r1")
-    with redis.Redis.from_url(redis_url) as client:
-        store = RedisResultStore(client, ttl_s=60)
-        store.put(result, "api-key:a")
-        with pytest.raises(ResultExists):
-            store.put(result, "api-key:b")
-        assert store.get(result.id, "api-key:a") == result
-        assert store.get(result.id, "api-key:b") is None  # someone else's: like a missing id
-        share = store.share_token(result.id, "api-key:a")
-        assert share and store.share_token(result.id, "api-key:b") is None
-        assert store.get(result.id, "api-key:b", share) == result
-        assert store.get("x" * 5000, "api-key:a") is None
+
+    async def run() -> None:
+        shared = SharedState.from_url(redis_url)
+        store = ResultStore.from_settings(Settings(result_ttl_s=60), shared)
+        try:
+            await store.put(result, "api-key:a")
+            with pytest.raises(ResultExists):
+                await store.put(result, "api-key:b")
+            assert await store.get(result.id, "api-key:a") == result
+            assert await store.get(result.id, "api-key:b") is None  # someone else's: like a missing id
+            share = await store.share_token(result.id, "api-key:a")
+            assert share and await store.share_token(result.id, "api-key:b") is None
+            assert await store.get(result.id, "api-key:b", share) == result
+            assert await store.get("x" * 5000, "api-key:a") is None
+        finally:
+            await shared.close()
+
+    asyncio.run(run())
 
 
 def test_redis_token_bucket_is_atomic_under_concurrency(redis_url: str) -> None:
