@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
 import redis
 import redis.asyncio
 from ehr_client import BASE, SERVICE_ID, EhrKeys, cds_request, cds_settings
 from litestar.testing import TestClient
+from live_server import live_server
 from service_photos import jpeg_bytes, lesion_photo
 from test_cds_hooks import full_prefetch
 from test_service_api import wait_ready
@@ -212,6 +215,46 @@ def test_redis_down_triage_goes_on_cds_fails_closed(tiny_clip: Any, keys: EhrKey
 
 def bearer(keys: EhrKeys) -> dict[str, str]:
     return {"Authorization": f"Bearer {keys.token()}"}
+
+
+PAUSE_MS = 3000  # longer than any read's way through its timeouts (connect, hello, GET: 0.5 s each)
+
+
+def test_a_paused_redis_never_holds_the_event_loop(tiny_clip: Any, redis_url: str) -> None:
+    """The real server stops answering (``CLIENT PAUSE``: every client's commands wait) under a real uvicorn
+    server: eight answer reads wait on Redis at once, and a request on the same event loop that needs
+    nothing from Redis is answered while they wait. A blocking Redis call would hold the loop: the reads
+    one after another (8 x 0.5 s timeout) and every other request behind them."""
+    app = create_app(Settings(auth_disabled=True, redis_url=redis_url), engine=TriageEngine(tiny_clip, load_taxonomy()))
+    photo = jpeg_bytes(lesion_photo(9))
+
+    async def run(base: str, rid: str) -> tuple[float, bool, float, list[httpx.Response]]:
+        async with httpx.AsyncClient(base_url=base, timeout=30) as client:
+            await client.get("/health/live")  # a warm connection for the probe below
+            started = time.perf_counter()
+            reads = [asyncio.create_task(client.get(f"/v1/triage/{rid}")) for _ in range(8)]
+            await asyncio.sleep(0.1)  # the reads are in, waiting on Redis
+            before = time.perf_counter()
+            live = await client.get("/health/live")
+            live_s, waiting = time.perf_counter() - before, not any(r.done() for r in reads)
+            assert live.status_code == 200
+            done = await asyncio.gather(*reads)
+            return live_s, waiting, time.perf_counter() - started, done
+
+    with live_server(app) as base:
+        made = httpx.post(f"{base}/v1/triage", files={"image": ("p.jpg", photo, "image/jpeg")}, timeout=60)
+        assert made.status_code == 200 and DEGRADED_HEADER.lower() not in made.headers, made.text
+        with redis.Redis.from_url(redis_url) as r:
+            r.client_pause(PAUSE_MS, all=True)
+        try:
+            live_s, waiting, reads_s, done = asyncio.run(run(base, made.json()["id"]))
+        finally:
+            with redis.Redis.from_url(redis_url) as r:
+                r.ping()  # answered once the pause is over: the next test gets a Redis that answers
+    seen = [(r.status_code, r.headers.get(DEGRADED_HEADER)) for r in done]
+    assert all(h == "unavailable" for _, h in seen), (seen, reads_s)  # each waited on Redis, then gave up
+    assert waiting and live_s < 0.25, f"/health/live took {live_s:.2f} s behind reads waiting on Redis"
+    assert reads_s < 1.5, f"eight reads took {reads_s:.2f} s: they waited one after another"
 
 
 def test_memory_default_is_ready(tiny_clip: Any, keys: EhrKeys, api_key: tuple[str, str]) -> None:
