@@ -36,6 +36,7 @@ from service.results import ResultExists, ResultStore
 from service.schemas import TriageOptions, TriageResult
 from service.settings import Settings
 from service.shared_state import DEGRADED_HEADER, SharedState
+from service.smart.sessions import COOKIE
 
 SERVICE_PATH = f"/cds-services/{SERVICE_ID}"
 FEEDBACK_PATH = f"{SERVICE_PATH}/feedback"
@@ -211,6 +212,8 @@ def test_redis_down_triage_goes_on_cds_fails_closed(tiny_clip: Any, keys: EhrKey
         )
         assert cds.status_code == 503 and cds.headers["content-type"].startswith("application/problem+json")
         assert cds.json()["type"].endswith("shared-state-unavailable")
+        launch = client.get("/viewer/launch/context", headers={"Cookie": f"{COOKIE}=some-launch"})
+        assert launch.status_code == 503 and launch.json()["type"].endswith("shared-state-unavailable")
 
 
 def bearer(keys: EhrKeys) -> dict[str, str]:
