@@ -51,10 +51,10 @@ class LaunchSession:
 
 class LaunchSessions:
     """Launches in the ``smart-sessions`` store (:mod:`service.shared_state`), so the callback and the
-    viewer's reads may reach any worker: each until ``ttl_s`` after it started (at most ``max_items`` in
-    memory; in Redis bounded by time). Kept under a hash of the launch id (the store never holds the cookie
-    itself) with the client named by its FHIR base, never its secret. A session is a copy: ``save`` it
-    after a change. Redis unreachable: a 503 (the launch cannot be checked)."""
+    viewer's reads may reach any worker: each until ``ttl_s`` after it started (in memory also at most
+    ``DERMTRIAGE_SMART_SESSIONS_MAX``, the oldest dropped). Kept under a hash of the launch id (the store
+    never holds the cookie itself), the client named by its FHIR base, never its secret. A session is a
+    copy: ``save`` it after a change. Redis unreachable: a 503 (the launch cannot be checked)."""
 
     def __init__(self, store: AddingStore, clients: Mapping[str, SmartClient], ttl_s: float = 900.0) -> None:
         self.store, self.clients, self.ttl_s = store, clients, ttl_s
