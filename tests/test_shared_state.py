@@ -35,7 +35,7 @@ from service.images import decode_image
 from service.results import ResultExists, ResultStore
 from service.schemas import TriageOptions, TriageResult
 from service.settings import Settings
-from service.shared_state import DEGRADED_HEADER, SharedState
+from service.shared_state import DEGRADED_HEADER, CappedMemoryStore, SharedState, seconds
 from service.smart.sessions import COOKIE
 
 SERVICE_PATH = f"/cds-services/{SERVICE_ID}"
@@ -152,6 +152,47 @@ def test_result_ids_never_overwritten_and_owned(redis_url: str, engine: Any) -> 
             await shared.close()
 
     asyncio.run(run())
+
+
+def test_memory_stores_are_capped_and_add_is_atomic() -> None:
+    """The memory default stays bounded: at most N values and B bytes (least recently used dropped first),
+    expired values purged without a read; ``add`` lets one of twenty concurrent writers in."""
+
+    async def run() -> None:
+        store = CappedMemoryStore(3, max_bytes=10)
+        for key in "abcd":
+            await store.set(key, b"xx")
+        assert store.held() == 3 and await store.get("a") is None  # the oldest went
+        await store.get("b")  # now the most recently used
+        await store.set("e", b"x" * 8)  # 2 + 2 + 2 + 8 bytes > 10: the least recently used (c, then d) go
+        assert [await store.get(k) is not None for k in "bcde"] == [True, False, False, True]
+        await store.set("big", b"x" * 11)  # over the byte cap alone: not kept
+        assert await store.get("big") is None and store.held() == 2
+        timed = CappedMemoryStore(3)
+        await timed.set("brief", b"x", seconds(0.05))
+        await timed.set("long", b"x", seconds(60))
+        await asyncio.sleep(0.1)
+        await timed.delete_expired()  # the purge timer's call: no read needed
+        assert timed.held() == 1
+        wins = await asyncio.gather(*(store.add("k", str(i)) for i in range(20)))
+        assert wins.count(True) == 1
+
+    asyncio.run(run())
+
+
+def test_redis_store_add_is_atomic(redis_url: str) -> None:
+    """Twenty concurrent ``add`` calls on two clients (two workers): exactly one sets the key (``SET NX``)."""
+
+    async def run() -> list[bool]:
+        states = [SharedState.from_url(redis_url) for _ in range(2)]
+        try:
+            stores = [s.store("results", 10) for s in states]
+            return await asyncio.gather(*(stores[i % 2].add("same-id", str(i), seconds(60)) for i in range(20)))
+        finally:
+            for s in states:
+                await s.close()
+
+    assert asyncio.run(run()).count(True) == 1
 
 
 def test_redis_token_bucket_is_atomic_under_concurrency(redis_url: str) -> None:
