@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 import anyio
 from advanced_alchemy.extensions.litestar import SQLAlchemyPlugin
@@ -28,7 +28,7 @@ from service.metrics import Metrics
 from service.middleware import RequestContextMiddleware
 from service.openapi import finish_openapi
 from service.problems import EXCEPTION_HANDLERS
-from service.results import MemoryResultStore, RedisResultStore, ResultStore
+from service.results import ResultStore
 from service.routes import CONTROLLERS
 from service.routes.deps import provide_engine, provide_runner, provide_service
 from service.runtime import InferenceRunner, ServiceState, build_engine, registry_catalog
@@ -45,10 +45,6 @@ API_VERSION = "1.0.0"
 PATIENT_DATA_PREFIXES = ("/v1/triage", "/v1/cases", "/v1/lesions", "/fhir", "/cds-services")
 MAX_FORM_PARTS = 64  # image + options + up to 50 repeated candidate_labels, with room
 log = logging.getLogger("dermtriage.service")
-
-
-class Purgeable(Protocol):
-    def purge(self) -> int: ...
 
 
 class SecurityHeaders:
@@ -114,27 +110,23 @@ async def _start(service: ServiceState) -> None:
     )
 
 
-async def purge_expired(stores: Sequence[Purgeable], interval_s: float) -> None:
+async def purge_expired(shared: SharedState, interval_s: float) -> None:
     """Every ``interval_s``: drop expired answers (patient data) from memory, read or not. Runs until
     cancelled (the lifespan cancels it at shutdown)."""
     while True:
         await anyio.sleep(interval_s)
-        for store in stores:
-            try:
-                dropped = store.purge()
-            except Exception:  # a broken store must not end the timer
-                log.exception("result purge failed")
-                continue
-            if dropped:
-                log.debug("purged expired results", extra={"count": dropped})
+        try:
+            await shared.purge()
+        except Exception:  # a broken store must not end the timer
+            log.exception("result purge failed")
 
 
-def _lifespan(service: ServiceState, purgeable: Sequence[Purgeable]):  # type: ignore[no-untyped-def]
+def _lifespan(service: ServiceState):  # type: ignore[no-untyped-def]
     @asynccontextmanager
     async def lifespan(_: Litestar) -> AsyncIterator[None]:
         async with anyio.create_task_group() as tg:
             tg.start_soon(_start, service)
-            tg.start_soon(purge_expired, purgeable, service.settings.result_purge_interval_s)
+            tg.start_soon(purge_expired, service.shared, service.settings.result_purge_interval_s)
             if service.cases is not None:
                 tg.start_soon(service.cases.start)  # connect, migrate, then drain the case write queue
             try:
@@ -151,15 +143,6 @@ def _lifespan(service: ServiceState, purgeable: Sequence[Purgeable]):  # type: i
     return lifespan
 
 
-def result_store(settings: Settings, shared: SharedState) -> ResultStore:
-    """Answers by id in Redis when configured (and not turned off by a size of 0), else in memory."""
-    if shared.client is not None and settings.result_store_size > 0:
-        return RedisResultStore(shared.client, settings.result_ttl_s, max_heatmap_bytes=settings.result_heatmap_bytes)
-    return MemoryResultStore(
-        settings.result_store_size, settings.result_ttl_s, max_heatmap_bytes=settings.result_heatmap_bytes
-    )
-
-
 def create_app(settings: Settings | None = None, engine: TriageEngine | None = None) -> Litestar:
     """Build the app. ``settings`` default to the environment; ``engine`` skips model loading (tests)."""
     settings = settings or Settings()
@@ -172,7 +155,7 @@ def create_app(settings: Settings | None = None, engine: TriageEngine | None = N
         metrics=metrics,
         runner=runner,
         engine=engine,
-        results=result_store(settings, shared),
+        results=ResultStore.from_settings(settings, shared),
         cases=cases,
         shared=shared,
     )
@@ -185,7 +168,8 @@ def create_app(settings: Settings | None = None, engine: TriageEngine | None = N
     )
     app = Litestar(
         route_handlers=CONTROLLERS,
-        lifespan=[_lifespan(service, (service.results, cds.cache))],
+        lifespan=[_lifespan(service)],
+        stores=shared.stores,  # Litestar's store registry: memory, or Redis for several workers
         state=State({"service": service, "auth": build_auth(settings, shared), "cds": cds}),
         guards=[require_credentials],
         dependencies={

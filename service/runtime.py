@@ -25,7 +25,7 @@ from service.engine import TriageEngine
 from service.images import DecodedImage, ImageLimits, decode_image, storable_copy
 from service.metrics import Metrics
 from service.problems import Problem
-from service.results import MemoryResultStore, ResultStore
+from service.results import ResultStore
 from service.schemas import ClinicalInput, Timings, TriageInput, TriageOptions, TriageResult, new_result_id
 from service.settings import Settings
 from service.shared_state import SharedState
@@ -309,7 +309,7 @@ class ServiceState:
     runner: InferenceRunner
     engine: TriageEngine | None = None  # the default model's (every modality not routed elsewhere)
     modality_engines: dict[str, TriageEngine] = field(default_factory=dict)  # e.g. dermoscopic -> its model
-    results: ResultStore = field(default_factory=MemoryResultStore)
+    results: ResultStore = field(default_factory=ResultStore.in_memory)
     ready: bool = False
     load_error: str | None = None
     specs: list[ModelSpec] = field(default_factory=list)
@@ -329,7 +329,7 @@ class ServiceState:
             raise Problem("no-photo", 422, "The request carries no photo to triage.", title="No photo")
         engine = self.engine_for(received.options.modality)
         result = await self.runner.triage(engine, received.image, received.options, request_id, received.clinical)
-        return self.keep(result, owner, await self.case_facts(received, client))
+        return await self.keep(result, owner, await self.case_facts(received, client))
 
     async def case_facts(self, received: TriageInput, client: str | None) -> CaseFacts | None:
         """What the case keeps besides the answer (None without a case store): the photo's SHA-256
@@ -346,7 +346,7 @@ class ServiceState:
         refs = (options.patient_ref, options.lesion_ref)
         return CaseFacts(digest, identity.weights_sha256, *refs, client=client, stored_photo_sha256=kept)
 
-    def keep(self, result: TriageResult, owner: str, facts: CaseFacts | None = None) -> TriageResult:
+    async def keep(self, result: TriageResult, owner: str, facts: CaseFacts | None = None) -> TriageResult:
         """Store ``result`` for ``owner`` under a fresh server-minted id (128 random bits); returns it
         with that id. The caller's ids never become the key, and nothing replaces a stored result.
         With a case store the answer is also queued as a case (never awaited) and says so."""
@@ -354,9 +354,9 @@ class ServiceState:
         if self.cases is not None:
             update["case_storage"] = self.cases.storage
         kept = result.model_copy(update=update)
-        self.results.put(kept, owner)
+        await self.results.put(kept, owner)
         if self.cases is not None and facts is not None:
-            share = self.results.share_token(kept.id, owner)
+            share = await self.results.share_token(kept.id, owner)
             self.cases.record_answer(kept, owner, replace(facts, share_token=share))
         return kept
 

@@ -8,6 +8,7 @@ photos downscaled before queuing (original size reported), heatmap bytes capped 
 
 from __future__ import annotations
 
+import asyncio
 import io
 import time
 import tracemalloc
@@ -26,9 +27,10 @@ from service.app import create_app
 from service.auth.api_keys import generate_api_key
 from service.engine import TriageEngine
 from service.images import ImageLimits, decode_image
-from service.results import MemoryResultStore, ResultExists
-from service.schemas import TriageOptions
+from service.results import ResultExists, ResultStore
+from service.schemas import TriageOptions, TriageResult
 from service.settings import Settings
+from service.shared_state import CappedMemoryStore
 
 PROBLEM = "https://dermtriage.dev/problems/"
 
@@ -83,24 +85,28 @@ def test_share_token_reads_that_one_result(
     client, a, b = two_keys
     service = client.app.state.service
     first, second = (post(client, photo, a).json()["id"] for _ in range(2))
-    share = service.results.share_token(first, "api-key:clinic-a")
-    assert share and service.results.share_token(first, "api-key:clinic-b") is None  # only the owner gets it
+    share = client.blocking_portal.call(service.results.share_token, first, "api-key:clinic-a")
+    assert share and client.blocking_portal.call(service.results.share_token, first, "api-key:clinic-b") is None
     assert client.get(f"/v1/triage/{first}", headers={**b, "X-Result-Share": share}).status_code == 200
     assert client.get(f"/v1/triage/{second}", headers={**b, "X-Result-Share": share}).status_code == 404
     assert client.get(f"/v1/triage/{first}", headers={"X-Result-Share": share}).status_code == 401  # still a key
 
 
 def test_overwrite_is_refused(engine: TriageEngine, photo: bytes) -> None:
-    store = MemoryResultStore()
+    store = ResultStore.in_memory()
     first = engine.triage(decode_image(photo), TriageOptions(top_k=2), request_id="r1")
     other = engine.triage(decode_image(jpeg_bytes(lesion_photo(5))), TriageOptions(top_k=3), request_id="r2")
-    store.put(first, "api-key:a")
-    with pytest.raises(ResultExists):
-        store.put(other.model_copy(update={"id": first.id}), "api-key:a")
-    with pytest.raises(ResultExists):
-        store.put(other.model_copy(update={"id": first.id}), "api-key:b")
-    assert store.get(first.id, "api-key:a") == first  # the first answer stands
-    assert store.get(first.id, "api-key:b") is None
+
+    async def run() -> None:
+        await store.put(first, "api-key:a")
+        with pytest.raises(ResultExists):
+            await store.put(other.model_copy(update={"id": first.id}), "api-key:a")
+        with pytest.raises(ResultExists):
+            await store.put(other.model_copy(update={"id": first.id}), "api-key:b")
+        assert await store.get(first.id, "api-key:a") == first  # the first answer stands
+        assert await store.get(first.id, "api-key:b") is None
+
+    asyncio.run(run())
 
 
 def test_caller_request_id_never_becomes_the_key(
@@ -122,22 +128,15 @@ def test_expired_results_are_purged_on_a_timer(engine: TriageEngine, photo: byte
     settings = Settings(auth_disabled=True, result_ttl_s=0.3, result_purge_interval_s=0.05, cds_cache_ttl_s=0.3)
     with TestClient(create_app(settings, engine=engine)) as client:
         wait_ready(client)
-        service = client.app.state.service
+        answers = client.app.stores.get("results")  # Litestar's registry: the memory store by default
+        assert isinstance(answers, CappedMemoryStore)
         post(client, photo, {})
         post(client, photo, {})
-        assert len(service.results) == 2
+        assert answers.held() == 2
         deadline = time.monotonic() + 10
-        while len(service.results) and time.monotonic() < deadline:
+        while answers.held() and time.monotonic() < deadline:
             time.sleep(0.05)  # nothing reads the answers: only the timer can drop them
-        assert len(service.results) == 0
-    # the same with a fake clock, store by store
-    now = [0.0]
-    store = MemoryResultStore(ttl_s=10, clock=lambda: now[0])
-    store.put(engine.triage(decode_image(photo), TriageOptions(), request_id="x"), "anonymous")
-    now[0] = 9.0
-    assert store.purge() == 0 and len(store) == 1
-    now[0] = 10.5
-    assert store.purge() == 1 and len(store) == 0
+        assert answers.held() == 0
 
 
 def test_patient_data_answers_are_no_store_and_nosniff(
@@ -168,8 +167,8 @@ def test_anonymous_owner_with_auth_off(engine: TriageEngine, photo: bytes) -> No
         wait_ready(client)
         rid = post(client, photo, {}).json()["id"]
         results = client.app.state.service.results
-        assert results.get(rid, "anonymous") is not None  # the owner recorded is `anonymous`
-        assert results.get(rid, "api-key:anyone") is None
+        assert client.blocking_portal.call(results.get, rid, "anonymous") is not None  # the owner: `anonymous`
+        assert client.blocking_portal.call(results.get, rid, "api-key:anyone") is None
         assert client.get(f"/v1/triage/{rid}").status_code == 200
 
 
@@ -196,15 +195,18 @@ def test_heatmaps_are_capped_in_the_store(engine: TriageEngine, photo: bytes) ->
         engine.triage(decode_image(photo), TriageOptions(top_k=2, explain=True), request_id=str(i)) for i in range(3)
     ]
     one = sum(len(h.png_base64) + len(h.legend_png_base64) for h in explained[0].heatmaps or [])
-    store = MemoryResultStore(max_heatmap_bytes=int(one * 2.5))
-    for r in explained:
-        store.put(r, "o")
-    kept = [store.get(r.id, "o") for r in explained]
+    store = ResultStore.in_memory(max_heatmap_bytes=int(one * 2.5))
+
+    async def put_then_get(store: ResultStore, results: list[TriageResult]) -> list[TriageResult | None]:
+        for r in results:
+            await store.put(r, "o")
+        return [await store.get(r.id, "o") for r in results]
+
+    kept = asyncio.run(put_then_get(store, explained))
     assert [k.heatmaps is not None for k in kept if k] == [False, True, True]  # the oldest lost its heatmaps
     assert kept[0] is not None and kept[0].differentials == explained[0].differentials
-    tiny = MemoryResultStore(max_heatmap_bytes=10)
-    tiny.put(explained[0], "o")
-    held = tiny.get(explained[0].id, "o")
+    assert kept[2] == explained[2]  # heatmaps and all, as made
+    (held,) = asyncio.run(put_then_get(ResultStore.in_memory(max_heatmap_bytes=10), explained[:1]))
     assert held is not None and held.heatmaps is None  # over the cap on its own: kept without
 
 

@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
+import anyio
 import jwt
 from jwt import PyJWK, PyJWKSet
 
@@ -34,7 +35,7 @@ from service.safe_http import Budget, FetchRefused, OutboundPolicy, get
 from service.shared_state import KEY_PREFIX, redis_errors, unavailable
 
 if TYPE_CHECKING:
-    import redis
+    import redis.asyncio
 
 ASYMMETRIC_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512")
 STRING_HEADERS = ("alg", "kid", "jku", "typ", "cty")
@@ -57,20 +58,21 @@ def jwks_fetcher(policy: OutboundPolicy, timeout_s: float = 3.0, max_bytes: int 
 
 
 class Replays(Protocol):
-    def check_and_add(self, key: str, expires: float) -> bool:
+    async def check_and_add(self, key: str, expires: float) -> bool:
         """True if new (and now recorded), False if replayed."""
         ...
 
 
 class ReplayCache:
-    """Seen ``jti`` values until their token expires (bounded by the lifetime limit), in this process."""
+    """Seen ``jti`` values until their token expires (bounded by the lifetime limit), in this process (no
+    await between the check and the record: atomic on the event loop)."""
 
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self._seen: dict[str, float] = {}
         self._clock = clock
         self._lock = threading.Lock()
 
-    def check_and_add(self, key: str, expires: float) -> bool:
+    async def check_and_add(self, key: str, expires: float) -> bool:
         """True if new (and now recorded), False if replayed."""
         now = self._clock()
         with self._lock:
@@ -84,18 +86,18 @@ class ReplayCache:
 
 class RedisReplayCache:
     """The seen ``jti`` set in Redis, for every worker and replica: ``SET NX`` with the token's remaining
-    lifetime as TTL (the key is a hash of issuer and jti). Redis unreachable: fails closed (503), since
-    a replay could not be refused."""
+    lifetime as TTL (the key is a hash of issuer and jti), on the shared async client. Redis unreachable:
+    fails closed (503), since a replay could not be refused."""
 
-    def __init__(self, client: redis.Redis, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, client: redis.asyncio.Redis, clock: Callable[[], float] = time.time) -> None:
         self.client = client
         self._clock = clock
 
-    def check_and_add(self, key: str, expires: float) -> bool:
+    async def check_and_add(self, key: str, expires: float) -> bool:
         digest = hashlib.sha256(key.encode()).hexdigest()
         ttl = max(1, math.ceil(expires - self._clock()))
         try:
-            return bool(self.client.set(f"{KEY_PREFIX}jti:{digest}", b"1", nx=True, ex=ttl))
+            return bool(await self.client.set(f"{KEY_PREFIX}jti:{digest}", b"1", nx=True, ex=ttl))
         except redis_errors():
             log.warning("jti replay check impossible: redis unreachable")
             raise unavailable("a CDS Hooks token's replay (jti)") from None
@@ -208,8 +210,17 @@ class CdsJwtVerifier:
             raise JwtRejected("no key configured for this issuer matches the token's kid")
         return key
 
+    async def accept(self, token: str, audience: str) -> dict[str, Any]:
+        """The whole check: :meth:`verify` (in a worker thread), then the ``jti`` is recorded, refused if seen."""
+        claims = await anyio.to_thread.run_sync(self.verify, token, audience)
+        key, until = f"{claims['iss']}\x00{claims['jti']}", float(claims["exp"]) + self.leeway_s
+        if not await self.replays.check_and_add(key, until):
+            raise JwtRejected("the jti was used before (replay)")
+        return claims
+
     def verify(self, token: str, audience: str) -> dict[str, Any]:
-        """The verified claims, or JwtRejected. Blocking when a jku must be fetched: run in a thread."""
+        """The verified claims (signature, issuer, audience, times, a ``jti`` present), or JwtRejected; not
+        the replay check, which is :meth:`accept`'s. Blocking when a jku must be fetched."""
         header, unverified = _unverified(token)
         issuer = unverified.get("iss")
         if not isinstance(issuer, str) or issuer not in self.issuers:
@@ -221,8 +232,6 @@ class CdsJwtVerifier:
             raise JwtRejected(f"exp is more than {self.max_lifetime_s:g} s ahead")
         if not isinstance(claims["jti"], str) or not claims["jti"]:
             raise JwtRejected("jti must be a non-empty string")
-        if not self.replays.check_and_add(f"{claims['iss']}\x00{claims['jti']}", float(claims["exp"]) + self.leeway_s):
-            raise JwtRejected("the jti was used before (replay)")
         return claims
 
     def _decode(self, token: str, key: PyJWK, alg: str, audience: str, issuer: str) -> dict[str, Any]:

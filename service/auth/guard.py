@@ -13,7 +13,6 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import anyio
 from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
 from litestar.openapi.spec import Components, SecurityScheme
@@ -65,8 +64,8 @@ def build_auth(settings: Settings, shared: SharedState | None = None) -> AuthSta
     rate, burst = settings.api_rate_per_minute, settings.api_rate_burst
     limiter: Limiter = RateLimiter(rate, burst)
     replays = None
-    if shared is not None and shared.client is not None and shared.aclient is not None:
-        limiter, replays = RedisRateLimiter(shared.aclient, rate, burst), RedisReplayCache(shared.client)
+    if shared is not None and shared.client is not None:
+        limiter, replays = RedisRateLimiter(shared.client, rate, burst), RedisReplayCache(shared.client)
     fetcher = jwks_fetcher(OutboundPolicy.allowing(settings.cds_fetch_allow_hosts))
     return AuthState(
         disabled=settings.auth_disabled,
@@ -147,7 +146,7 @@ async def check_cds_jwt(connection: ASGIConnection[Any, Any, Any, Any], auth: Au
             challenge,
         )
     try:
-        claims = await anyio.to_thread.run_sync(auth.cds.verify, token, cds_service_url(connection, auth))
+        claims = await auth.cds.accept(token, cds_service_url(connection, auth))
     except JwtRejected as exc:
         log.info("cds jwt rejected", extra={"reason": str(exc)})
         raise _unauthorized(f"The JWT is not accepted: {exc}.", challenge) from None

@@ -1,31 +1,25 @@
 """What the CDS Hooks service keeps between calls: photo results (for repeat calls on the same photo),
 issued cards, and card feedback behind an interface the case database implements (`service.store.feedback`).
 
-The photo results and issued cards live in this process's memory, or in Redis for every worker and
-replica when ``DERMTRIAGE_REDIS_URL`` is set (`service.shared_state`); Redis unreachable: a miss."""
+The photo results and issued cards live in Litestar stores (`service.shared_state`): this process's
+memory, or Redis for every worker and replica when ``DERMTRIAGE_REDIS_URL`` is set; Redis unreachable: a miss."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
 import threading
 import time
-from collections import OrderedDict
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from service.cds_hooks.prefetch import FhirFetcher
-from service.results import TtlCache
 from service.schemas import ClinicalInput, TriageOptions, TriageResult
 from service.settings import Settings
-from service.shared_state import KEY_PREFIX, SharedState, mark_degraded, redis_errors
-
-if TYPE_CHECKING:
-    import redis
+from service.shared_state import AddingStore, SharedState, mark_degraded, redis_errors, seconds
 
 CARD_TTL_S = 7 * 24 * 3600  # feedback on a card may come days later
+MAX_CARDS = 10_000  # issued cards held in memory (the memory default)
 
 
 def photo_key(image: bytes, options: TriageOptions, clinical: ClinicalInput) -> str:
@@ -36,37 +30,31 @@ def photo_key(image: bytes, options: TriageOptions, clinical: ClinicalInput) -> 
     return h.hexdigest()
 
 
-class PhotoResultCache(TtlCache[TriageResult]):
-    """Answers by photo key (`photo_key`): an LRU with a time limit; holds patient data in memory only."""
+class PhotoCache:
+    """Answers by photo key (`photo_key`), each for ``ttl_s``, in the ``cds-photos`` store (least recently
+    used dropped first in memory); counts this process's hits and misses. Redis unreachable: a miss."""
 
-    def __init__(self, max_items: int = 256, ttl_s: float = 900.0, clock: Callable[[], float] = time.monotonic):
-        super().__init__(max_items, ttl_s, clock, refresh_on_get=True)
+    def __init__(self, store: AddingStore, ttl_s: float = 900.0) -> None:
+        self.store, self.ttl_s = store, ttl_s
+        self.hits = self.misses = 0
 
-
-class RedisPhotoCache:
-    """``PhotoResultCache`` in Redis: the answer's JSON under the photo key, expired by Redis after
-    ``ttl_s`` (the total is bounded by the server's ``maxmemory``)."""
-
-    def __init__(self, client: redis.Redis, ttl_s: float = 900.0) -> None:
-        self.client = client
-        self.ttl_s = max(1, math.ceil(ttl_s))
-
-    def get(self, key: str) -> TriageResult | None:
+    async def get(self, key: str) -> TriageResult | None:
         try:
-            raw = self.client.get(f"{KEY_PREFIX}photo:{key}")
+            raw = await self.store.get(key)
         except redis_errors():
             mark_degraded("photo-cache")
+            raw = None
+        if raw is None:
+            self.misses += 1
             return None
-        return TriageResult.model_validate_json(raw) if raw is not None else None
+        self.hits += 1
+        return TriageResult.model_validate_json(raw)
 
-    def put(self, key: str, value: TriageResult) -> None:
+    async def put(self, key: str, value: TriageResult) -> None:
         try:
-            self.client.set(f"{KEY_PREFIX}photo:{key}", value.model_dump_json(), ex=self.ttl_s)
+            await self.store.set(key, value.model_dump_json(), seconds(self.ttl_s))
         except redis_errors():
             mark_degraded("photo-cache")
-
-    def purge(self) -> int:
-        return 0  # Redis expires keys itself
 
 
 @dataclass(frozen=True)
@@ -108,69 +96,44 @@ class MemoryFeedbackStore:
 
 
 class IssuedCards:
-    """card uuid -> request id, for the cards this process issued (bounded)."""
+    """card uuid -> request id, each for ``CARD_TTL_S``, in the ``cds-cards`` store: feedback may reach
+    another worker. Redis unreachable: not kept, a miss."""
 
-    def __init__(self, max_items: int = 10_000) -> None:
-        self.max_items = max_items
-        self._items: OrderedDict[str, str] = OrderedDict()
-        self._lock = threading.Lock()
+    def __init__(self, store: AddingStore, ttl_s: float = CARD_TTL_S) -> None:
+        self.store, self.ttl_s = store, ttl_s
 
-    def add(self, card: str, request_id: str) -> None:
-        with self._lock:
-            self._items[card] = request_id
-            while len(self._items) > self.max_items:
-                self._items.popitem(last=False)
-
-    def get(self, card: str) -> str | None:
-        with self._lock:
-            return self._items.get(card)
-
-
-class RedisIssuedCards:
-    """``IssuedCards`` in Redis, each for ``CARD_TTL_S``: feedback may reach another worker."""
-
-    def __init__(self, client: redis.Redis, ttl_s: int = CARD_TTL_S) -> None:
-        self.client = client
-        self.ttl_s = ttl_s
-
-    def add(self, card: str, request_id: str) -> None:
+    async def add(self, card: str, request_id: str) -> None:
         try:
-            self.client.set(f"{KEY_PREFIX}card:{card}", request_id, ex=self.ttl_s)
+            await self.store.set(card, request_id, seconds(self.ttl_s))
         except redis_errors():
             mark_degraded("card-links")
 
-    def get(self, card: str) -> str | None:
+    async def get(self, card: str) -> str | None:
         if len(card) > 128:
             return None
         try:
-            raw = self.client.get(f"{KEY_PREFIX}card:{card}")
+            raw = await self.store.get(card)
         except redis_errors():
             mark_degraded("card-links")
             return None
-        return raw.decode() if isinstance(raw, bytes) else raw
+        return raw.decode() if raw is not None else None
 
 
 @dataclass
 class CdsState:
-    cache: PhotoResultCache | RedisPhotoCache
+    cache: PhotoCache
     feedback: FeedbackStore
-    cards: IssuedCards | RedisIssuedCards = field(default_factory=IssuedCards)
+    cards: IssuedCards
     fhir_fetcher: FhirFetcher = field(default_factory=lambda: FhirFetcher({}))  # default: fetches nothing
 
     @classmethod
     def from_settings(cls, settings: Settings, shared: SharedState | None = None) -> CdsState:
-        """The cache sizes and the per-issuer FHIR fetching rules of ``settings``; the photo cache and
-        the issued cards in Redis when ``shared`` has a client."""
-        fetcher = FhirFetcher.from_settings(settings)
-        if shared is not None and shared.client is not None:
-            cache: PhotoResultCache | RedisPhotoCache = (
-                RedisPhotoCache(shared.client, settings.cds_cache_ttl_s)
-                if settings.cds_cache_size > 0
-                else PhotoResultCache(0, settings.cds_cache_ttl_s)  # caching off
-            )
-            return cls(cache, MemoryFeedbackStore(), RedisIssuedCards(shared.client), fhir_fetcher=fetcher)
+        """The cache sizes and the per-issuer FHIR fetching rules of ``settings``; the photo cache and the
+        issued cards in ``shared``'s stores (this process's memory when None)."""
+        shared = shared or SharedState()
         return cls(
-            PhotoResultCache(settings.cds_cache_size, settings.cds_cache_ttl_s),
+            PhotoCache(shared.store("cds-photos", settings.cds_cache_size), settings.cds_cache_ttl_s),
             MemoryFeedbackStore(),
-            fhir_fetcher=fetcher,
+            IssuedCards(shared.store("cds-cards", MAX_CARDS)),
+            fhir_fetcher=FhirFetcher.from_settings(settings),
         )

@@ -209,14 +209,14 @@ class CdsHooksController(Controller):
             return {"cards": []}
         key = photo_key(patient.image, CDS_OPTIONS, patient.clinical)
         rid, owner = request_id_of(request), principal_of(request)
-        cached = state.cache.get(key)
+        cached = await state.cache.get(key)
         if cached is not None:  # a repeat call on the same photo: the same answer, kept under a fresh id
             facts = await service.case_facts(patient, client_of(request))
-            result = service.keep(cached.model_copy(update={"request_id": rid}), owner, facts)
+            result = await service.keep(cached.model_copy(update={"request_id": rid}), owner, facts)
         else:
             result = await service.triage(patient, rid, owner, client_of(request))
-            state.cache.put(key, result)
-        share = service.results.share_token(result.id, owner)  # the card link's capability for this answer
+            await state.cache.put(key, result)
+        share = await service.results.share_token(result.id, owner)  # the card link's capability for this answer
         base = auth_of(request).base_url(request)
         card = triage_card(
             result,
@@ -227,7 +227,7 @@ class CdsHooksController(Controller):
             smart=smart_state(request.app.state).client_for(call.fhirServer) is not None,
             patient_id=call.context.patientId,
         )
-        state.cards.add(card["uuid"], rid)
+        await state.cards.add(card["uuid"], rid)
         return {"cards": [card]}
 
     @post(
@@ -258,7 +258,7 @@ class CdsHooksController(Controller):
                     card=item.card,
                     outcome=item.outcome,
                     outcome_timestamp=item.outcomeTimestamp,
-                    request_id=state.cards.get(item.card),
+                    request_id=await state.cards.get(item.card),
                     override_reason=item.overrideReason.model_dump(exclude_none=True) if item.overrideReason else None,
                     accepted_suggestions=tuple(str(s.get("id", "")) for s in item.acceptedSuggestions),
                     received_at=time.time(),

@@ -4,7 +4,8 @@ the triage -> ``/viewer/static/launch.html``, which reads ``GET /viewer/launch/c
 
 The browser only ever holds an opaque launch id (an HttpOnly, SameSite=Lax cookie scoped to
 ``/viewer/launch``); the access token stays in the server-side session (bounded, with a time limit)
-and is never put in a URL, a log record or a response. An ``iss`` not configured in
+and is never put in a URL, a log record or a response. Sessions live in the app's shared stores, so with
+several workers (and Redis) the callback and the viewer's reads may land on any of them. An ``iss`` not configured in
 ``DERMTRIAGE_SMART_CLIENTS`` is refused before anything is fetched.
 """
 
@@ -62,9 +63,9 @@ def _problem(exc: LaunchError) -> Problem:
     return Problem(exc.kind, exc.status, exc.detail, title="SMART launch failed")
 
 
-def _session(request: Request[Any, Any, Any], state: SmartState) -> LaunchSession:
+async def _session(request: Request[Any, Any, Any], state: SmartState) -> LaunchSession:
     sid = request.cookies.get(COOKIE)
-    session = state.sessions.get(sid) if sid else None
+    session = await state.sessions.get(sid) if sid else None
     if session is None:
         raise Problem(
             "smart-no-launch", 401, "No SMART launch in progress here (or it expired); launch again from the EHR."
@@ -100,12 +101,12 @@ async def _open_triage(request: Request[Any, Any, Any], state: SmartState, sessi
     patient = await anyio.to_thread.run_sync(_read_patient, state, session, token)  # proves the token too
     if isinstance(context, str) and '"result"' in context:
         session.result_id, session.share = _card_context(context)
-        if service.results.get(session.result_id, session.owner, session.share) is not None:
+        if await service.results.get(session.result_id, session.owner, session.share) is not None:
             return
     if patient.image is None:
         raise Problem("smart-no-photo", 404, "The EHR holds no skin photo for this patient.")
     result = await service.triage(patient, request_id_of(request), session.owner, client_of(request))
-    session.result_id, session.share = result.id, service.results.share_token(result.id, session.owner)
+    session.result_id, session.share = result.id, await service.results.share_token(result.id, session.owner)
 
 
 def _card_context(text: str) -> tuple[str | None, str | None]:
@@ -145,7 +146,7 @@ class SmartLaunchController(Controller):
         except LaunchError as exc:
             raise _problem(exc) from None
         base = auth_of(request).base_url(request)
-        session = state.sessions.start(client, f"{base}{LAUNCH_PATH}/callback", config.token_endpoint)
+        session = await state.sessions.start(client, f"{base}{LAUNCH_PATH}/callback", config.token_endpoint)
         cookie = Cookie(
             key=COOKIE,
             value=session.id,
@@ -168,7 +169,7 @@ class SmartLaunchController(Controller):
     async def callback(self, request: Request[Any, Any, Any], code: Code = None) -> Redirect:
         """``state`` is read from the query by hand: Litestar reserves the parameter name for the app state."""
         state = smart_state(request.app.state)
-        session = _session(request, state)
+        session = await _session(request, state)
         sent = request.query_params.get("state") or ""
         if not secrets.compare_digest(sent.encode(), session.state.encode()) or session.token is not None:
             raise Problem("smart-bad-state", 400, "state does not match this launch (or it was used already).")
@@ -183,6 +184,8 @@ class SmartLaunchController(Controller):
             await _open_triage(request, state, session)
         except LaunchError as exc:
             raise _problem(exc) from None
+        finally:
+            await state.sessions.save(session)  # the token (the state is used), the answer: for every worker
         return Redirect(LANDING, status_code=303)
 
     @get(
@@ -196,10 +199,10 @@ class SmartLaunchController(Controller):
     )
     async def context(self, request: Request[Any, Any, Any], service: NamedDependency[ServiceState]) -> dict[str, Any]:
         state = smart_state(request.app.state)
-        session = _session(request, state)
+        session = await _session(request, state)
         if session.access_token() is None or session.result_id is None:
             raise Problem("smart-token-expired", 401, "This launch has no valid token or answer; launch again.")
-        result = service.results.get(session.result_id, session.owner, session.share)
+        result = await service.results.get(session.result_id, session.owner, session.share)
         if result is None:
             raise Problem("smart-no-result", 404, "The launch's answer has expired; launch again from the EHR.")
         return {

@@ -115,7 +115,7 @@ class TriageController(Controller):
         output_format: FormatQuery = None,
     ) -> TriageResult | Response[bytes]:
         principal = principal_of(request)
-        result = service.results.get(result_id, principal, share_token)
+        result = await service.results.get(result_id, principal, share_token)
         if result is None and service.cases is not None:  # the memory cache misses: ask the case database
             result = await service.cases.answer_for(result_id, principal, share_token)
         if result is not None and service.cases is not None:

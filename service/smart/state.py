@@ -1,6 +1,6 @@
 """The SMART side's state in the app: the configured EHR clients, the launches in progress (server-side
-tokens) and cached Backend Services tokens. Created on first use from the app's settings, so that the
-app factory needs no change to carry it."""
+tokens, in the app's shared stores) and cached Backend Services tokens (per process). Created on first use
+from the app's settings, so that the app factory needs no change to carry it."""
 
 from __future__ import annotations
 
@@ -55,8 +55,10 @@ def smart_state(app_state: Any) -> SmartState:
                 max_bytes=settings.cds_fetch_max_bytes,
                 max_image_bytes=settings.max_image_bytes,
             )
-            sessions = LaunchSessions(settings.smart_sessions_max, settings.smart_session_ttl_s)
+            clients = settings.smart_client_configs()
+            store = app_state.service.shared.store("smart-sessions", settings.smart_sessions_max)
+            sessions = LaunchSessions(store, clients, settings.smart_session_ttl_s)
             backend = BackendTokens(fetcher.policy, settings.cds_fetch_timeout_s)
-            state = SmartState(settings.smart_client_configs(), settings, fetcher, sessions, backend)
+            state = SmartState(clients, settings, fetcher, sessions, backend)
             app_state[STATE_KEY] = state
         return state  # type: ignore[no-any-return]
