@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+import anyio
 from sqlalchemy import exists, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -26,11 +27,10 @@ from service.store.db import alchemy_config, is_sqlite, ping, redacted, upgrade
 from service.store.models import AuditEvent, Case, Review
 from service.store.photos import PhotoStore
 from service.store.repository import AuditRepository, CaseRepository
-from service.store.writer import DB_ERRORS, Row, WriteQueue
+from service.store.writer import DB_ERRORS, OP_TIMEOUT_S, Row, WriteQueue
 
 Status = Literal["starting", "ok", "unavailable", "off"]
 RETRY_S = 5.0
-OP_TIMEOUT_S = 15.0
 log = logging.getLogger("dermtriage.store")
 
 
@@ -95,7 +95,9 @@ class CaseStore:
         Not required and unreachable at start: persistence is off for this process's life."""
         while True:
             try:
-                async with asyncio.timeout(OP_TIMEOUT_S):
+                # Shielded: a connection cancelled mid-statement leaves SQLAlchemy's aiosqlite close waiting
+                # forever, which hung the event loop's shutdown; a migration is not cut halfway either.
+                with anyio.fail_after(OP_TIMEOUT_S, shield=True):
                     await (upgrade(self.config.get_engine()) if self.migrate else ping(self.config.get_engine()))
                 break
             except Exception as exc:  # any failure to reach or migrate the database is reported, not raised

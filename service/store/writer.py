@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import anyio
 import asyncpg
 from advanced_alchemy.exceptions import AdvancedAlchemyError
 from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
@@ -26,6 +27,7 @@ from service.store.repository import REPOSITORIES
 
 BATCH = 64
 MAX_BACKOFF_S = 5.0
+OP_TIMEOUT_S = 15.0  # one database call (connect, migrate, a transaction) at most
 # what a database call may raise: SQLAlchemy's errors, the repositories' wrapped ones, the network's,
 # and the drivers' own when raised while connecting (asyncpg's are not wrapped there)
 DB_ERRORS = (
@@ -150,10 +152,13 @@ class WriteQueue:
                 self.metrics.case_writes.labels("written").inc()
 
     async def _insert(self, batch: list[Row]) -> None:
-        """One transaction; fresh objects each attempt (a failed session's objects are not reused)."""
-        async with self.sessions() as session, session.begin():
-            by_model: dict[type, list[Any]] = {}
-            for row in batch:
-                by_model.setdefault(row.model, []).append(row.model(**row.values))
-            for model, objects in by_model.items():
-                await REPOSITORIES[model](session=session).add_many(objects, auto_commit=False)
+        """One transaction; fresh objects each attempt (a failed session's objects are not reused).
+        Shielded (bounded by OP_TIMEOUT_S): shutdown waits for the transaction instead of cutting a
+        connection mid-statement, which left SQLAlchemy's aiosqlite close waiting forever."""
+        with anyio.fail_after(OP_TIMEOUT_S, shield=True):
+            async with self.sessions() as session, session.begin():
+                by_model: dict[type, list[Any]] = {}
+                for row in batch:
+                    by_model.setdefault(row.model, []).append(row.model(**row.values))
+                for model, objects in by_model.items():
+                    await REPOSITORIES[model](session=session).add_many(objects, auto_commit=False)
