@@ -25,7 +25,7 @@ from pydantic import BaseModel
 from scipy.stats import spearmanr
 
 from explain.composites import composite_rng, make_composite
-from explain.faithfulness import dataset_labels
+from explain.faithfulness import dataset_labels, target_lines
 from explain.gradcam import DEFAULT_METHOD, SimilarityTarget, get_method
 from explain.offcentre import Half, indexed_photos
 from models.backends.base import ImageTextModel
@@ -57,7 +57,7 @@ class SanityReport(BaseModel):
         lines = [f"{'re-initialised (' + self.mode + ')':{width}s} {'mean Spearman rho':>18s} {'flat maps':>10s}"]
         for step in self.steps:
             lines.append(f"{step:{width}s} {self.spearman[step]:18.3f} {self.flat[step]:10d}")
-        lines += [f"target: {name}: {'met' if ok else 'NOT met'}" for name, ok in self.targets().items()]
+        lines += target_lines(self.targets())
         return "\n".join(lines)
 
 

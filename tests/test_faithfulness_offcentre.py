@@ -300,6 +300,7 @@ def test_sanity_target_is_every_step_at_most_0_3() -> None:
     passing = SanityReport(method="fusedcam", mode="cascading", n=3, steps=steps,
                            spearman={"projection": 0.2, "projection + head conv": 0.3}, flat={})  # fmt: skip
     assert all(passing.targets().values())
+    assert "mean Spearman <= 0.3 at every step: met" in passing.table()
     failing = passing.model_copy(update={"spearman": {"projection": 0.2, "projection + head conv": 0.31}})
     assert not any(failing.targets().values())
     flat = passing.model_copy(update={"spearman": {"projection": float("nan"), "projection + head conv": 0.1}})
