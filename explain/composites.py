@@ -13,6 +13,8 @@ went is known and a centred map no longer wins by default:
 * canvas: square, side `image_size / crop_pct` so the model's centre crop sees it at 1:1; the
   pasted box has side `uniform(0.25, 0.45)` of the model's visible side and lies wholly inside
   the visible square, at a uniform random position. Seeded per (seed, index): deterministic.
+* the canvas before the paste is kept (`Composite.background`): the composite without its lesion,
+  which deletion and insertion on composites use as the removed state (`explain.offcentre`).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ class CompositeConfig:
 @dataclass(frozen=True)
 class Composite:
     image: Image.Image  # the canvas, RGB
+    background: Image.Image  # the same canvas before the paste: the composite without its lesion
     box: Box  # where the lesion region was pasted, canvas pixels
     input_box: tuple[float, float, float, float]  # the same box in the model's input pixels
     source_box: Box  # the lesion region in the source photo
@@ -74,7 +77,8 @@ def make_composite(
     config = config or CompositeConfig()
     source = np.asarray(photo.convert("RGB"))
     size = round(preprocessing.image_size / preprocessing.crop_pct)
-    canvas = mirror_tile(skin_patch(source, config.lesion_fraction), size)
+    background = mirror_tile(skin_patch(source, config.lesion_fraction), size)
+    canvas = background.copy()
     vl, vt, vr, vb = preprocessing.geometry(size, size)
     left, top = math.ceil(vl), math.ceil(vt)
     visible = min(math.floor(vr), math.floor(vb)) - max(left, top)
@@ -86,12 +90,22 @@ def make_composite(
     canvas[y : y + side, x : x + side] = np.asarray(crop)
     scale = preprocessing.image_size / (vr - vl)
     input_box = ((x - vl) * scale, (y - vt) * scale, (x + side - vl) * scale, (y + side - vt) * scale)
-    return Composite(Image.fromarray(canvas, "RGB"), (x, y, x + side, y + side), input_box, src_box)
+    box = (x, y, x + side, y + side)
+    return Composite(Image.fromarray(canvas, "RGB"), Image.fromarray(background, "RGB"), box, input_box, src_box)
 
 
 def composite_rng(seed: int, index: int) -> np.random.Generator:
     """The generator of composite number `index`: the same composite for the same (seed, index)."""
     return np.random.default_rng([seed, index])
+
+
+def box_map(input_box: tuple[float, float, float, float], size: int) -> np.ndarray:
+    """(size, size) known-answer order: the pasted box first, from its centre outward, then the rest by
+    distance to the box centre. The curves' own check: an order that can only be right."""
+    left, top, right, bottom = input_box
+    centres = np.arange(size) + 0.5
+    d2 = (centres[None, :] - (left + right) / 2) ** 2 + (centres[:, None] - (top + bottom) / 2) ** 2
+    return box_mask(input_box, size) + np.exp(-d2 / (2 * (right - left) ** 2))
 
 
 def box_mask(input_box: tuple[float, float, float, float], size: int) -> np.ndarray:

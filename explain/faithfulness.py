@@ -12,9 +12,11 @@ order, so flat regions are not removed in raster order) and, in `steps` equal st
 
 Baseline image: a strong Gaussian blur of the input (sigma = input size / 16, ~14 px at 224;
 removes shape and texture, keeps the colour context so the perturbed photos stay photo-like) or,
-with `baseline="mean"`, the input's mean colour. Probability: the softmax over the label set
-(the dataset's classes) at the model's logit scale, from a single view (`encode_image(grad=True)`
-under inference mode): the view the heatmap was computed on, without the served flip averaging.
+with `baseline="mean"`, the input's mean colour; on off-centre composites also
+`baseline="background"`, the composite without its lesion (`explain.offcentre`). Probability: the
+softmax over the label set (the dataset's classes) at the model's logit scale, from a single view
+(`encode_image(grad=True)` under inference mode): the view the heatmap was computed on, without the
+served flip averaging.
 
 Two reference maps at the same upsampling: `random` (a uniform random grid of the heatmap's own
 resolution, seeded per photo, so the comparison is like for like in smoothness) and `center`
@@ -47,7 +49,8 @@ from models.photos import load_photo
 from models.scoring.zeroshot import LabelSet, ensemble_embedding
 
 REFERENCES = ("random", "center")
-Baseline = Literal["blur", "mean"]
+Baseline = Literal["blur", "mean", "background"]
+Curve = Literal["deletion", "insertion"]
 TargetChoice = Literal["predicted", "label"]
 
 
@@ -67,6 +70,7 @@ class FaithfulnessReport(BaseModel):
     n: int
     deletion_auc: dict[str, float]
     insertion_auc: dict[str, float]
+    references: tuple[str, ...] = REFERENCES
     per_image: dict[str, dict[str, list[float]]] = Field(default_factory=dict, exclude=True)
     settings: dict[str, str | int | float] = Field(default_factory=dict, exclude=True)
 
@@ -75,13 +79,17 @@ class FaithfulnessReport(BaseModel):
         return {
             "method": self.method,
             "n": self.n,
-            "deletion_auc": {k: self.deletion_auc[k] for k in (self.method, *REFERENCES)},
-            "insertion_auc": {k: self.insertion_auc[k] for k in (self.method, *REFERENCES)},
+            "deletion_auc": {k: self.deletion_auc[k] for k in (self.method, *self.references)},
+            "insertion_auc": {k: self.insertion_auc[k] for k in (self.method, *self.references)},
+            "targets": self.targets(),
         }
 
-    def paired(
-        self, curve: Literal["deletion", "insertion"], reference: str, method: str | None = None
-    ) -> dict[str, float]:
+    def targets(self) -> dict[str, bool]:
+        """The ordinary photos' targets (issue 17): insertion better than both references, deletion
+        better than random (on centred close-ups the centre is as good a deletion order)."""
+        return curve_targets(self.method, self.deletion_auc, self.insertion_auc, deletion_refs=("random",))
+
+    def paired(self, curve: Curve, reference: str, method: str | None = None) -> dict[str, float]:
         """Method minus reference, per photo: mean, 95 % normal-approximation half-width, share of wins."""
         a = np.asarray(self.per_image[curve][method or self.method])
         b = np.asarray(self.per_image[curve][reference])
@@ -96,19 +104,49 @@ class FaithfulnessReport(BaseModel):
         ]
         for name in self.deletion_auc:
             lines.append(f"{name:12s} {self.deletion_auc[name]:28.4f} {self.insertion_auc[name]:30.4f}")
-        if self.per_image and self.n > 1:
-            lines.append("paired differences (method - other), mean ± 95% CI:")
-            methods = [k for k in self.deletion_auc if k not in REFERENCES]
-            pairs = [(m, ref) for m in methods for ref in REFERENCES]
-            pairs += [(self.method, m) for m in methods if m != self.method]
-            for name, ref in pairs:
-                d, i = self.paired("deletion", ref, name), self.paired("insertion", ref, name)
-                lines.append(
-                    f"  {name} vs {ref}: deletion {d['mean_diff']:+.4f} ± {d['ci95']:.4f} "
-                    f"(better on {d['win_rate']:.0%} of photos), insertion {i['mean_diff']:+.4f} ± {i['ci95']:.4f} "
-                    f"(better on {i['win_rate']:.0%})"
-                )
+        lines += self.paired_lines()
+        lines += target_lines(self.targets())
         return "\n".join(lines)
+
+    def paired_lines(self) -> list[str]:
+        """Each method against each reference and against the main method, mean ± 95 % CI."""
+        if not self.per_image or self.n < 2:
+            return []
+        lines = ["paired differences (method - other), mean ± 95% CI:"]
+        methods = [k for k in self.deletion_auc if k not in self.references]
+        pairs = [(m, ref) for m in methods for ref in self.references]
+        pairs += [(self.method, m) for m in methods if m != self.method]
+        for name, ref in pairs:
+            d, i = self.paired("deletion", ref, name), self.paired("insertion", ref, name)
+            lines.append(
+                f"  {name} vs {ref}: deletion {d['mean_diff']:+.4f} ± {d['ci95']:.4f} "
+                f"(better on {d['win_rate']:.0%} of photos), insertion {i['mean_diff']:+.4f} ± {i['ci95']:.4f} "
+                f"(better on {i['win_rate']:.0%})"
+            )
+        return lines
+
+
+def target_lines(targets: dict[str, bool]) -> list[str]:
+    return [f"target: {name}: {'met' if ok else 'NOT met'}" for name, ok in targets.items()]
+
+
+def better(curve: Curve, value: float, reference: float) -> bool:
+    """Is `value` the better AUC? Deletion: lower (the score falls sooner); insertion: higher."""
+    return value < reference if curve == "deletion" else value > reference
+
+
+def curve_targets(
+    method: str,
+    deletion: dict[str, float],
+    insertion: dict[str, float],
+    *,
+    deletion_refs: Sequence[str] = REFERENCES,
+    insertion_refs: Sequence[str] = REFERENCES,
+) -> dict[str, bool]:
+    """`{"deletion better than random": True, ...}`: the method's mean AUC against each reference's."""
+    out = {f"deletion better than {r}": better("deletion", deletion[method], deletion[r]) for r in deletion_refs}
+    out |= {f"insertion better than {r}": better("insertion", insertion[method], insertion[r]) for r in insertion_refs}
+    return out
 
 
 # --- maps, ranks, curves ---------------------------------------------------------------------
@@ -141,6 +179,8 @@ def ranks(saliency: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 
 def baseline_image(pixels: torch.Tensor, kind: Baseline) -> torch.Tensor:
     """The 'removed' version of the (1, 3, S, S) input: strong blur or the mean colour."""
+    if kind == "background":
+        raise ValueError("the background baseline exists only for composites (--layout offcentre)")
     if kind == "mean":
         return pixels.mean(dim=(2, 3), keepdim=True).expand_as(pixels).clone()
     sigma = pixels.shape[-1] / 16
@@ -237,9 +277,11 @@ def map_curves(
     target: int,
     gen: torch.Generator,
     config: FaithfulnessConfig,
+    base: torch.Tensor | None = None,
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Deletion and insertion curves (target probability per step) for each map, in `maps` order."""
-    base = baseline_image(pixels, config.baseline)
+    """Deletion and insertion curves (target probability per step) for each map, in `maps` order;
+    removed pixels become `base` (default: `config.baseline` made from the input)."""
+    base = baseline_image(pixels, config.baseline) if base is None else base
     out = {}
     for name, saliency in maps.items():
         deletion, insertion = perturbed_batch(pixels, base, ranks(saliency, gen), config.steps)

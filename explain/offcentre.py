@@ -9,10 +9,17 @@ is no longer a free answer. Per composite and per map (each method, `random`, `c
   in raster order);
 * energy in the box (Wang et al. 2020, Score-CAM's "energy-based pointing game"): the share of
   the upsampled map's total inside the box;
-* deletion / insertion AUC, exactly as on the ordinary photos (`explain.faithfulness`).
+* deletion / insertion AUC as on the ordinary photos (`explain.faithfulness`), except what a removed
+  pixel becomes: by default (`baseline="background"`) the composite's own lesion-free canvas, so
+  removing the box removes the lesion and removing skin changes nothing. Blurring (`"blur"`)
+  leaves a lesion-coloured blob where the box was (a smooth brown blob still reads as a nevus)
+  and lowers the score wherever skin texture is blurred, so on composites it could not rank even
+  the known-answer order (`box`) clearly above the centre (explain/README.md).
 
 Target: the composite's top predicted class over the folder's labels. The references show what a
-map gets for free: `center` hits whenever the box covers the centre, `random` by chance.
+map gets for free: `center` hits whenever the box covers the centre, `random` by chance; `box`
+(curves only) is the order that is right by construction: the ceiling, and the check that the
+curves can tell a map on the lesion from one on the middle.
 """
 
 from __future__ import annotations
@@ -27,18 +34,22 @@ import torch
 from PIL import Image
 from pydantic import BaseModel, Field
 
-from explain.composites import Composite, CompositeConfig, box_mask, composite_rng, make_composite
+from explain.composites import Composite, CompositeConfig, box_map, box_mask, composite_rng, make_composite
 from explain.faithfulness import (
     REFERENCES,
     FaithfulnessConfig,
     FaithfulnessReport,
     Scorer,
     auc,
+    baseline_image,
+    better,
+    curve_targets,
     dataset_labels,
     evenly_spaced,
     map_curves,
     saliency_fn,
     saliency_maps,
+    target_lines,
 )
 from explain.gradcam import DEFAULT_METHOD, get_method
 from models.backends.base import ImageTextModel
@@ -48,6 +59,8 @@ from models.photos import load_photo
 from models.scoring.zeroshot import LabelSet
 
 Half = Literal["all", "a", "b"]
+CURVE_REFERENCES = (*REFERENCES, "box")
+POINTING_TARGET = 0.92
 
 
 def pointing_hit(saliency: torch.Tensor | np.ndarray, mask: np.ndarray) -> bool:
@@ -77,18 +90,38 @@ class OffcentreReport(BaseModel):
     settings: dict[str, str | int | float] = Field(default_factory=dict, exclude=True)
 
     def summary(self) -> dict[str, object]:
-        return {"layout": "offcentre", **self.model_dump()}
+        return {"layout": "offcentre", **self.model_dump(), "targets": self.targets()}
+
+    def targets(self) -> dict[str, bool]:
+        """Issue 17's targets on composites: pointing game >= 0.92, deletion and insertion both
+        better than random and centre (curves only where measured)."""
+        out = {f"pointing game >= {POINTING_TARGET}": self.pointing_game[self.method] >= POINTING_TARGET}
+        if self.deletion_auc:
+            out |= curve_targets(self.method, self.deletion_auc, self.insertion_auc)
+        return out
+
+    def curves_can_tell(self) -> bool | None:
+        """Does the known-answer order (`box`) beat the centre on both curves? If not, the curves
+        cannot tell a map on the lesion from one on the middle, whatever the map."""
+        if "box" not in self.deletion_auc:
+            return None
+        d, i = self.deletion_auc, self.insertion_auc
+        return better("deletion", d["box"], d["center"]) and better("insertion", i["box"], i["center"])
 
     def table(self) -> str:
         head = f"{'map':16s} {'pointing game':>14s} {'energy in box':>14s} {'deletion AUC':>13s} {'insertion AUC':>14s}"
         lines = [head]
-        for name in self.pointing_game:
-            d, i = self.deletion_auc.get(name, float("nan")), self.insertion_auc.get(name, float("nan"))
-            lines.append(
-                f"{name:16s} {self.pointing_game[name]:14.3f} {self.energy_in_box[name]:14.3f} {d:13.4f} {i:14.4f}"
-            )
-        if self.curves is not None and self.n > 1:
-            lines += self.curves.table().splitlines()[len(self.pointing_game) + 1 :]
+        nan = float("nan")
+        for name in dict.fromkeys([*self.pointing_game, *self.deletion_auc]):
+            d, i = self.deletion_auc.get(name, nan), self.insertion_auc.get(name, nan)
+            pg, e = self.pointing_game.get(name, nan), self.energy_in_box.get(name, nan)
+            lines.append(f"{name:16s} {pg:14.3f} {e:14.3f} {d:13.4f} {i:14.4f}")
+        if self.curves is not None:
+            lines += self.curves.paired_lines()
+        lines += target_lines(self.targets())
+        if (check := self.curves_can_tell()) is not None:
+            verdict = "yes" if check else "NO"
+            lines.append(f"check: the pasted box's own order beats the centre on both curves: {verdict}")
         return "\n".join(lines)
 
 
@@ -106,8 +139,9 @@ def evaluate_offcentre(
 ) -> OffcentreReport:
     """`photos`: (composite index, loader) pairs; the index seeds the composite, so one photo's
     composite does not depend on which others are measured. `curves=False`: pointing game and
-    energy only (one forward and backward per composite and method)."""
-    config = config or FaithfulnessConfig()
+    energy only (one forward and backward per composite and method). Removed pixels:
+    `config.baseline`, by default the composite's lesion-free canvas."""
+    config = config or FaithfulnessConfig(baseline="background")
     composites = composites or CompositeConfig(seed=config.seed)
     names = [method, *(m for m in dict.fromkeys(compare) if m != method)]
     fns = {name: saliency_fn(get_method(name)(model), labels) for name in names}
@@ -122,6 +156,8 @@ def evaluate_offcentre(
         maps, curve = _one_composite(model, comp, fns, scorer, index, config, curves)
         mask = box_mask(comp.input_box, model.preprocessing.image_size)
         for name, saliency in maps.items():
+            if name == "box":
+                continue
             hits.setdefault(name, []).append(float(pointing_hit(saliency, mask)))
             energy.setdefault(name, []).append(energy_in_box(saliency, mask))
         for name, (d, i) in curve.items():
@@ -131,14 +167,15 @@ def evaluate_offcentre(
             rate = (time.perf_counter() - t0) / done
             log(f"{done}/{len(photos)} composites, {rate:.2f} s each, ~{rate * (len(photos) - done):.0f} s left")
     keys = [*names, *REFERENCES]
+    curve_keys = [*names, *CURVE_REFERENCES]
     return OffcentreReport(
         method=method,
         n=len(photos),
         pointing_game={k: _mean(hits[k]) for k in keys},
         energy_in_box={k: _mean(energy[k]) for k in keys},
-        deletion_auc={k: _mean(deletion[k]) for k in keys if k in deletion},
-        insertion_auc={k: _mean(insertion[k]) for k in keys if k in insertion},
-        curves=_curves_report(method, len(photos), keys, deletion, insertion) if curves else None,
+        deletion_auc={k: _mean(deletion[k]) for k in curve_keys if k in deletion},
+        insertion_auc={k: _mean(insertion[k]) for k in curve_keys if k in insertion},
+        curves=_curves_report(method, len(photos), curve_keys, deletion, insertion) if curves else None,
         settings={
             "steps": config.steps,
             "baseline": config.baseline,
@@ -163,7 +200,14 @@ def _one_composite(
     target = int(scorer(pixels)[0].argmax())
     gen = torch.Generator().manual_seed(config.seed * 1_000_003 + index)
     maps = saliency_maps(pixels, target, fns, gen, config)
-    return maps, (map_curves(scorer, pixels, maps, target, gen, config) if curves else {})
+    if not curves:
+        return maps, {}
+    maps["box"] = torch.from_numpy(box_map(comp.input_box, pixels.shape[-1])).float()
+    if config.baseline == "background":
+        base = model.preprocessing.batch([comp.background])
+    else:
+        base = baseline_image(pixels, config.baseline)
+    return maps, map_curves(scorer, pixels, maps, target, gen, config, base)
 
 
 def _curves_report(
@@ -172,6 +216,7 @@ def _curves_report(
     return FaithfulnessReport(
         method=method,
         n=n,
+        references=CURVE_REFERENCES,
         deletion_auc={k: _mean(deletion[k]) for k in keys},
         insertion_auc={k: _mean(insertion[k]) for k in keys},
         per_image={"deletion": deletion, "insertion": insertion},

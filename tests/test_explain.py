@@ -379,7 +379,12 @@ def test_faithfulness_command_prints_one_json_object(pad_small: Path, capsys: py
 
     assert main(["faithfulness", "--data", str(pad_small), "--limit", "2", "--steps", "4", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert set(out) == {"method", "n", "deletion_auc", "insertion_auc"}
+    assert set(out) == {"method", "n", "deletion_auc", "insertion_auc", "targets"}
+    assert set(out["targets"]) == {
+        "deletion better than random",
+        "insertion better than random",
+        "insertion better than center",
+    }
     assert out["n"] == 2 and out["method"] == DEFAULT_METHOD
     for key in ("deletion_auc", "insertion_auc"):
         assert set(out[key]) == {DEFAULT_METHOD, "random", "center"}

@@ -26,7 +26,11 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="evenly spaced subset of N photos (default: all)")
     p.add_argument("--half", choices=["all", "a", "b"], default="all", help="interleaved half (a: 0,2,..)")
     p.add_argument("--steps", type=int, default=16, help="perturbation steps per curve (one batch)")
-    p.add_argument("--baseline", choices=["blur", "mean"], default="blur", help="what removed pixels become")
+    p.add_argument(
+        "--baseline",
+        choices=["blur", "mean", "background"],
+        help="what removed pixels become (photos: blur; offcentre: background, the composite without its lesion)",
+    )
     p.add_argument("--target", choices=["predicted", "label"], default="predicted", help="condition tracked (photos)")
     p.add_argument("--compare", action="append", choices=sorted(METHODS), help="more methods (table only)")
     p.add_argument("--no-curves", action="store_true", help="offcentre: pointing game and energy only (fast)")
@@ -52,6 +56,10 @@ def run(args: argparse.Namespace) -> int:
     if args.layout == "photos" and args.half != "all" and not args.sanity:
         print("error: --half applies to --layout offcentre and --sanity", file=sys.stderr)
         return 2
+    if args.layout == "photos" and args.baseline == "background":
+        print("error: --baseline background exists only for --layout offcentre (composites)", file=sys.stderr)
+        return 2
+    baseline = args.baseline or ("background" if args.layout == "offcentre" else "blur")
     set_threads(args.threads)
     model = load_model(args.model)
     common = {"limit": args.limit, "loader": lambda path: decode_image(path.read_bytes(), ImageLimits()).image}
@@ -63,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
         )  # fmt: skip
         print(report.model_dump_json() if args.json else report.table())
         return 0
-    config = FaithfulnessConfig(steps=args.steps, baseline=args.baseline, target=args.target, seed=args.seed)
+    config = FaithfulnessConfig(steps=args.steps, baseline=baseline, target=args.target, seed=args.seed)
     if args.layout == "offcentre":
         report = offcentre_on_folder(
             model, args.data, taxonomy, method=args.method, compare=args.compare or (), half=args.half,
