@@ -237,7 +237,7 @@ def tune_thresholds(pairs: list[Pair], results: list[Comparison], quantile: floa
     x = np.array([f for _, f in rows])
     w = np.clip(LogisticRegression(C=10.0, class_weight="balanced").fit(x, y).coef_[0], 1e-3, None)
     cut = float(np.quantile(x[~y] @ w, quantile))
-    area, colour, shape, appearance = cut / w
+    area, colour, shape, appearance = (float(t) for t in cut / w)
     return ChangeThresholds(
         area_pct=round(100 * area, 1),
         delta_e=round(10 * colour, 2),
@@ -296,6 +296,21 @@ def summarise(pairs: list[Pair], results: list[Comparison], th: ChangeThresholds
     labelled_idx = [i for i, p in enumerate(pairs) if p.kind != "different-lesion"]
     report["cannot_tell_rate_same_lesion"] = round(sum(scores[i] is None for i in labelled_idx) / len(labelled_idx), 3)
     report["thresholds"] = th.__dict__
+    report["pairs"] = [  # each pair's measures, to see which fail and why
+        {
+            "kind": p.kind,
+            "true_area_change_pct": None if p.true_area_change_pct is None else round(p.true_area_change_pct, 1),
+            "verdict": r.verdict,
+            "area_change_pct": r.area_change_pct,
+            "delta_e": r.delta_e,
+            "shape_change": r.shape_change,
+            "appearance_change": r.appearance_change,
+            "outline_stability": r.outline_stability,
+            "score": None if s is None else round(s, 3),
+            "why": None if r.comparable else r.reasons[0],
+        }
+        for p, r, s in zip(pairs, results, scores, strict=True)
+    ]
     return report
 
 

@@ -27,13 +27,15 @@ Verdict = Literal["changed", "stable", "cannot tell"]
 
 @dataclass(frozen=True)
 class ChangeThresholds:
-    # Tuned on the development half of the PAD pairs (`dermtriage compare-eval`): each the 98.5th
-    # percentile over the comparable stable pairs. The area threshold came out useless (a few stable
-    # pairs whose outlines differ wildly set it): size change is not called on clinical photos yet.
-    area_pct: float = 588.0  # |area change| in % that alone says changed
-    delta_e: float = 7.53  # CIE76 Delta E of the lesion's colour relative to its skin
-    shape: float = 0.65  # 1 - IoU of the registered outlines at equal area
-    appearance: float = 0.5  # 1 - correlation of the lesion's picture at its best magnification
+    # Fitted on the development half of the PAD pairs (`dermtriage compare-eval --photos 6
+    # --different-lesions 10`, models/fitting/change_eval.py::tune_thresholds): the change score is the
+    # sum of the measures each over its threshold, changed at >= 1. The fit gave size and shape almost
+    # no weight (few development growth pairs, and real repeats whose size reads move by tens of %):
+    # colour carries the score; size alone is called only beyond +-616 %.
+    area_pct: float = 616.0  # |area change| in %
+    delta_e: float = 7.95  # CIE76 Delta E of the lesion's colour relative to its skin
+    shape: float = 1971.3  # 1 - IoU of the registered outlines at equal area (no weight: never reached)
+    appearance: float = 2.855  # 1 - correlation of the lesion's picture at its best magnification
     min_inliers: int = 8  # RANSAC inliers on the skin for a registration to count
     min_skin_correlation: float = 0.4  # grey-level r of the registered skin around the lesions
     max_scale_ratio: float = 3.0  # zoom between the photos
