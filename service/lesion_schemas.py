@@ -66,9 +66,7 @@ class LesionComparison(BaseModel):
     outline_stability: float | None = Field(
         default=None, description="IoU of each outline between a loose and a tight crop (the lower of the two)"
     )
-    change_score: float | None = Field(
-        default=None, description="sum of the measures each over its threshold (>= 1: changed)"
-    )
+    change_score: float | None = Field(default=None, description="largest measure over its threshold (>= 1: changed)")
     differential_change: dict[str, float] = Field(
         default_factory=dict, description="later minus earlier probability of each condition both answers rank"
     )

@@ -215,34 +215,28 @@ def run_pairs(pairs: list[Pair], thresholds: ChangeThresholds) -> list[Compariso
 
 def _features(r: Comparison) -> list[float]:
     assert r.area_change_pct is not None and r.delta_e is not None and r.shape_change is not None
-    return [abs(r.area_change_pct) / 100, r.delta_e / 10, r.shape_change, r.appearance_change or 0.0]
+    return [abs(r.area_change_pct), r.delta_e, r.shape_change, r.appearance_change or 0.0]
 
 
-def tune_thresholds(pairs: list[Pair], results: list[Comparison], quantile: float = 0.97) -> ChangeThresholds:
-    """The change score's weights and cut, from the development pairs that were comparable: a logistic
-    regression of changed vs stable on |area change|, Delta E, shape and appearance change gives the weights
-    (non-negative: more change never counts against 'changed'); the cut is the `quantile` of the
-    stable pairs' weighted sums. Each threshold is then the cut over its weight, so the change score,
-    the sum of the measures each over its threshold, is 1 at the cut."""
-    from sklearn.linear_model import LogisticRegression
+FLOORS = (2.0, 1.0, 0.02, 0.02)  # area %, Delta E, shape, appearance: below these no threshold goes
 
-    rows = [
-        (p.changed, _features(r))
-        for p, r in zip(pairs, results, strict=True)
-        if r.comparable and p.kind != "different-lesion"
-    ]
-    if len({c for c, _ in rows}) < 2 or sum(not c for c, _ in rows) < 10:
+
+def tune_thresholds(
+    pairs: list[Pair], results: list[Comparison], quantile: float = 0.95, spread: float = 0.75
+) -> ChangeThresholds:
+    """Thresholds from the development stable pairs that were comparable: each measure is scaled by
+    its `spread` quantile over them (at least its floor), the change score is the largest scaled
+    measure, and one cut, the `quantile` of the stable pairs' scores, sets every threshold (cut x
+    scale), so the false 'changed' rate on development stable pairs is about 1 - `quantile`."""
+    stable = [_features(r) for p, r in zip(pairs, results, strict=True) if r.comparable and p.kind.startswith("stable")]
+    if len(stable) < 10:
         return ChangeThresholds()
-    y = np.array([c for c, _ in rows])
-    x = np.array([f for _, f in rows])
-    w = np.clip(LogisticRegression(C=10.0, class_weight="balanced").fit(x, y).coef_[0], 1e-3, None)
-    cut = float(np.quantile(x[~y] @ w, quantile))
-    area, colour, shape, appearance = (float(t) for t in cut / w)
+    x = np.abs(np.array(stable))
+    scale = np.maximum(np.quantile(x, spread, axis=0), FLOORS)
+    cut = float(np.quantile((x / scale).max(1), quantile))
+    area, colour, shape, appearance = (float(t) for t in cut * scale)
     return ChangeThresholds(
-        area_pct=round(100 * area, 1),
-        delta_e=round(10 * colour, 2),
-        shape=round(shape, 3),
-        appearance=round(appearance, 3),
+        area_pct=round(area, 1), delta_e=round(colour, 2), shape=round(shape, 3), appearance=round(appearance, 3)
     )
 
 
@@ -250,7 +244,7 @@ def rescore(r: Comparison, th: ChangeThresholds) -> float | None:
     """The change score of a comparable result under other thresholds (no need to compare again)."""
     if not r.comparable:
         return None
-    return sum(change_parts(r, th).values())
+    return max(change_parts(r, th).values())
 
 
 def summarise(pairs: list[Pair], results: list[Comparison], th: ChangeThresholds) -> dict:
@@ -300,7 +294,7 @@ def summarise(pairs: list[Pair], results: list[Comparison], th: ChangeThresholds
         {
             "kind": p.kind,
             "true_area_change_pct": None if p.true_area_change_pct is None else round(p.true_area_change_pct, 1),
-            "verdict": r.verdict,
+            "verdict": "cannot tell" if s is None else "changed" if s >= 1 else "stable",  # under `th`
             "area_change_pct": r.area_change_pct,
             "delta_e": r.delta_e,
             "shape_change": r.shape_change,

@@ -27,15 +27,13 @@ Verdict = Literal["changed", "stable", "cannot tell"]
 
 @dataclass(frozen=True)
 class ChangeThresholds:
-    # Fitted on the development half of the PAD pairs (`dermtriage compare-eval --photos 6
-    # --different-lesions 10`, models/fitting/change_eval.py::tune_thresholds): the change score is the
-    # sum of the measures each over its threshold, changed at >= 1. The fit gave size and shape almost
-    # no weight (few development growth pairs, and real repeats whose size reads move by tens of %):
-    # colour carries the score; size alone is called only beyond +-616 %.
-    area_pct: float = 616.0  # |area change| in %
-    delta_e: float = 7.95  # CIE76 Delta E of the lesion's colour relative to its skin
-    shape: float = 1971.3  # 1 - IoU of the registered outlines at equal area (no weight: never reached)
-    appearance: float = 2.855  # 1 - correlation of the lesion's picture at its best magnification
+    # Fitted on the development half of the PAD pairs by `dermtriage compare-eval --photos 15
+    # --different-lesions 20` (models/fitting/change_eval.py::tune_thresholds); changed when any
+    # measure reaches its threshold.
+    area_pct: float = 12.8  # |area change| in %
+    delta_e: float = 11.77  # CIE76 Delta E of the lesion's colour relative to its skin
+    shape: float = 0.904  # 1 - IoU of the registered outlines at equal area
+    appearance: float = 0.354  # 1 - correlation of the lesion's picture at its best magnification
     min_inliers: int = 8  # RANSAC inliers on the skin for a registration to count
     min_skin_correlation: float = 0.4  # grey-level r of the registered skin around the lesions
     max_scale_ratio: float = 3.0  # zoom between the photos
@@ -70,7 +68,7 @@ class Comparison:
     border_irregularity_change: float | None = None
     appearance_change: float | None = None  # 1 - correlation of the lesion at its best magnification
     differential_change: dict[str, float] = field(default_factory=dict)
-    change_score: float | None = None  # sum of each measure over its threshold: >= 1 means changed
+    change_score: float | None = None  # the largest measure over its threshold: >= 1 means changed
     outline_stability: float | None = None  # IoU of the outlines between two framings (1: the caller's masks)
     later_outline_on_earlier: list[tuple[int, int]] = field(default_factory=list)  # earlier photo's pixels
 
@@ -180,7 +178,7 @@ def _registration_reasons(reg: Registration, th: ChangeThresholds, a_mask: np.nd
 
 
 def change_parts(c: Comparison, th: ChangeThresholds) -> dict[str, float]:
-    """Each measure of a comparable result over its threshold; their sum is the change score (>= 1: changed)."""
+    """Each measure of a comparable result over its threshold; the largest is the change score."""
     assert c.area_change_pct is not None and c.delta_e is not None and c.shape_change is not None
     return {
         "size": abs(c.area_change_pct) / th.area_pct,
@@ -191,19 +189,19 @@ def change_parts(c: Comparison, th: ChangeThresholds) -> dict[str, float]:
 
 
 def _verdict(out: Comparison, th: ChangeThresholds) -> None:
-    """One change score, the sum of the measures each over its threshold (a weighted sum whose weights
-    and cut were fitted on development pairs); the verdict and the reasons naming what changed."""
-    assert out.area_change_pct is not None and out.delta_e is not None and out.shape_change is not None
+    """The change score is the largest measure over its threshold (a change of any one kind, size or
+    colour or shape or appearance, is a change); the verdict and the reasons naming what changed."""
     parts = change_parts(out, th)
-    out.change_score = round(sum(parts.values()), 3)
+    out.change_score = round(max(parts.values()), 3)
     if out.change_score < 1:
         out.reasons.append(
-            f"no measured change: change score {out.change_score:.2f} < 1 (area {out.area_change_pct:+.0f} %, "
-            f"Delta E {out.delta_e:.1f}, shape {out.shape_change:.2f}, appearance {out.appearance_change:.2f})"
+            f"no measured change beyond the thresholds: area {out.area_change_pct:+.0f} % (threshold "
+            f"{th.area_pct:.0f} %), Delta E {out.delta_e:.1f} ({th.delta_e:.1f}), shape {out.shape_change:.2f} "
+            f"({th.shape:.2f}), appearance {out.appearance_change:.2f} ({th.appearance:.2f})"
         )
         return
     out.verdict = "changed"
-    named = {k for k, v in parts.items() if v >= out.change_score / 3}  # the measures that carry the score
+    named = {k for k, v in parts.items() if v >= 1}
     if "size" in named:
         grew = "grew" if out.area_change_pct > 0 else "shrank"
         out.reasons.append(f"measured change in size: the area {grew} by {abs(out.area_change_pct):.0f} %")
