@@ -236,9 +236,10 @@ class LesionsController(Controller):
         summary="Has the lesion changed? Two photos of one lesion, earlier first",
         description=(
             "JSON: `earlier` and `later`, each `{case_id}` (a kept case with its photo) or `{image}` (base64), "
-            "with an optional `body_site`. The later photo is registered onto the earlier one (ORB + RANSAC "
-            "similarity), both lesions are outlined, and the answer gives the area, diameter, colour (Delta E "
-            "relative to the skin) and shape change, each differential's probability change and a verdict "
+            "with an optional `body_site`. The later photo is registered onto the earlier one on the skin (SIFT "
+            "+ RANSAC similarity), both lesions are outlined again in register, and the answer gives the area, "
+            "diameter, colour (Delta E relative to the skin), shape and appearance change, each differential's "
+            "probability change and a verdict "
             "`changed` / `stable` / `cannot tell` with reasons. Photos that are not comparable (different body "
             "sites or kinds of photo, a non-skin photo, no common landmarks, a lesion that is not found) get "
             "`cannot tell` and no measures. Decision support, not a diagnosis."
