@@ -1,8 +1,10 @@
 """Compare two photos of one lesion: are they comparable, how were they registered, what changed
-(area, diameter, colour relative to the surrounding skin, shape), and a verdict with reasons.
+(area, diameter, colour relative to the surrounding skin, shape, appearance), and a verdict with reasons.
 
-Every measure is taken after registering the later photo onto the earlier one on the whole scene
-(models/lesions/registration.py), so a zoomed-in repeat photo is not read as growth. Thresholds
+Every measure is taken after registering the later photo onto the earlier one on the skin
+(models/lesions/registration.py), so a zoomed-in repeat photo is not read as growth; with a
+segmenter both photos are outlined again on the same registered crop, and growth is read from the
+pictures (models/lesions/growth.py). Thresholds
 (`ChangeThresholds`) were tuned on development pairs (models/fitting/change_eval.py); the figures
 on held-out pairs are in the README.
 """
