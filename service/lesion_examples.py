@@ -17,10 +17,10 @@ _OUTLINE = {
 }
 COMPARE_EXAMPLE = {
     "verdict": "changed",
-    "reasons": ["area grew by 31 % (threshold 588 %: not used)", "colour moved by Delta E 9.1 relative to the skin"],
+    "reasons": ["measured change in size: the area grew by 31 %"],
     "comparable": True,
     "registration": {
-        "method": "ORB + RANSAC similarity on the skin",
+        "method": "sift-ransac-similarity",
         "inliers": 41,
         "scale": 1.02,
         "rotation_deg": 3.5,
@@ -30,9 +30,11 @@ COMPARE_EXAMPLE = {
     "delta_e": 9.1,
     "shape_change": 0.18,
     "border_irregularity_change": 0.07,
-    "change_score": 1.21,
+    "appearance_change": 0.12,
+    "outline_stability": 0.91,
+    "change_score": 2.42,
     "differential_change": {"melanoma": 0.08, "melanocytic_nevus": -0.1},
-    "measured_ng12": {"change_in_size": False, "change_in_shape": False, "change_in_colour": True},
+    "measured_ng12": {"change_in_size": True, "change_in_shape": False, "change_in_colour": False},
     "earlier": _OUTLINE,
     "later": _OUTLINE | {"area_px": 13640.0, "longest_diameter_px": 147.0},
     "later_outline_on_earlier": [[226, 146], [292, 141], [312, 199], [272, 243], [219, 218]],

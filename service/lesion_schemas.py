@@ -60,6 +60,12 @@ class LesionComparison(BaseModel):
     delta_e: float | None = Field(default=None, description="CIE76 Delta E of the lesion colour relative to its skin")
     shape_change: float | None = Field(default=None, description="1 - IoU of the registered outlines at equal area")
     border_irregularity_change: float | None = None
+    appearance_change: float | None = Field(
+        default=None, description="1 - correlation of the lesion's picture with the earlier at its best magnification"
+    )
+    outline_stability: float | None = Field(
+        default=None, description="IoU of each outline between a loose and a tight crop (the lower of the two)"
+    )
     change_score: float | None = Field(default=None, description="largest measure over its threshold (>= 1: changed)")
     differential_change: dict[str, float] = Field(
         default_factory=dict, description="later minus earlier probability of each condition both answers rank"

@@ -65,7 +65,7 @@ def test_growth_is_measured_and_said() -> None:
     strict = compare(side(rgb, m), side(big2, mb2), ChangeThresholds(area_pct=15))
     assert strict.verdict == "changed", strict.reasons
     assert any("change in size" in r for r in strict.reasons)
-    under = compare(side(rgb, m), side(big2, mb2), ChangeThresholds(area_pct=40))
+    under = compare(side(rgb, m), side(big2, mb2), ChangeThresholds(area_pct=40, delta_e=100, shape=100))
     assert under.verdict == "stable" and under.change_score < 1
 
 
@@ -144,3 +144,39 @@ def test_measured_change_scores_the_ng12_points_of_a_reported_one() -> None:
     assert measured.points == reported.points >= none.points + 4  # two major items, 2 points each
     assert measured.suspected_cancer and not none.suspected_cancer
     assert measured.items == reported.items
+
+
+def dark_crops(crops: list[np.ndarray]) -> list[np.ndarray]:
+    """A plain segmenter for the scenes above: the dark pixels, largest component."""
+    from models.segmentation.measures import largest_component
+
+    return [largest_component(ndimage.binary_opening(c.mean(-1) < 110, iterations=2)) for c in crops]
+
+
+def test_outlines_redrawn_in_register_measure_growth_not_zoom() -> None:
+    """With a segmenter, both photos are outlined again on the same registered crop: a zoomed repeat
+    reads as no change, a real growth as growth."""
+    rgb, m = scene(radius=50)
+    again = compare(side(rgb, m), side(*moved(rgb, m, scale=1.3)), segment_crops=dark_crops)
+    assert again.comparable and again.outline_stability > 0.9, again.reasons
+    assert abs(again.area_change_pct) < 8 and again.verdict == "stable"
+    big, mb = scene(radius=50 * np.sqrt(1.3))
+    grown = compare(side(rgb, m), side(*moved(big, mb, scale=1.3)), segment_crops=dark_crops)
+    assert grown.area_change_pct == pytest.approx(30, abs=8)
+
+
+def test_an_outline_that_depends_on_the_framing_cannot_tell() -> None:
+    """A segmenter whose outline changes with the crop's size is not trusted to measure change."""
+    rgb, m = scene()
+
+    def framing_dependent(crops: list[np.ndarray]) -> list[np.ndarray]:
+        out = []
+        for crop in crops:
+            h, w = crop.shape[:2]
+            yy, xx = np.mgrid[:h, :w]
+            out.append((yy - h / 4) ** 2 + (xx - w / 4) ** 2 <= (min(h, w) / 5) ** 2)  # a crop's top left
+        return out
+
+    c = compare(side(rgb, m), side(*moved(rgb, m)), segment_crops=framing_dependent)
+    assert c.verdict == "cannot tell" and c.area_change_pct is None
+    assert any("not stable enough" in r for r in c.reasons)

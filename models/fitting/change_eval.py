@@ -27,7 +27,7 @@ from scipy import ndimage
 from sklearn.metrics import roc_auc_score
 from tqdm import tqdm
 
-from models.lesions.compare import ChangeThresholds, Comparison, PhotoSide, compare
+from models.lesions.compare import ChangeThresholds, Comparison, PhotoSide, change_parts, compare
 from models.photos import load_photo
 
 
@@ -37,6 +37,7 @@ class Pair:
     earlier: Image.Image
     later: Image.Image
     true_area_change_pct: float | None = None
+    true_scale: float | None = None  # later pixels -> earlier pixels, for the re-rendered pairs
     body_sites: tuple[str | None, str | None] = (None, None)
 
     @property
@@ -60,8 +61,9 @@ def pad_rows(root: Path) -> list[dict[str, str]]:
     return [{**r, "path": str(files[Path(r["img_id"]).stem])} for r in rows if Path(r["img_id"]).stem in files]
 
 
-def rerender(im: Image.Image, rng: np.random.Generator) -> Image.Image:
-    """Another shot of the same scene: crop, small rotation, lighting, white balance, JPEG, blur."""
+def rerender(im: Image.Image, rng: np.random.Generator) -> tuple[Image.Image, float]:
+    """Another shot of the same scene: crop, small rotation, lighting, white balance, JPEG, blur; and the
+    true scale from its pixels to the original's."""
     w, h = im.size
     angle = float(rng.uniform(-10, 10))
     out = im.rotate(angle, resample=Image.Resampling.BICUBIC, expand=False)
@@ -79,7 +81,7 @@ def rerender(im: Image.Image, rng: np.random.Generator) -> Image.Image:
         out = out.filter(ImageFilter.GaussianBlur(float(rng.uniform(0.3, 1.2))))
     buf = io.BytesIO()
     out.save(buf, format="JPEG", quality=int(rng.integers(40, 92)))
-    return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+    return Image.open(io.BytesIO(buf.getvalue())).convert("RGB"), float(1 / zoom)
 
 
 def _fill_from_lesion(rgb: np.ndarray, mask: np.ndarray, new: np.ndarray) -> np.ndarray:
@@ -138,15 +140,17 @@ def distort_border(rgb: np.ndarray, mask: np.ndarray, rng: np.random.Generator) 
     return _fill_from_lesion(rgb, mask, new), 100 * (new.sum() / mask.sum() - 1)
 
 
-def make_pairs(root: Path, half: str, seed: int = 0, synthetic_photos: int = 60) -> list[Pair]:
+def make_pairs(
+    root: Path, half: str, seed: int = 0, synthetic_photos: int = 60, different_lesions: int = 40
+) -> list[Pair]:
     """Every pair of one half (see the module's docstring)."""
     from models.segmentation import segment
 
     rows = [r for r in pad_rows(root) if half_of(r["patient_id"]) == half]
     rng = np.random.default_rng(seed)
-    by_lesion: dict[str, list[dict[str, str]]] = {}
-    for r in rows:
-        by_lesion.setdefault(r["lesion_id"], []).append(r)
+    by_lesion: dict[tuple[str, str], list[dict[str, str]]] = {}
+    for r in rows:  # PAD's lesion_id is numbered per patient: two patients can share one
+        by_lesion.setdefault((r["patient_id"], r["lesion_id"]), []).append(r)
     photo = lambda r: capped(load_photo(r["path"]))  # noqa: E731
     pairs: list[Pair] = []
     for group in by_lesion.values():  # real same-visit repeats: consecutive photos of one lesion
@@ -160,15 +164,20 @@ def make_pairs(root: Path, half: str, seed: int = 0, synthetic_photos: int = 60)
         if not seg.found:
             continue
         rgb, mask = np.asarray(im), seg.mask
-        pairs.append(Pair("stable-rerender", im, rerender(im, rng)))
-        grown, true_pct = grow(rgb, mask, float(rng.uniform(0.10, 0.40)))
-        pairs.append(Pair("growth", im, rerender(Image.fromarray(grown), rng), true_pct))
-        pairs.append(Pair("darkening", im, rerender(Image.fromarray(darken(rgb, mask, rng.uniform(0.6, 0.8))), rng), 0))
-        pairs.append(Pair("new-colour", im, rerender(Image.fromarray(new_colour(rgb, mask, rng)), rng), 0))
-        bordered, true_pct = distort_border(rgb, mask, rng)
-        pairs.append(Pair("border", im, rerender(Image.fromarray(bordered), rng), true_pct))
+        grown, grown_pct = grow(rgb, mask, float(rng.uniform(0.10, 0.40)))
+        bordered, border_pct = distort_border(rgb, mask, rng)
+        made = [
+            ("stable-rerender", rgb, None),
+            ("growth", grown, grown_pct),
+            ("darkening", darken(rgb, mask, rng.uniform(0.6, 0.8)), 0.0),
+            ("new-colour", new_colour(rgb, mask, rng), 0.0),
+            ("border", bordered, border_pct),
+        ]
+        for kind, later, true_pct in made:
+            shot, scale = rerender(Image.fromarray(later), rng)
+            pairs.append(Pair(kind, im, shot, true_pct, scale))
     patients = sorted({r["patient_id"] for r in rows})
-    for _ in range(min(40, len(patients) // 2)):  # different lesions, different patients, same body site unknown
+    for _ in range(min(different_lesions, len(patients) // 2)):  # two patients' lesions, body sites not given
         pa, pb = rng.choice(len(singles), size=2, replace=False)
         if singles[pa]["patient_id"] != singles[pb]["patient_id"]:
             pairs.append(Pair("different-lesion", photo(singles[pa]), photo(singles[pb])))
@@ -184,33 +193,50 @@ def capped(im: Image.Image) -> Image.Image:
 
 
 def side_of(im: Image.Image, body_site: str | None = None) -> PhotoSide:
-    from models.segmentation import segment
+    from models.segmentation import segment_masks
 
-    seg = segment(im)
-    return PhotoSide(np.asarray(im.convert("RGB")), seg.mask if seg.found else None, body_site=body_site)
+    mask = segment_masks([np.asarray(im.convert("RGB"))])[0]
+    return PhotoSide(np.asarray(im.convert("RGB")), mask if mask.any() else None, body_site=body_site)
 
 
 def run_pairs(pairs: list[Pair], thresholds: ChangeThresholds) -> list[Comparison]:
-    """Compare every pair (the shared earlier photo of the synthetic pairs segmented once)."""
+    """Compare every pair (the shared earlier photo of the synthetic pairs segmented once), outlining
+    both again in register as the service does."""
+    from models.segmentation import segment_masks
+
     out, sides = [], {}
     for p in tqdm(pairs, desc="comparing pairs", mininterval=30):
         key = (id(p.earlier), p.body_sites[0])
         if key not in sides:
             sides = {key: side_of(p.earlier, p.body_sites[0])}  # pairs of one photo come in a row
-        out.append(compare(sides[key], side_of(p.later, p.body_sites[1]), thresholds))
+        out.append(compare(sides[key], side_of(p.later, p.body_sites[1]), thresholds, segment_masks))
     return out
 
 
-def tune_thresholds(pairs: list[Pair], results: list[Comparison], quantile: float = 0.985) -> ChangeThresholds:
-    """Each measure's threshold: its `quantile` over the development stable pairs that were comparable."""
-    stable = [r for p, r in zip(pairs, results, strict=True) if p.kind.startswith("stable") and r.comparable]
+def _features(r: Comparison) -> list[float]:
+    assert r.area_change_pct is not None and r.delta_e is not None and r.shape_change is not None
+    return [abs(r.area_change_pct), r.delta_e, r.shape_change, r.appearance_change or 0.0]
+
+
+FLOORS = (2.0, 1.0, 0.02, 0.02)  # area %, Delta E, shape, appearance: below these no threshold goes
+
+
+def tune_thresholds(
+    pairs: list[Pair], results: list[Comparison], quantile: float = 0.95, spread: float = 0.75
+) -> ChangeThresholds:
+    """Thresholds from the development stable pairs that were comparable: each measure is scaled by
+    its `spread` quantile over them (at least its floor), the change score is the largest scaled
+    measure, and one cut, the `quantile` of the stable pairs' scores, sets every threshold (cut x
+    scale), so the false 'changed' rate on development stable pairs is about 1 - `quantile`."""
+    stable = [_features(r) for p, r in zip(pairs, results, strict=True) if r.comparable and p.kind.startswith("stable")]
     if len(stable) < 10:
         return ChangeThresholds()
-    q = lambda xs: float(np.quantile(np.abs(xs), quantile))  # noqa: E731
+    x = np.abs(np.array(stable))
+    scale = np.maximum(np.quantile(x, spread, axis=0), FLOORS)
+    cut = float(np.quantile((x / scale).max(1), quantile))
+    area, colour, shape, appearance = (float(t) for t in cut * scale)
     return ChangeThresholds(
-        area_pct=round(max(q([r.area_change_pct for r in stable]), 5.0), 1),
-        delta_e=round(max(q([r.delta_e for r in stable]), 2.0), 2),
-        shape=round(max(q([r.shape_change for r in stable]), 0.05), 3),
+        area_pct=round(area, 1), delta_e=round(colour, 2), shape=round(shape, 3), appearance=round(appearance, 3)
     )
 
 
@@ -218,7 +244,7 @@ def rescore(r: Comparison, th: ChangeThresholds) -> float | None:
     """The change score of a comparable result under other thresholds (no need to compare again)."""
     if not r.comparable:
         return None
-    return max(abs(r.area_change_pct) / th.area_pct, r.delta_e / th.delta_e, r.shape_change / th.shape)
+    return max(change_parts(r, th).values())
 
 
 def summarise(pairs: list[Pair], results: list[Comparison], th: ChangeThresholds) -> dict:
@@ -255,16 +281,41 @@ def summarise(pairs: list[Pair], results: list[Comparison], th: ChangeThresholds
         if p.kind in ("growth", "border") and r.comparable and p.true_area_change_pct is not None
     ]
     report["area_change_abs_error_median_pp"] = round(float(np.median(errs)), 2) if errs else None
+    scale_errs = [  # the registration's scale (work pixels) against the re-render's zoom (photo pixels)
+        abs(r.registration["scale"] * max(p.earlier.size) / max(p.later.size) / p.true_scale - 1)
+        for p, r in zip(pairs, results, strict=True)
+        if p.true_scale and r.registration.get("ok")
+    ]
+    report["registration_scale_error_median_pct"] = round(100 * float(np.median(scale_errs)), 2) if scale_errs else None
+    labelled_idx = [i for i, p in enumerate(pairs) if p.kind != "different-lesion"]
+    report["cannot_tell_rate_same_lesion"] = round(sum(scores[i] is None for i in labelled_idx) / len(labelled_idx), 3)
     report["thresholds"] = th.__dict__
+    report["pairs"] = [  # each pair's measures, to see which fail and why
+        {
+            "kind": p.kind,
+            "true_area_change_pct": None if p.true_area_change_pct is None else round(p.true_area_change_pct, 1),
+            "verdict": "cannot tell" if s is None else "changed" if s >= 1 else "stable",  # under `th`
+            "area_change_pct": r.area_change_pct,
+            "delta_e": r.delta_e,
+            "shape_change": r.shape_change,
+            "appearance_change": r.appearance_change,
+            "outline_stability": r.outline_stability,
+            "score": None if s is None else round(s, 3),
+            "why": None if r.comparable else r.reasons[0],
+        }
+        for p, r, s in zip(pairs, results, scores, strict=True)
+    ]
     return report
 
 
-def evaluate_change(root: Path, synthetic_photos: int = 60, log: Callable[[str], None] = print) -> dict:
+def evaluate_change(
+    root: Path, synthetic_photos: int = 60, log: Callable[[str], None] = print, different_lesions: int = 40
+) -> dict:
     """Tune on the development half, report on the held-out half (and the development half, marked)."""
-    dev = make_pairs(root, "dev", seed=0, synthetic_photos=synthetic_photos)
+    dev = make_pairs(root, "dev", seed=0, synthetic_photos=synthetic_photos, different_lesions=different_lesions)
     dev_results = run_pairs(dev, ChangeThresholds())
     th = tune_thresholds(dev, dev_results)
     log(f"thresholds tuned on {len(dev)} development pairs: {th}")
-    held = make_pairs(root, "held-out", seed=1, synthetic_photos=synthetic_photos)
+    held = make_pairs(root, "held-out", seed=1, synthetic_photos=synthetic_photos, different_lesions=different_lesions)
     held_results = run_pairs(held, th)
     return {"held_out": summarise(held, held_results, th), "development_in_sample": summarise(dev, dev_results, th)}

@@ -1,22 +1,27 @@
 """Compare two photos of one lesion: are they comparable, how were they registered, what changed
-(area, diameter, colour relative to the surrounding skin, shape), and a verdict with reasons.
+(area, diameter, colour relative to the surrounding skin, shape, appearance), and a verdict with reasons.
 
-Every measure is taken after registering the later photo onto the earlier one on the whole scene
-(models/lesions/registration.py), so a zoomed-in repeat photo is not read as growth. Thresholds
+Every measure is taken after registering the later photo onto the earlier one on the skin
+(models/lesions/registration.py), so a zoomed-in repeat photo is not read as growth; with a
+segmenter both photos are outlined again on the same registered crop, and growth is read from the
+pictures (models/lesions/growth.py). Thresholds
 (`ChangeThresholds`) were tuned on development pairs (models/fitting/change_eval.py); the figures
 on held-out pairs are in the README.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
+import cv2
 import numpy as np
 from PIL import Image
 from scipy import ndimage
 from skimage import color, measure, transform
 
+from models.lesions.growth import lesion_growth
 from models.lesions.registration import Registration, register, to_work, warp_affine
 
 Verdict = Literal["changed", "stable", "cannot tell"]
@@ -24,17 +29,19 @@ Verdict = Literal["changed", "stable", "cannot tell"]
 
 @dataclass(frozen=True)
 class ChangeThresholds:
-    # Tuned on the development half of the PAD pairs (`dermtriage compare-eval`): each the 98.5th
-    # percentile over the comparable stable pairs. The area threshold came out useless (a few stable
-    # pairs whose outlines differ wildly set it): size change is not called on clinical photos yet.
-    area_pct: float = 588.0  # |area change| in % that alone says changed
-    delta_e: float = 7.53  # CIE76 Delta E of the lesion's colour relative to its skin
-    shape: float = 0.65  # 1 - IoU of the registered outlines at equal area
+    # Fitted on the development half of the PAD pairs by `dermtriage compare-eval --photos 15
+    # --different-lesions 20` (models/fitting/change_eval.py::tune_thresholds); changed when any
+    # measure reaches its threshold.
+    area_pct: float = 12.8  # |area change| in %
+    delta_e: float = 11.77  # CIE76 Delta E of the lesion's colour relative to its skin
+    shape: float = 0.904  # 1 - IoU of the registered outlines at equal area
+    appearance: float = 0.354  # 1 - correlation of the lesion's picture at its best magnification
     min_inliers: int = 8  # RANSAC inliers on the skin for a registration to count
     min_skin_correlation: float = 0.4  # grey-level r of the registered skin around the lesions
     max_scale_ratio: float = 3.0  # zoom between the photos
     min_overlap: float = 0.3  # share of the earlier frame the later photo covers
     max_skin_lightness_diff: float = 25.0  # CIELAB L* of the skin: exposure too different beyond this
+    min_outline_stability: float = 0.5  # IoU of each outline between a loose and a tight crop
 
 
 @dataclass(frozen=True)
@@ -61,9 +68,28 @@ class Comparison:
     delta_e: float | None = None
     shape_change: float | None = None
     border_irregularity_change: float | None = None
+    appearance_change: float | None = None  # 1 - correlation of the lesion at its best magnification
     differential_change: dict[str, float] = field(default_factory=dict)
-    change_score: float | None = None  # max of each measure over its threshold: >= 1 means changed
+    change_score: float | None = None  # the largest measure over its threshold: >= 1 means changed
+    outline_stability: float | None = None  # IoU of the outlines between two framings (1: the caller's masks)
     later_outline_on_earlier: list[tuple[int, int]] = field(default_factory=list)  # earlier photo's pixels
+
+
+# Outlines both crops (H, W, 3 uint8, the same framing) -> their bool masks: the served segmenter in
+# `compare_segmented` and the route; None keeps the masks the caller gave (warped into register).
+CropSegmenter = Callable[[list[np.ndarray]], list[np.ndarray]]
+
+
+def _crop_box(a_mask: np.ndarray, b_on_a: np.ndarray, margin: float = 0.6) -> tuple[slice, slice]:
+    """A box around both registered outlines, `margin` of its size added on each side (the context
+    the segmenter sees is then the same in both crops)."""
+    rows, cols = np.nonzero(a_mask | b_on_a)
+    h, w = a_mask.shape
+    dy, dx = np.ptp(rows) + 1, np.ptp(cols) + 1
+    side = max(dy, dx) * (1 + 2 * margin)
+    cy, cx = (rows.min() + rows.max()) / 2, (cols.min() + cols.max()) / 2
+    y0, x0 = int(max(0, cy - side / 2)), int(max(0, cx - side / 2))
+    return slice(y0, int(min(h, cy + side / 2)) + 1), slice(x0, int(min(w, cx + side / 2)) + 1)
 
 
 def _resize_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -153,29 +179,43 @@ def _registration_reasons(reg: Registration, th: ChangeThresholds, a_mask: np.nd
     return reasons
 
 
-def _verdict(out: Comparison, th: ChangeThresholds) -> None:
-    """Score the measures against the thresholds; set the verdict and its reasons."""
-    assert out.area_change_pct is not None and out.delta_e is not None and out.shape_change is not None
-    parts = {
-        "size": abs(out.area_change_pct) / th.area_pct,
-        "colour": out.delta_e / th.delta_e,
-        "shape": out.shape_change / th.shape,
+def change_parts(c: Comparison, th: ChangeThresholds) -> dict[str, float]:
+    """Each measure of a comparable result over its threshold; the largest is the change score."""
+    assert c.area_change_pct is not None and c.delta_e is not None and c.shape_change is not None
+    return {
+        "size": abs(c.area_change_pct) / th.area_pct,
+        "colour": c.delta_e / th.delta_e,
+        "shape": c.shape_change / th.shape,
+        "appearance": (c.appearance_change or 0.0) / th.appearance,
     }
+
+
+def _verdict(out: Comparison, th: ChangeThresholds) -> None:
+    """The change score is the largest measure over its threshold (a change of any one kind, size or
+    colour or shape or appearance, is a change); the verdict and the reasons naming what changed."""
+    parts = change_parts(out, th)
     out.change_score = round(max(parts.values()), 3)
     if out.change_score < 1:
         out.reasons.append(
-            f"no measured change beyond the thresholds (area {th.area_pct:.0f} %, Delta E {th.delta_e:.0f}, "
-            f"shape {th.shape:.2f})"
+            f"no measured change beyond the thresholds: area {out.area_change_pct:+.0f} % (threshold "
+            f"{th.area_pct:.0f} %), Delta E {out.delta_e:.1f} ({th.delta_e:.1f}), shape {out.shape_change:.2f} "
+            f"({th.shape:.2f}), appearance {out.appearance_change:.2f} ({th.appearance:.2f})"
         )
         return
     out.verdict = "changed"
-    if parts["size"] >= 1:
+    named = {k for k, v in parts.items() if v >= 1}
+    if "size" in named:
         grew = "grew" if out.area_change_pct > 0 else "shrank"
         out.reasons.append(f"measured change in size: the area {grew} by {abs(out.area_change_pct):.0f} %")
-    if parts["colour"] >= 1:
+    if "colour" in named:
         out.reasons.append(f"measured change in colour: Delta E {out.delta_e:.1f} relative to the skin")
-    if parts["shape"] >= 1:
+    if "shape" in named:
         out.reasons.append(f"measured change in shape: outlines differ by {out.shape_change:.0%} at equal area")
+    if "appearance" in named:
+        out.reasons.append(
+            f"measured change in appearance: the lesion's picture matches its earlier one only to r = "
+            f"{1 - (out.appearance_change or 0):.2f} at its best magnification"
+        )
 
 
 def _outline_on(mask: np.ndarray, shape: tuple[int, int]) -> list[tuple[int, int]]:
@@ -188,8 +228,55 @@ def _outline_on(mask: np.ndarray, shape: tuple[int, int]) -> list[tuple[int, int
     return [(round(c * sx), round(r * sy)) for r, c in poly[:-1]]
 
 
-def compare(earlier: PhotoSide, later: PhotoSide, thresholds: ChangeThresholds | None = None) -> Comparison:
-    """The verdict on one pair; 'cannot tell' (with every reason found) unless the pair is comparable."""
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = (a | b).sum()
+    return float((a & b).sum() / union) if union else 0.0
+
+
+def _in_register(
+    a_rgb: np.ndarray,
+    b_rgb: np.ndarray,
+    a_mask: np.ndarray,
+    b_mask: np.ndarray,
+    reg: Registration,
+    segment_crops: CropSegmenter | None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]:
+    """The later photo moved into the earlier's frame, where it has pixels, both outlines in that frame,
+    and how stable the
+    outlines are (1 when the masks are the caller's). The later mask is warped or, with `segment_crops`,
+    both photos are outlined again on the same crop of the registered pair (a zoom or framing difference
+    then changes neither what the segmenter sees nor the areas compared), each also on a tighter crop:
+    the lower IoU of the two framings says whether the outline is stable enough to measure change."""
+    assert reg.transform is not None
+    h, w = a_mask.shape
+    m = reg.transform.params[:2]
+    b_img = cv2.warpAffine(b_rgb.astype(np.float32), m, (w, h), flags=cv2.INTER_LINEAR)
+    covered = cv2.warpAffine(np.ones(b_rgb.shape[:2], np.float32), m, (w, h), flags=cv2.INTER_NEAREST) > 0.5
+    b_on_a = warp_affine(b_mask.astype(float), reg.transform, a_mask.shape, order=0) > 0.5
+    if segment_crops is None or not b_on_a.any():
+        return b_img, covered, a_mask, b_on_a, 1.0
+    skin = covered & ~ndimage.binary_dilation(a_mask | b_on_a, iterations=6)
+    if skin.any():  # uncovered pixels take the skin's median colour: no black or mirrored edges
+        b_img[~covered] = np.median(b_img[skin], axis=0)
+    boxes = [_crop_box(a_mask, b_on_a, margin) for margin in (0.6, 0.3)]
+    crops = [(np.clip(img[box], 0, 1) * 255).astype(np.uint8) for box in boxes for img in (a_rgb, b_img)]
+    masks = []
+    for box, mask in zip([boxes[0], boxes[0], boxes[1], boxes[1]], segment_crops(crops), strict=True):
+        full = np.zeros_like(a_mask)
+        full[box] = mask
+        masks.append(full)
+    stability = min(_iou(masks[0], masks[2]), _iou(masks[1], masks[3]))
+    return b_img, covered, masks[0], masks[1], stability
+
+
+def compare(
+    earlier: PhotoSide,
+    later: PhotoSide,
+    thresholds: ChangeThresholds | None = None,
+    segment_crops: CropSegmenter | None = None,
+) -> Comparison:
+    """The verdict on one pair; 'cannot tell' (with every reason found) unless the pair is comparable.
+    `segment_crops` outlines both photos again in register (see `_in_register`)."""
     th = thresholds or ChangeThresholds()
     reasons = _side_reasons(earlier, later)
     if reasons:
@@ -201,30 +288,36 @@ def compare(earlier: PhotoSide, later: PhotoSide, thresholds: ChangeThresholds |
     reg = register(a_rgb, b_rgb, skin_a, skin_b)
     if not reg.ok or reg.transform is None:
         return _cannot_tell([reg.reason or "the photos could not be registered"], reg)
-    b_on_a = warp_affine(b_mask.astype(float), reg.transform, a_mask.shape, order=0) > 0.5
-    reasons = _registration_reasons(reg, th, a_mask, b_on_a)
-    rel_a, skin_la = _relative_lab(a_rgb, a_mask)
-    rel_b, skin_lb = _relative_lab(b_rgb, b_mask)
-    if abs(skin_la - skin_lb) > th.max_skin_lightness_diff:
-        reasons.append(f"the exposure differs too much (skin L* {skin_la:.0f} vs {skin_lb:.0f})")
+    b_img, covered, a_m, b_m, stability = _in_register(a_rgb, b_rgb, a_mask, b_mask, reg, segment_crops)
+    reasons = _registration_reasons(reg, th, a_mask, b_m)
+    if not reasons and not a_m.any():
+        reasons.append("no lesion could be outlined in the earlier photo's registered crop")
+    elif not reasons and stability < th.min_outline_stability:
+        reasons.append(
+            f"the lesion's outline is not stable enough to measure change (IoU {stability:.2f} between two "
+            "framings of the same photo)"
+        )
     if reasons:
         return _cannot_tell(reasons, reg)
-    area_a, area_b = float(a_mask.sum()), float(b_mask.sum()) * reg.scale**2
-    pa = measure.regionprops(a_mask.astype(np.uint8))[0]
-    pb = measure.regionprops(b_mask.astype(np.uint8))[0]
-    diam_a, diam_b = float(pa.feret_diameter_max), float(pb.feret_diameter_max) * reg.scale
-    irr = [float(measure.perimeter(m) ** 2 / (4 * np.pi * m.sum())) for m in (a_mask, b_mask)]
+    rel_a, skin_la = _relative_lab(a_rgb, a_m)
+    rel_b, skin_lb = _relative_lab(np.clip(b_img, 0, 1), b_m)
+    if abs(skin_la - skin_lb) > th.max_skin_lightness_diff:
+        return _cannot_tell([f"the exposure differs too much (skin L* {skin_la:.0f} vs {skin_lb:.0f})"], reg)
+    growth = lesion_growth(a_rgb, np.clip(b_img, 0, 1), a_m, covered)
+    irr = [float(measure.perimeter(m) ** 2 / (4 * np.pi * m.sum())) for m in (a_m, b_m)]
     out = Comparison(
         verdict="stable",
         reasons=[],
         comparable=True,
         registration=_registration_summary(reg),
-        area_change_pct=round(100 * (area_b / area_a - 1), 1),
-        diameter_change_pct=round(100 * (diam_b / diam_a - 1), 1),
+        area_change_pct=round(growth.area_change_pct, 1),
+        diameter_change_pct=round(100 * (growth.scale - 1), 1),
+        appearance_change=round(growth.appearance_change, 3),
         delta_e=round(float(np.linalg.norm(rel_b - rel_a)), 2),
-        shape_change=round(1 - _equal_area_iou(a_mask, b_on_a), 3),
+        shape_change=round(1 - _equal_area_iou(a_m, b_m), 3),
         border_irregularity_change=round(irr[1] - irr[0], 3),
-        later_outline_on_earlier=_outline_on(b_on_a, earlier.mask.shape),
+        later_outline_on_earlier=_outline_on(b_m, earlier.mask.shape),
+        outline_stability=round(stability, 3),
     )
     if earlier.probabilities and later.probabilities:
         out.differential_change = {
@@ -240,10 +333,10 @@ def compare_segmented(
     earlier: Image.Image, later: Image.Image, thresholds: ChangeThresholds | None = None
 ) -> Comparison:
     """Segment both photos with the served segmenter, then `compare` (the evaluation's entry point)."""
-    from models.segmentation import segment
+    from models.segmentation import segment, segment_masks
 
     made = []
     for photo in (earlier, later):
         seg = segment(photo)
         made.append(PhotoSide(np.asarray(photo.convert("RGB")), seg.mask if seg.found else None))
-    return compare(made[0], made[1], thresholds)
+    return compare(made[0], made[1], thresholds, segment_masks)

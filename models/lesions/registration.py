@@ -1,16 +1,19 @@
 """Register the later photo onto the earlier one by a similarity transform (scale, rotation,
-shift) fitted to ORB keypoint matches with RANSAC (skimage). The inlier count and the grey-level
+shift) fitted to SIFT keypoint matches on the skin with RANSAC (OpenCV). The inlier count and the grey-level
 correlation of the registered skin are what say whether the two photos show the same place."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 from scipy import ndimage
-from skimage import color, feature, measure, transform
+from skimage import color, transform
 
 WORK_SIDE = 512  # both photos are registered at this long side
+METHOD = "sift-ransac-similarity"
+RATIO = 0.8  # Lowe's ratio test on the two nearest descriptors
 
 
 @dataclass(frozen=True)
@@ -35,17 +38,18 @@ def to_work(rgb: np.ndarray) -> np.ndarray:
     return transform.resize(rgb, (round(h * s), round(w * s)), anti_aliasing=True, preserve_range=False)
 
 
-def _keypoints(grey: np.ndarray, skin: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """ORB keypoints on the skin only (outside the dilated lesion): a lesion that grew must not pull
-    the registration's scale with it."""
-    orb = feature.ORB(n_keypoints=600, n_scales=6, fast_threshold=0.02)
-    try:
-        orb.detect_and_extract(grey)
-    except RuntimeError:  # too few keypoints (a flat photo)
-        return np.zeros((0, 2)), np.zeros((0, 256), bool)
-    rows, cols = np.clip(orb.keypoints.round().astype(int).T, 0, np.array(grey.shape)[:, None] - 1)
-    keep = skin[rows, cols]
-    return orb.keypoints[keep], orb.descriptors[keep]
+def _grey_u8(rgb: np.ndarray) -> np.ndarray:
+    """Grey levels with local contrast raised (CLAHE), so the faint texture of skin gives keypoints."""
+    grey = (color.rgb2gray(rgb) * 255).astype(np.uint8)
+    return cv2.createCLAHE(clipLimit=2.0, tileGridSize=(8, 8)).apply(grey)
+
+
+def _keypoints(grey: np.ndarray, skin: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """SIFT keypoints on the skin only (outside the dilated lesion): a lesion that grew must not pull
+    the registration's scale with it. (x, y) points and their descriptors."""
+    sift = cv2.SIFT_create(nfeatures=1500, contrastThreshold=0.02)
+    kps, desc = sift.detectAndCompute(grey, skin.astype(np.uint8) * 255)
+    return np.array([k.pt for k in kps], np.float32).reshape(-1, 2), desc
 
 
 _SWAP = np.array([[0.0, 1, 0], [1, 0, 0], [0, 0, 1]])
@@ -64,23 +68,25 @@ def warp_affine(
 def register(earlier: np.ndarray, later: np.ndarray, skin_a: np.ndarray, skin_b: np.ndarray) -> Registration:
     """Similarity transform mapping `later` onto `earlier` (both WORK_SIDE float RGB); `skin_*`: bool masks
     of the skin outside each lesion (where the correlation check looks)."""
-    ga, gb = color.rgb2gray(earlier), color.rgb2gray(later)
+    ga, gb = _grey_u8(earlier), _grey_u8(later)
     ka, da = _keypoints(ga, skin_a)
     kb, db = _keypoints(gb, skin_b)
-    fail = Registration(False, "orb-ransac-similarity", 1.0, 0.0, (0.0, 0.0), 0, 0, 0.0, 0.0, None)
-    if len(ka) < 8 or len(kb) < 8:
+    fail = Registration(False, METHOD, 1.0, 0.0, (0.0, 0.0), 0, 0, 0.0, 0.0, None)
+    if len(ka) < 8 or len(kb) < 8 or da is None or db is None:
         return _with_reason(fail, "too few landmarks to register the photos (flat or blurred photo)")
-    pairs = feature.match_descriptors(da, db, cross_check=True, max_ratio=0.85)
-    if len(pairs) < 8:
+    knn = cv2.BFMatcher(cv2.NORM_L2).knnMatch(db, da, k=2)
+    good = [m[0] for m in knn if len(m) == 2 and m[0].distance < RATIO * m[1].distance]
+    if len(good) < 8:
         return _with_reason(fail, "the two photos share too few landmarks to be registered")
-    src = kb[pairs[:, 1]][:, ::-1]  # (x, y) in the later photo
-    dst = ka[pairs[:, 0]][:, ::-1]
-    rng = np.random.default_rng(0)
-    model, inliers = measure.ransac(
-        (src, dst), transform.SimilarityTransform, min_samples=3, residual_threshold=4, max_trials=2000, rng=rng
+    src = kb[[m.queryIdx for m in good]]  # (x, y) in the later photo
+    dst = ka[[m.trainIdx for m in good]]
+    matrix, inl = cv2.estimateAffinePartial2D(
+        src, dst, method=cv2.RANSAC, ransacReprojThreshold=4.0, maxIters=4000, confidence=0.999, refineIters=20
     )
-    if model is None or inliers is None or inliers.sum() < 8:
+    if matrix is None or inl is None or int(inl.sum()) < 8:
         return _with_reason(fail, "no consistent registration between the two photos")
+    model = transform.SimilarityTransform(matrix=np.vstack([matrix, [0.0, 0.0, 1.0]]))
+    ga, gb = color.rgb2gray(earlier), color.rgb2gray(later)  # the check on the plain grey levels
     warped = warp_affine(gb, model, ga.shape, order=1, cval=np.nan)
     skin_b_w = warp_affine(skin_b.astype(float), model, ga.shape, order=0) > 0.5
     covered = ~np.isnan(warped)
@@ -88,12 +94,12 @@ def register(earlier: np.ndarray, later: np.ndarray, skin_a: np.ndarray, skin_b:
     r = float(np.corrcoef(ga[both], warped[both])[0, 1]) if both.sum() > 100 else 0.0
     return Registration(
         ok=True,
-        method="orb-ransac-similarity",
+        method=METHOD,
         scale=float(model.scale),
         rotation_deg=float(np.degrees(model.rotation)),
         shift_px=(float(model.translation[0]), float(model.translation[1])),
-        inliers=int(inliers.sum()),
-        matches=len(pairs),
+        inliers=int(inl.sum()),
+        matches=len(good),
         overlap=float(covered.mean()),
         skin_correlation=r if np.isfinite(r) else 0.0,
         transform=model,

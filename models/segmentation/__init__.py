@@ -22,7 +22,15 @@ from models.segmentation.measures import MaskMeasures, largest_component, measur
 from models.segmentation.network import Segmenter, load_segmenter
 from models.segmentation.preprocess import to_input
 
-__all__ = ["SEGMENTER_NAME", "LesionSegmentation", "MaskMeasures", "mask_png", "segment", "segment_probability"]
+__all__ = [
+    "SEGMENTER_NAME",
+    "LesionSegmentation",
+    "MaskMeasures",
+    "mask_png",
+    "segment",
+    "segment_masks",
+    "segment_probability",
+]
 
 SEGMENTER_NAME = "lesion-seg-head 1.0: frozen EfficientNet-Lite0 + FPN head, ISIC 2017 masks"
 MIN_AREA_FRACTION = 0.002  # a mask smaller than this share of the photo is no lesion found
@@ -78,6 +86,17 @@ def segment(photo: Image.Image, mm_per_px: float | None = None) -> LesionSegment
     return LesionSegmentation(
         mask, True, round(confidence, 3), outline_polygon(mask), measure_mask(mask, rgb, mm_per_px), reason
     )
+
+
+def segment_masks(crops: list[np.ndarray]) -> list[np.ndarray]:
+    """Each (H, W, 3) uint8 image's lesion mask (largest component, holes filled; all False below
+    MIN_AREA_FRACTION), in one batch: the lesion comparison outlines both registered crops with it."""
+    photos = [Image.fromarray(c) for c in crops]
+    out = []
+    for photo, prob in zip(photos, segment_probability(photos), strict=True):
+        mask = mask_from_probability(prob, photo.size)
+        out.append(mask if mask.sum() >= MIN_AREA_FRACTION * mask.size else np.zeros_like(mask))
+    return out
 
 
 def mask_png(mask: np.ndarray) -> bytes:

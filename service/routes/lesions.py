@@ -24,7 +24,7 @@ from PIL import Image, ImageDraw
 
 from models.lesions import Comparison, PhotoSide, compare
 from models.scoring.urgency import UrgencyResult, mark_measured, with_measured_change
-from models.segmentation import LesionSegmentation
+from models.segmentation import LesionSegmentation, segment_masks
 from service.auth.guard import API_KEY_SECURITY
 from service.images import DecodedImage
 from service.intake import decode_base64, load_json
@@ -173,6 +173,8 @@ def comparison_out(a: Visit, b: Visit, c: Comparison, overlays: bool) -> LesionC
         delta_e=c.delta_e,
         shape_change=c.shape_change,
         border_irregularity_change=c.border_irregularity_change,
+        appearance_change=c.appearance_change,
+        outline_stability=c.outline_stability,
         change_score=c.change_score,
         differential_change=c.differential_change,
         measured_ng12=Ng12Change(
@@ -234,9 +236,10 @@ class LesionsController(Controller):
         summary="Has the lesion changed? Two photos of one lesion, earlier first",
         description=(
             "JSON: `earlier` and `later`, each `{case_id}` (a kept case with its photo) or `{image}` (base64), "
-            "with an optional `body_site`. The later photo is registered onto the earlier one (ORB + RANSAC "
-            "similarity), both lesions are outlined, and the answer gives the area, diameter, colour (Delta E "
-            "relative to the skin) and shape change, each differential's probability change and a verdict "
+            "with an optional `body_site`. The later photo is registered onto the earlier one on the skin (SIFT "
+            "+ RANSAC similarity), both lesions are outlined again in register, and the answer gives the area, "
+            "diameter, colour (Delta E relative to the skin), shape and appearance change, each differential's "
+            "probability change and a verdict "
             "`changed` / `stable` / `cannot tell` with reasons. Photos that are not comparable (different body "
             "sites or kinds of photo, a non-skin photo, no common landmarks, a lesion that is not found) get "
             "`cannot tell` and no measures. Decision support, not a diagnosis."
@@ -254,7 +257,7 @@ class LesionsController(Controller):
             read_visit(req.earlier, req.modality, service, request),
             read_visit(req.later, req.modality, service, request),
         )
-        result = await asyncio.to_thread(compare, earlier.side(), later.side())
+        result = await asyncio.to_thread(compare, earlier.side(), later.side(), None, segment_masks)
         out = await asyncio.to_thread(comparison_out, earlier, later, result, req.overlays)
         return out.model_copy(update={"later_urgency": await later_urgency(later, out, service, request)})
 
@@ -307,7 +310,7 @@ class LesionsController(Controller):
                 read.append((case.id, visit))
         changes = []
         for (id_a, a), (id_b, b) in itertools.pairwise(read):
-            c = await asyncio.to_thread(compare, a.side(), b.side())
+            c = await asyncio.to_thread(compare, a.side(), b.side(), None, segment_masks)
             changes.append(
                 TimelineStep(
                     earlier_case_id=id_a,
