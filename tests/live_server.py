@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -45,3 +45,20 @@ def live_server(app: Any, port: int | None = None, ready_within_s: float = 600) 
     finally:
         server.should_exit = True
         thread.join(30)
+
+
+@contextmanager
+def browser_page(browser: Any, tolerate: Callable[[str], bool] = lambda _: False) -> Iterator[Any]:
+    """A fresh 1280x900 page. Afterwards every JavaScript error it logged (uncaught, or console.error)
+    that `tolerate` does not excuse fails the test."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+    try:
+        yield page
+    finally:
+        context.close()
+    unexpected = [e for e in errors if not tolerate(e)]
+    assert not unexpected, f"JavaScript errors in the page: {unexpected}"

@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 import test_viewer_e2e as ve
-from live_server import live_server
+from live_server import browser_page, live_server
 
 from service.app import create_app
 from service.settings import Settings
@@ -87,17 +87,8 @@ def service_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture
 def page(browser: Any) -> Iterator[Any]:
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
-    pg = context.new_page()
-    errors: list[str] = []
-    pg.on("pageerror", lambda exc: errors.append(str(exc)))
-    pg.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
-    try:
+    with browser_page(browser, tolerate=lambda e: any(code in e for code in EXPECTED_CONSOLE)) as pg:
         yield pg
-    finally:
-        context.close()
-    unexpected = [e for e in errors if not any(code in e for code in EXPECTED_CONSOLE)]
-    assert not unexpected, f"JavaScript errors in the page: {unexpected}"
 
 
 def _stage(page: Any) -> dict[str, float]:

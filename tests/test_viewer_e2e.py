@@ -22,7 +22,7 @@ from typing import Any
 
 import httpx
 import pytest
-from live_server import live_server
+from live_server import browser_page, live_server
 from service_photos import jpeg_bytes, lesion_photo
 
 from models.knowledge.risk_factors import BodySite, RiskFactors
@@ -115,19 +115,9 @@ def browser() -> Iterator[Any]:
 
 @pytest.fixture
 def page(browser: Any) -> Iterator[Any]:
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
-    pg = context.new_page()
-    errors: list[str] = []
-    pg.on("pageerror", lambda exc: errors.append(str(exc)))
-    pg.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
-    pg.js_errors = errors  # type: ignore[attr-defined]
-    try:
-        yield pg
-    finally:
-        context.close()
     # a 404 from "open by id" logs a console error ("Failed to load resource"); anything else is a bug
-    unexpected = [e for e in errors if "404" not in e]
-    assert not unexpected, f"JavaScript errors in the page: {unexpected}"
+    with browser_page(browser, tolerate=lambda e: "404" in e) as pg:
+        yield pg
 
 
 # ----------------------------------------------------------------------------- helpers

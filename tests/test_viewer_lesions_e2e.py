@@ -20,7 +20,7 @@ import httpx
 import numpy as np
 import pytest
 import test_viewer_e2e as ve
-from live_server import live_server
+from live_server import browser_page, live_server
 from PIL import Image
 from test_lesion_compare import moved
 
@@ -52,17 +52,8 @@ def service_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture
 def page(browser: Any) -> Iterator[Any]:
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
-    pg = context.new_page()
-    errors: list[str] = []
-    pg.on("pageerror", lambda exc: errors.append(str(exc)))
-    pg.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
-    try:
+    with browser_page(browser, tolerate=lambda e: "404" in e) as pg:  # a case still on the write queue
         yield pg
-    finally:
-        context.close()
-    unexpected = [e for e in errors if "404" not in e]  # a case still on the write queue
-    assert not unexpected, f"JavaScript errors in the page: {unexpected}"
 
 
 def _points(attr: str | None) -> list[tuple[float, float]]:
