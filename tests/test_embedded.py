@@ -177,7 +177,7 @@ def test_vignette_augment_makes_what_the_artefact_check_flags(tmp_path: Path) ->
     """The synthetic dermatoscope vignette darkens the corners the way `artefact_check` detects real
     ones, leaves the lesion centre as it was, and is off unless asked for (PAD's recipe unchanged)."""
     from models.fitting.artefact_check import artefact_flags
-    from models.fitting.train_embedded import DermatoscopeVignette, train_augment
+    from models.fitting.augment import DermatoscopeVignette, train_augment
 
     torch.manual_seed(0)
     skin = torch.full((3, 224, 224), 0.75)

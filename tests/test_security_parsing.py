@@ -28,7 +28,7 @@ from service.settings import Settings
 
 FHIR = "application/fhir+json"
 BODY_READ_TIMEOUT_S = 1.0
-LIVE_BUDGET_S = 0.2
+LIVE_BUDGET_S = 0.5  # a loop held by the upload answers only after the 1 s body deadline; 0.2 failed on a loaded CI
 
 
 def _settings() -> Settings:
