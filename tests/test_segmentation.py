@@ -105,3 +105,47 @@ def test_segmenter_beats_the_baseline_on_isic_validation_images() -> None:
     assert report["n"] == 24
     assert report["head"]["jaccard"] > 0.65
     assert report["head"]["jaccard"] > report["otsu"]["jaccard"]
+
+
+def test_every_dihedral_view_turns_back_onto_the_input() -> None:
+    import torch
+
+    from models.segmentation.tta import DIHEDRAL, from_view, to_view, tta_logits
+
+    x = torch.arange(2 * 3 * 5 * 5, dtype=torch.float32).reshape(2, 3, 5, 5)  # no symmetry at all
+    assert len(set(DIHEDRAL)) == 8
+    for view in DIHEDRAL:
+        assert torch.equal(from_view(to_view(x, view), view), x)
+        if view != (0, False):
+            assert not torch.equal(to_view(x, view), x)
+    # a per-pixel model is equivariant: averaged views inverted correctly give its plain output back
+    assert torch.allclose(tta_logits(lambda v: v[:, :1] * 2, x, DIHEDRAL), x[:, :1] * 2)
+
+
+def test_served_segmenter_follows_a_flipped_photo() -> None:
+    from models.segmentation import segment_probability
+
+    m = disc((256, 256), (80, 170), 45)  # off-centre, so a flip moves it
+    photo = skin_photo(m, seed=3)
+    probs = segment_probability([photo, photo.transpose(Image.Transpose.FLIP_LEFT_RIGHT)])
+    assert probs[0][m].mean() > probs[0][~m].mean() + 0.1  # the map sees the off-centre lesion
+    assert np.abs(probs[1] - probs[0]).max() > 0.1  # and moves when the photo is flipped
+    # the four flips are averaged, so the served map is exactly flip-equivariant when each view's
+    # map is turned back correctly
+    np.testing.assert_allclose(probs[1], probs[0][:, ::-1], atol=1e-4)
+
+
+def test_mask_keeps_the_lesion_fills_its_hole_and_drops_a_speck() -> None:
+    from models.segmentation import THRESHOLD, mask_from_probability
+
+    lesion = disc((256, 256), (128, 128), 60)
+    hole = disc((256, 256), (128, 128), 12)
+    speck = disc((256, 256), (20, 230), 5)
+    prob = np.where(lesion & ~hole | speck, 0.9, 0.05).astype(np.float32)
+    prob[disc((256, 256), (128, 60), 8) & ~lesion] = THRESHOLD + 0.05  # just over: joins the lesion
+    mask = mask_from_probability(prob, (512, 512))
+    assert mask.shape == (512, 512)
+    assert mask[256, 256]  # the hole is filled
+    assert not mask[40, 460]  # the speck is gone
+    assert mask[256, 112]  # the rim at the threshold is kept
+    assert mask.sum() == pytest.approx(np.pi * 120**2, rel=0.05)
