@@ -9,16 +9,18 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import test_viewer_e2e as ve
 from ehr_client import media, patient, searchset
-from live_server import free_port, live_server
+from live_server import browser_page, free_port, live_server
 from service_photos import jpeg_bytes, lesion_photo
 from smart_ehr import Client, SmartEhr, smart_ehr
-from test_viewer_e2e import CHROMIUM_ARGS, chromium_path, need
 
 from models.knowledge.taxonomy import load_taxonomy
 from service.app import create_app
 from service.engine import TriageEngine
 from service.settings import Settings
+
+browser = ve.browser  # Chromium through Playwright, one per module
 
 
 @pytest.fixture(scope="module")
@@ -48,35 +50,21 @@ def base_url(tiny_clip: Any, ehr: SmartEhr, port: int) -> Iterator[str]:
         yield base
 
 
-def test_ehr_launch_opens_the_triage_in_the_viewer(base_url: str, ehr: SmartEhr) -> None:
-    exe = chromium_path()
-    if exe is None:
-        need("Chromium not found (apt-get install chromium chromium-driver)")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        need("Playwright for Python is not installed (pip install -e '.[dev]')")
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=exe, headless=True, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page()
-            errors: list[str] = []
-            page.on("pageerror", lambda exc: errors.append(str(exc)))
-            page.goto(f"{base_url}/viewer/launch?iss={ehr.fhir}&launch=launch-123")
-            page.wait_for_selector("#answer:not([hidden])", timeout=60_000)
-            assert "Patient p1" in page.inner_text("#status")
-            launch_names = page.locator("#differentials li").all_inner_texts()
-            assert launch_names, "the launch page shows no differentials"
-            page.click("#open")
-            page.wait_for_url(f"{base_url}/viewer?launch=smart")
-            page.wait_for_function("document.getElementById('differentials').children.length > 0", timeout=60_000)
-            status = page.inner_text("#status")
-            shown = page.inner_text("body")
-            page_state = page.evaluate("document.cookie + JSON.stringify(localStorage) + location.href")
-            key_prompt = page.input_value("#api-key")
-        finally:
-            browser.close()
-    assert not errors, errors
+def test_ehr_launch_opens_the_triage_in_the_viewer(base_url: str, ehr: SmartEhr, browser: Any) -> None:
+    # uncaught errors fail; the browser's own lines for 401/404 responses (the viewer's probes) do not
+    with browser_page(browser, tolerate=lambda e: e.startswith("Failed to load resource")) as page:
+        page.goto(f"{base_url}/viewer/launch?iss={ehr.fhir}&launch=launch-123")
+        page.wait_for_selector("#answer:not([hidden])", timeout=60_000)
+        assert "Patient p1" in page.inner_text("#status")
+        launch_names = page.locator("#differentials li").all_inner_texts()
+        assert launch_names, "the launch page shows no differentials"
+        page.click("#open")
+        page.wait_for_url(f"{base_url}/viewer?launch=smart")
+        page.wait_for_function("document.getElementById('differentials').children.length > 0", timeout=60_000)
+        status = page.inner_text("#status")
+        shown = page.inner_text("body")
+        page_state = page.evaluate("document.cookie + JSON.stringify(localStorage) + location.href")
+        key_prompt = page.input_value("#api-key")
     top = launch_names[0].rsplit(" ", 1)[0]  # "Name 42%" on the launch page
     assert top in shown, f"the viewer does not show the launch's top differential {top!r}"
     assert "EHR launch" in status and not key_prompt  # opened without an API key
