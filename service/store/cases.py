@@ -9,11 +9,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import anyio
 from sqlalchemy import exists, select
@@ -31,6 +30,7 @@ from service.store.writer import DB_ERRORS, OP_TIMEOUT_S, Row, WriteQueue
 
 Status = Literal["starting", "ok", "unavailable", "off"]
 RETRY_S = 5.0
+T = TypeVar("T")
 log = logging.getLogger("dermtriage.store")
 
 
@@ -88,6 +88,7 @@ class CaseStore:
         self.keep_photos = settings.store_photos
         self.retention_days = settings.retention_days
         self._retention: asyncio.Task[None] | None = None
+        self._in_flight: set[asyncio.Future[Any]] = set()
 
     # -- life cycle ------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -119,6 +120,8 @@ class CaseStore:
         if self._retention is not None:
             self._retention.cancel()
             await asyncio.gather(self._retention, return_exceptions=True)
+        if self._in_flight:  # the routes' transactions finish before the engine goes
+            await asyncio.wait(list(self._in_flight), timeout=OP_TIMEOUT_S)
         if self.status == "ok":
             await self.writes.flush(timeout_s)
         elif self.writes.pending:
@@ -195,17 +198,32 @@ class CaseStore:
             self.writes.submit([audit_row(actor, action, rtype, rid, case_id, client, outcome)])
 
     # -- transactions of the case routes -----------------------------------------------------------
-    @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[AsyncSession]:
-        """One transaction; an unreachable database is a 503 problem (and marks the store down)."""
+    async def run(self, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
+        """``work`` in one transaction, in a task of its own that the caller's cancellation does not reach.
+
+        A route cancelled mid-statement (a shutdown past its grace) left SQLAlchemy's aiosqlite close
+        waiting forever, as the background calls did (``start``): the statement now finishes, bounded by
+        ``OP_TIMEOUT_S``, and ``stop`` waits for it. An unreachable database is a 503 problem (and marks
+        the store down)."""
         if self.status in ("off", "starting"):
             why = "persistence is off in this process" if self.status == "off" else "it is still connecting"
             raise Problem(
                 "database-unavailable", 503, f"The case database is unavailable: {why}.", headers={"Retry-After": "5"}
             )
+        task = asyncio.ensure_future(self._transact(work))
+        self._in_flight.add(task)
+        task.add_done_callback(self._settled)
+        return await asyncio.shield(task)
+
+    def _settled(self, task: asyncio.Future[Any]) -> None:
+        self._in_flight.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: a caller that went away never reads it
+
+    async def _transact(self, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
         try:
             async with asyncio.timeout(OP_TIMEOUT_S), self.sessions() as session, session.begin():
-                yield session
+                result = await work(session)
         except DB_ERRORS as exc:
             self.mark_down(exc)
             log.warning("case database unreachable", extra={"error": type(exc).__name__})
@@ -217,6 +235,7 @@ class CaseStore:
             ) from None
         if self.status == "unavailable":
             self.mark_up()
+        return result
 
     def may_read(self, case: Case, principal: str) -> bool:
         return case.owner == principal or principal in self.reviewers
@@ -240,8 +259,7 @@ class CaseStore:
         if self.status in ("off", "starting"):
             return None
         try:
-            async with self.transaction() as session:
-                case = await CaseRepository(session=session).get_one_or_none(id=result_id[:64])
+            case = await self.run(lambda session: CaseRepository(session=session).get_one_or_none(id=result_id[:64]))
         except Problem:
             return None
         if case is None:

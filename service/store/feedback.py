@@ -28,16 +28,16 @@ class DatabaseFeedbackStore:
             accepted_suggestions=list(record.accepted_suggestions),
             received_at=record.received_at,
         )
-        async with self.store.transaction() as session:
-            await FeedbackRepository(session=session).add(row, auto_commit=False)
+        await self.store.run(lambda session: FeedbackRepository(session=session).add(row, auto_commit=False))
 
     async def list(self, service_id: str | None = None) -> list[FeedbackRecord]:
         """The last ``MAX_LISTED`` records (of one service), oldest first."""
         clauses = [CdsFeedback.service_id == service_id] if service_id is not None else []
-        async with self.store.transaction() as session:
-            rows = await FeedbackRepository(session=session).get_many(
+        rows = await self.store.run(
+            lambda session: FeedbackRepository(session=session).get_many(
                 *clauses, OrderBy("id", "desc"), LimitOffset(MAX_LISTED, 0)
             )
+        )
         return [
             FeedbackRecord(
                 service_id=r.service_id,

@@ -14,6 +14,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 from sqlalchemy import case as when
 from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from models.knowledge.taxonomy import UrgencyTier
 from service.store.cases import CaseStore, audit_row
@@ -76,13 +77,17 @@ async def _rows(store: CaseStore, scope: list[Any], audit: Any) -> tuple[list[An
         .group_by(Outcome.case_id)
         .subquery()
     )
-    async with store.transaction() as session:
+
+    async def work(session: AsyncSession) -> tuple[list[Any], list[Any], dict[str, str]]:
         cases = (await session.execute(select(Case.id, Case.created_at, top, flagged, category).where(*scope))).all()
         q = select(Review.case_id, func.count(), agrees).join(Case, Case.id == Review.case_id).where(*scope)
         reviews = (await session.execute(q.group_by(Review.case_id))).all()
         q = select(Outcome.case_id, Outcome.diagnosis).join(latest, Outcome.id == latest.c.last)
         outcomes = dict((await session.execute(q)).all())  # type: ignore[arg-type]
         await store.audit_now(session, [audit])
+        return list(cases), list(reviews), outcomes
+
+    cases, reviews, outcomes = await store.run(work)
     return list(cases), {cid: (int(n), int(a or 0)) for cid, n, a in reviews}, outcomes
 
 

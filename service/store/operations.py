@@ -91,7 +91,16 @@ async def list_cases(
         clauses.append(Case.patient_ref == patient_ref)
     if reviewed is not None:
         clauses.append(store.reviewed_clause(reviewed))
-    async with store.transaction() as session:
+    cases, total, done = await _read_cases(store, caller, clauses, limit, offset)
+    return CasePage(items=[summary(c, c.id in done) for c in cases], total=total, limit=limit, offset=offset)
+
+
+async def _read_cases(
+    store: CaseStore, caller: Caller, clauses: list[Any], limit: int, offset: int
+) -> tuple[list[Case], int, set[str]]:
+    """The newest cases matching ``clauses``, how many match, which are reviewed; each read audited."""
+
+    async def work(session: AsyncSession) -> tuple[list[Case], int, set[str]]:
         cases, total = await CaseRepository(session=session).get_many_and_count(
             *clauses, OrderBy("created_at", "desc"), LimitOffset(limit, offset)
         )
@@ -99,14 +108,19 @@ async def list_cases(
         await store.audit_now(
             session, [audit_row(caller.principal, "read", "case", c.id, c.id, caller.client) for c in cases]
         )
-    return CasePage(items=[summary(c, c.id in done) for c in cases], total=total, limit=limit, offset=offset)
+        return list(cases), total, done
+
+    return await store.run(work)
 
 
 async def get_case(store: CaseStore, caller: Caller, case_id: str) -> CaseOut:
-    async with store.transaction() as session:
+    async def work(session: AsyncSession) -> tuple[Case, set[str]]:
         case = await store.case_for(session, case_id, caller.principal, caller.client)
         done = await store.reviewed(session, [case.id])
         await store.audit_now(session, [audit_row(caller.principal, "read", "case", case.id, case.id, caller.client)])
+        return case, done
+
+    case, done = await store.run(work)
     return summary(case, case.id in done, CaseOut, answer=case.answer)
 
 
@@ -174,7 +188,8 @@ def _out(kind: str, row: Any) -> BaseModel:
 async def add_child(store: CaseStore, caller: Caller, case_id: str, kind: str, data: BaseModel) -> BaseModel:
     """Insert a review, outcome or annotation (each its own row: concurrent ones are all kept) and its audit event."""
     child = CHILDREN[kind]
-    async with store.transaction() as session:
+
+    async def work(session: AsyncSession) -> Any:
         case = await store.case_for(session, case_id, caller.principal, caller.client)
         values = {
             "case_id": case.id,
@@ -187,26 +202,34 @@ async def add_child(store: CaseStore, caller: Caller, case_id: str, kind: str, d
         await store.audit_now(
             session, [audit_row(caller.principal, "create", child.resource, str(row.id), case.id, caller.client)]
         )
-    return _out(kind, row)
+        return row
+
+    return _out(kind, await store.run(work))
 
 
 async def list_children(store: CaseStore, caller: Caller, case_id: str, kind: str) -> list[BaseModel]:
     child = CHILDREN[kind]
-    async with store.transaction() as session:
+
+    async def work(session: AsyncSession) -> list[Any]:
         case = await store.case_for(session, case_id, caller.principal, caller.client)
         rows = await child.repository(session=session).get_many(child.model.case_id == case.id, OrderBy("id", "asc"))
         audit = [audit_row(caller.principal, "read", child.resource, str(r.id), case.id, caller.client) for r in rows]
         await store.audit_now(session, audit)
-    return [_out(kind, r) for r in rows]
+        return list(rows)
+
+    return [_out(kind, r) for r in await store.run(work)]
 
 
 async def audit_rows(store: CaseStore, caller: Caller, case_id: str) -> list[AuditEvent]:
     """The case's audit rows, oldest first (this read is itself audited, after the list is taken)."""
-    async with store.transaction() as session:
+
+    async def work(session: AsyncSession) -> list[AuditEvent]:
         case = await store.case_for(session, case_id, caller.principal, caller.client)
         rows = await AuditRepository(session=session).get_many(AuditEvent.case_id == case.id, OrderBy("id", "asc"))
         await _audit_read(session, store, caller, case)
-    return list(rows)
+        return list(rows)
+
+    return await store.run(work)
 
 
 async def audit_of(store: CaseStore, caller: Caller, case_id: str) -> list[AuditOut]:
@@ -219,13 +242,17 @@ async def _audit_read(session: AsyncSession, store: CaseStore, caller: Caller, c
 
 async def photo_of(store: CaseStore, caller: Caller, case_id: str) -> bytes:
     """The case's kept photo (audited as a read of resource ``photo``); 404 when none was kept."""
-    async with store.transaction() as session:
+
+    async def work(session: AsyncSession) -> bytes | None:
         case = await store.case_for(session, case_id, caller.principal, caller.client)
         data = await store.photos.get(case.stored_photo_sha256) if case.stored_photo_sha256 else None
         if case.stored_photo_sha256 is not None:  # a kept photo whose file is gone: a failed read
             outcome = "success" if data is not None else "failed"
             audit = audit_row(caller.principal, "read", "photo", case.id, case.id, caller.client, outcome)
             await store.audit_now(session, [audit])
+        return data
+
+    data = await store.run(work)
     if data is None:
         raise Problem(
             "photo-not-found", 404, "No photo is kept for this case (kept only with consent).", title="Photo not found"
@@ -236,11 +263,14 @@ async def photo_of(store: CaseStore, caller: Caller, case_id: str) -> bytes:
 async def delete_case(store: CaseStore, caller: Caller, case_id: str) -> None:
     """Remove the case, its reviews, outcomes, annotations and (unless another case shares it) its photo;
     its audit events stay, with one more for this delete."""
-    async with store.transaction() as session:
+
+    async def work(session: AsyncSession) -> list[str]:
         case = await store.case_for(session, case_id, caller.principal, caller.client, "delete")
         photos = await remove_cases(session, [case])
         await store.audit_now(session, [audit_row(caller.principal, "delete", "case", case.id, case.id, caller.client)])
-    await drop_photos(store, photos)
+        return photos
+
+    await drop_photos(store, await store.run(work))
 
 
 async def lesion_cases(store: CaseStore, caller: Caller, lesion_ref: str, limit: int) -> tuple[list[CaseOut], int]:
@@ -249,12 +279,5 @@ async def lesion_cases(store: CaseStore, caller: Caller, lesion_ref: str, limit:
     clauses: list[Any] = [Case.lesion_ref == lesion_ref]
     if caller.principal not in store.reviewers:
         clauses.append(Case.owner == caller.principal)
-    async with store.transaction() as session:
-        cases, total = await CaseRepository(session=session).get_many_and_count(
-            *clauses, OrderBy("created_at", "desc"), LimitOffset(limit, 0)
-        )
-        done = await store.reviewed(session, [c.id for c in cases])
-        await store.audit_now(
-            session, [audit_row(caller.principal, "read", "case", c.id, c.id, caller.client) for c in cases]
-        )
+    cases, total, done = await _read_cases(store, caller, clauses, limit, 0)
     return [summary(c, c.id in done, CaseOut, answer=c.answer) for c in reversed(cases)], total

@@ -54,8 +54,7 @@ async def drop_photos(store: CaseStore, sha256s: list[str]) -> int:
     """After the removal committed: delete the files still unreferenced (checked in a new transaction)."""
     if not sha256s:
         return 0
-    async with store.transaction() as session:
-        free = await unreferenced(session, sha256s)
+    free = await store.run(lambda session: unreferenced(session, sha256s))
     return await store.photos.delete(free)
 
 
@@ -65,19 +64,24 @@ async def purge(store: CaseStore, days: float) -> int:
 
     cutoff = now() - timedelta(days=days)
     total = 0
+
+    async def batch(session: AsyncSession) -> tuple[int, list[str]]:
+        rows = await session.execute(
+            select(Case).where(Case.created_at < cutoff).order_by(Case.created_at).limit(PURGE_BATCH)
+        )
+        cases = list(rows.scalars())
+        if not cases:
+            return 0, []
+        photos = await remove_cases(session, cases)
+        await store.audit_now(session, [audit_row(RETENTION_ACTOR, "delete", "case", c.id, c.id, None) for c in cases])
+        return len(cases), photos
+
     while True:
-        async with store.transaction() as session:
-            rows = await session.execute(
-                select(Case).where(Case.created_at < cutoff).order_by(Case.created_at).limit(PURGE_BATCH)
-            )
-            cases = list(rows.scalars())
-            if not cases:
-                return total
-            photos = await remove_cases(session, cases)
-            audit = [audit_row(RETENTION_ACTOR, "delete", "case", c.id, c.id, None) for c in cases]
-            await store.audit_now(session, audit)
+        removed, photos = await store.run(batch)
+        if not removed:
+            return total
         await drop_photos(store, photos)
-        total += len(cases)
+        total += removed
 
 
 async def sweep_orphans(store: CaseStore, grace_s: float = ORPHAN_GRACE_S) -> int:
@@ -88,8 +92,8 @@ async def sweep_orphans(store: CaseStore, grace_s: float = ORPHAN_GRACE_S) -> in
     candidates = [sha for sha, mtime in await store.photos.listing() if mtime < old_enough]
     orphans: list[str] = []
     for start in range(0, len(candidates), PURGE_BATCH):
-        async with store.transaction() as session:
-            orphans += await unreferenced(session, candidates[start : start + PURGE_BATCH])
+        chunk = candidates[start : start + PURGE_BATCH]
+        orphans += await store.run(lambda session, chunk=chunk: unreferenced(session, chunk))
     return await store.photos.delete(orphans)
 
 
