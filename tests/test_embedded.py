@@ -132,7 +132,7 @@ def test_train_pipeline_runs_end_to_end(pad_small: Path, tmp_path: Path) -> None
 
     cfg = TrainConfig(folds=2, epochs=1, train_views=1, batch_size=8, captions_per_image=2)
     result = train_embedded(pad_small, cfg, cache_dir=tmp_path / "cache")
-    assert set(result.reports) >= {"single", "flip4"}
+    assert set(result.reports) >= {"single", "flip2", "flip4"}  # 1, 2 and 4 test-time views scored (issue 19)
     rep = result.reports["flip4"]
     assert rep["n"] == 30 and 0.0 <= rep["balanced_accuracy"] <= 1.0
     assert result.oof_probs["flip4"].shape == (30, 6)
@@ -151,6 +151,18 @@ def test_train_pipeline_runs_end_to_end(pad_small: Path, tmp_path: Path) -> None
 
     model = load_embedded(Spec())  # type: ignore[arg-type]
     assert model.encode_image(torch.zeros(1, 3, 224, 224)).shape == (1, 256)
+
+
+def test_card_ships_only_views_the_service_can_serve() -> None:
+    """Two views are scored out of fold but the card's `tta_flips` can say 1 or 4 only: even when the
+    pair scores best, the chooser must not pick it (else the service would silently run 1 view)."""
+    from models.fitting.embedded_card import choose_test_time_views
+
+    def rep(auroc: float) -> dict[str, float]:
+        return {"malignant_auroc": auroc, "balanced_accuracy": 0.5}
+
+    assert choose_test_time_views({"single": rep(0.80), "flip2": rep(0.90), "flip4": rep(0.85)}) == "flip4"
+    assert choose_test_time_views({"single": rep(0.86), "flip2": rep(0.90), "flip4": rep(0.85)}) == "single"
 
 
 def test_model_card_json_is_machine_readable() -> None:

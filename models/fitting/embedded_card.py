@@ -150,11 +150,15 @@ def write_card(card: ModelCard, json_path: Path = CARD_PATH) -> None:
     json_path.with_name("MODEL_CARD.md").write_text(card_markdown(card))
 
 
+SERVED_VIEWS = ("single", "flip4")  # what the card's `tta_flips` can say: 1 view or the 4 flips
+
+
 def choose_test_time_views(reports: dict[str, dict]) -> str:
     """The test-time views the card ships, chosen by malignant AUROC (then balanced accuracy): urgency
     reads the malignant mass, and AUROC is threshold-free; six-class balanced accuracy moves by about
     0.01 with one rare-class photo."""
-    return max(reports, key=lambda m: (reports[m]["malignant_auroc"], reports[m]["balanced_accuracy"]))
+    servable = [m for m in reports if m in SERVED_VIEWS]  # flip2 is reported, not served (README, issue 19)
+    return max(servable, key=lambda m: (reports[m]["malignant_auroc"], reports[m]["balanced_accuracy"]))
 
 
 def write_release(result: TrainResult, version: str, out_dir: Path) -> ModelSpec:

@@ -27,7 +27,7 @@ __all__ = [
     "tta_views",
 ]
 
-TTA_MODES = ("single", "flip4")
+TTA_MODES = ("single", "flip2", "flip4")  # flip2: the photo and its mirror (the first two of flip4)
 
 
 # ----------------------------------------------------------------------------- image tower split
@@ -72,7 +72,7 @@ def tta_views(pixels: torch.Tensor, mode: str) -> torch.Tensor:
 
 
 def n_views(mode: str) -> int:
-    return 1 if mode == "single" else 4
+    return {"single": 1, "flip2": 2, "flip4": 4}[mode]
 
 
 # ----------------------------------------------------------------------------- training
