@@ -144,8 +144,10 @@ class TriageEngine:
         thresholds: UrgencyThresholds | None = None,
         calibration_path: Path | None = None,
         coverage: float = 0.9,
+        kernel_cache: Path | None = None,
     ) -> None:
         self.model = model
+        self.kernel_cache = kernel_cache  # shap's compiled kernels (explain.risk_shap.cache_shap_kernels)
         self.taxonomy = taxonomy
         self.classifier = ZeroShotClassifier(model, taxonomy, cache_dir)
         # the model's declared artifacts: fusion (generic when it declares none or another model's),
@@ -188,7 +190,7 @@ class TriageEngine:
             self.classifier.condition_set(modality)
         size = self.model.preprocessing.image_size
         self.embed(torch.zeros(1, 3, size, size))  # the served path (ImageNet view included)
-        warm_up_shap()
+        warm_up_shap(self.kernel_cache)
 
     # ------------------------------------------------------------------ stage 2: features -> scores
 

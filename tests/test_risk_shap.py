@@ -93,3 +93,29 @@ def test_additivity_when_the_text_holds_only_non_present_findings(text: str) -> 
     shap_values = explain_urgency(image, None, None, findings, model=MODEL, taxonomy=TAX)
     answer = assess_urgency(fuse(image, None, None, findings, model=MODEL), taxonomy=TAX)
     assert shap_values.base_value + sum(shap_values.values.values()) == pytest.approx(answer.score, abs=1e-6)
+
+
+def test_a_warm_start_loads_shap_kernels_from_the_cache(tmp_path) -> None:
+    """The first process compiles shap's kernels into the cache; the next loads them instead of compiling."""
+    import json
+    import subprocess
+    import sys
+
+    probe = (
+        "import json, sys; from pathlib import Path; from explain.risk_shap import warm_up; "
+        "from numba.core.registry import CPUDispatcher; warm_up(Path(sys.argv[1])); "
+        "ks = [o for n, m in list(sys.modules.items()) if n.startswith('shap') for o in vars(m).values() "
+        "if isinstance(o, CPUDispatcher)]; "
+        "print(json.dumps({'hits': sum(sum(k.stats.cache_hits.values()) for k in ks), "
+        "'misses': sum(sum(k.stats.cache_misses.values()) for k in ks)}))"
+    )
+
+    def start() -> dict[str, int]:
+        out = subprocess.run([sys.executable, "-c", probe, str(tmp_path)], capture_output=True, text=True, check=True)
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    first, warm = start(), start()
+    assert first["hits"] == 0 and first["misses"] > 0  # compiled, and written to the cache
+    assert any(tmp_path.rglob("*.nbi")), "no numba index written"
+    # loaded, not compiled again (the kernels that take shap's link function cannot be cached by numba)
+    assert warm["hits"] > 0 and warm["misses"] < first["misses"]

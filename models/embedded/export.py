@@ -32,9 +32,13 @@ EXPORT_FORMAT = 1  # bump when the exported graph changes meaning
 OPSET = 17
 
 
+def default_cache_root() -> Path:
+    """Where the service caches what it builds when DERMTRIAGE_CACHE_DIR is not set."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")) / "dermtriage"
+
+
 def default_cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "dermtriage" / "runtime"
+    return default_cache_root() / "runtime"
 
 
 class ServedForward(torch.nn.Module):
