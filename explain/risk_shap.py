@@ -200,8 +200,11 @@ def cache_shap_kernels(folder: Path) -> int:
         for obj in list(vars(module).values())
         if isinstance(obj, CPUDispatcher)
     ]
-    for kernel in kernels:
-        kernel.enable_caching()
+    try:
+        for kernel in kernels:
+            kernel.enable_caching()
+    except RuntimeError:  # numba found nowhere writable: compile at every start, as before
+        return 0
     return len(kernels)
 
 
