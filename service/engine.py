@@ -21,6 +21,7 @@ from explain.gradcam import explain_differentials
 from explain.risk_shap import explain_urgency
 from explain.risk_shap import warm_up as warm_up_shap
 from models.backends.base import ImageTextModel
+from models.embedded.export import default_cache_root
 from models.knowledge.risk_priors import load_priors
 from models.knowledge.symptoms import extract_findings
 from models.knowledge.taxonomy import Condition, Taxonomy, UnknownLabelError
@@ -144,10 +145,10 @@ class TriageEngine:
         thresholds: UrgencyThresholds | None = None,
         calibration_path: Path | None = None,
         coverage: float = 0.9,
-        kernel_cache: Path | None = None,
     ) -> None:
         self.model = model
-        self.kernel_cache = kernel_cache  # shap's compiled kernels (explain.risk_shap.cache_shap_kernels)
+        # shap's compiled kernels, beside the runtime export (explain.risk_shap.cache_shap_kernels)
+        self.kernel_cache = (cache_dir or default_cache_root()) / "numba"
         self.taxonomy = taxonomy
         self.classifier = ZeroShotClassifier(model, taxonomy, cache_dir)
         # the model's declared artifacts: fusion (generic when it declares none or another model's),

@@ -81,7 +81,6 @@ def build_engine(settings: Settings, model_name: str | None = None) -> TriageEng
     """Load a model (the configured one unless named) and the taxonomy (blocking, seconds): run it in a
     worker thread. The calibration override applies to the configured model only."""
     from models.backends.registry import load_model
-    from models.embedded.export import default_cache_root
     from models.embedded.runtime import attach_runtime
     from models.knowledge.taxonomy import load_taxonomy
 
@@ -91,12 +90,7 @@ def build_engine(settings: Settings, model_name: str | None = None) -> TriageEng
     attach_runtime(model, settings.runtime, settings.cache_dir, threads, RUNTIME_PRECISION)
     calibration = settings.calibration if name == settings.model else None
     return TriageEngine(
-        model,
-        load_taxonomy(),
-        settings.cache_dir,
-        calibration_path=calibration,
-        coverage=settings.coverage,
-        kernel_cache=(settings.cache_dir or default_cache_root()) / "numba",
+        model, load_taxonomy(), settings.cache_dir, calibration_path=calibration, coverage=settings.coverage
     )
 
 
