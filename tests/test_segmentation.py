@@ -190,3 +190,31 @@ def test_head_weights_round_trip_in_half_precision(tmp_path) -> None:
         want, got = head(taps), loaded(taps)
     assert got.shape == (2, 1, 64, 64)
     assert torch.allclose(got, want, atol=2e-2 * want.abs().max().item())
+
+
+def test_head_training_learns_from_its_copies_and_keeps_the_best_epoch() -> None:
+    import torch
+    from torch.nn import functional as F
+
+    from models.fitting.segmentation_fit import mean_scores, predict_masks, train_head
+    from models.segmentation.network import TAP_CHANNELS
+
+    def copy(seed: int, n: int = 48) -> tuple[list[torch.Tensor], torch.Tensor]:
+        g = torch.Generator().manual_seed(seed)
+        masks = torch.stack(
+            [
+                torch.from_numpy(disc((256, 256), tuple(torch.randint(70, 186, (2,), generator=g).tolist()), 50))
+                for _ in range(n)
+            ]
+        )
+        taps = [torch.randn(n, c, s, s, generator=g) for c, s in zip(TAP_CHANNELS, (16, 8, 4, 2), strict=True)]
+        taps[0][:, 0] += 4 * F.adaptive_avg_pool2d(masks[:, None].float(), 16)[:, 0] - 2  # the lesion is readable
+        return [t.half() for t in taps], masks
+
+    val = copy(9)
+    head, report = train_head([copy(1), copy(2)], val, epochs=4, batch=8, lr=1e-2, log=lambda _: None)
+    assert len(report["history"]) == 4
+    assert report["val_jaccard"] == pytest.approx(max(h["val_jaccard"] for h in report["history"]), abs=1e-4)
+    assert report["val_jaccard"] > 0.6  # it learned where the lesion is (nothing found scores 0)
+    again = mean_scores(predict_masks(head, val[0]), val[1].numpy())["jaccard"]
+    assert again == pytest.approx(report["val_jaccard"], abs=1e-6)  # the kept head is the best epoch's
