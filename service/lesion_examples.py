@@ -4,7 +4,7 @@ from __future__ import annotations
 
 _OUTLINE = {
     "found": True,
-    "method": "lesion-seg-head (frozen EfficientNet-Lite0 + FPN)",
+    "method": "lesion-seg-head (frozen EfficientNet-Lite0 + U-Net style decoder)",
     "photo_width": 512,
     "photo_height": 384,
     "confidence": 0.91,

@@ -72,7 +72,9 @@ def test_growth_is_measured_and_said() -> None:
 def test_darkening_is_a_colour_change() -> None:
     rgb, m = scene()
     dark = rgb.copy()
-    dark[m] = (dark[m] * 0.5).astype(np.uint8)
+    # to 30 % (Delta E about 28, past the tuned threshold of 22.1); halving this already dark
+    # lesion measures about 20, which the thresholds tuned with segmenter 2.0 call stable
+    dark[m] = (dark[m] * 0.3).astype(np.uint8)
     c = compare(side(rgb, m), side(*moved(dark, m)))
     assert c.verdict == "changed"
     assert c.delta_e > 8

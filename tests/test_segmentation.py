@@ -149,3 +149,72 @@ def test_mask_keeps_the_lesion_fills_its_hole_and_drops_a_speck() -> None:
     assert not mask[40, 460]  # the speck is gone
     assert mask[256, 112]  # the rim at the threshold is kept
     assert mask.sum() == pytest.approx(np.pi * 120**2, rel=0.05)
+
+
+def test_augmented_copy_moves_the_mask_with_the_photo() -> None:
+    import torch
+
+    from models.fitting.segmentation_fit import augment_pair
+    from models.segmentation.preprocess import to_input
+
+    m = disc((256, 256), (70, 180), 40)  # off-centre, so rotation, zoom and shift all move it
+    x, mask = to_input(skin_photo(m, lesion=(40, 30, 30))), torch.from_numpy(m)
+    moved = 0
+    for seed in range(4):
+        ax, am = augment_pair(x, mask, torch.Generator().manual_seed(seed), colour_seed=seed)
+        bx, bm = augment_pair(x, mask, torch.Generator().manual_seed(seed), colour_seed=seed)
+        assert torch.equal(ax, bx) and torch.equal(am, bm)  # reproducible from its seeds
+        assert ax.shape == x.shape and am.shape == mask.shape and am.dtype == torch.bool
+        dark = ax.mean(0) < ax.mean(0)[~am].mean() - 0.3  # the lesion's pixels in the copy
+        assert (dark & am).sum() / (dark | am).sum() > 0.85  # ... are where the copy's mask says
+        moved += int((am ^ mask).sum() > 0.2 * mask.sum())
+    assert moved >= 3  # the copies really are transformed
+
+
+def test_head_weights_round_trip_in_half_precision(tmp_path) -> None:
+    import torch
+
+    from models.fitting.segmentation_fit import save_head
+    from models.segmentation.network import TAP_CHANNELS, UNetHead, load_segmenter
+
+    torch.manual_seed(0)
+    head = UNetHead()
+    head.train()
+    taps = [torch.randn(2, c, s, s) for c, s in zip(TAP_CHANNELS, (64, 32, 16, 8), strict=True)]
+    head(taps)  # moves the batch-norm running statistics off their defaults
+    head.eval()
+    save_head(head, tmp_path / "head.safetensors")
+    assert (tmp_path / "head.safetensors").stat().st_size < 2 * sum(p.numel() for p in head.parameters()) + 100_000
+    loaded = load_segmenter(tmp_path / "head.safetensors").head
+    with torch.no_grad():
+        want, got = head(taps), loaded(taps)
+    assert got.shape == (2, 1, 64, 64)
+    assert torch.allclose(got, want, atol=2e-2 * want.abs().max().item())
+
+
+def test_head_training_learns_from_its_copies_and_keeps_the_best_epoch() -> None:
+    import torch
+    from torch.nn import functional as F
+
+    from models.fitting.segmentation_fit import mean_scores, predict_masks, train_head
+    from models.segmentation.network import TAP_CHANNELS
+
+    def copy(seed: int, n: int = 48) -> tuple[list[torch.Tensor], torch.Tensor]:
+        g = torch.Generator().manual_seed(seed)
+        masks = torch.stack(
+            [
+                torch.from_numpy(disc((256, 256), tuple(torch.randint(70, 186, (2,), generator=g).tolist()), 50))
+                for _ in range(n)
+            ]
+        )
+        taps = [torch.randn(n, c, s, s, generator=g) for c, s in zip(TAP_CHANNELS, (16, 8, 4, 2), strict=True)]
+        taps[0][:, 0] += 4 * F.adaptive_avg_pool2d(masks[:, None].float(), 16)[:, 0] - 2  # the lesion is readable
+        return [t.half() for t in taps], masks
+
+    val = copy(9)
+    head, report = train_head([copy(1), copy(2)], val, epochs=4, batch=8, lr=1e-2, log=lambda _: None)
+    assert len(report["history"]) == 4
+    assert report["val_jaccard"] == pytest.approx(max(h["val_jaccard"] for h in report["history"]), abs=1e-4)
+    assert report["val_jaccard"] > 0.6  # it learned where the lesion is (nothing found scores 0)
+    again = mean_scores(predict_masks(head, val[0]), val[1].numpy())["jaccard"]
+    assert again == pytest.approx(report["val_jaccard"], abs=1e-6)  # the kept head is the best epoch's

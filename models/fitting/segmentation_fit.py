@@ -1,7 +1,8 @@
 """Train and evaluate the lesion segmentation head on the ISIC 2017 expert masks (offline only).
 
 The trunk is frozen, so its four feature maps are computed once per image and cached to disk
-(fp16); the head then trains in seconds an epoch. `train` fits, `validation` picks the epoch,
+(fp16), with a few randomly scaled, rotated and colour-jittered copies of `train`; the head then
+trains in about a minute an epoch. `train` fits, `validation` picks the epoch,
 `test` is only ever scored (Jaccard and Dice per image, averaged, as the 2017 challenge did).
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +22,7 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from models.photos import load_photo
-from models.segmentation.network import FPNHead, Trunk
+from models.segmentation.network import Trunk, UNetHead
 from models.segmentation.preprocess import load_mask, to_input
 
 ISIC_DIR = Path(__file__).resolve().parents[3] / "shared" / "data" / "isic-2017"
@@ -53,21 +55,53 @@ def jaccard_dice(pred: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
     return (inter / union if union else 1.0), (2 * inter / total if total else 1.0)
 
 
+def augment_pair(
+    x: torch.Tensor, mask: torch.Tensor, gen: torch.Generator, colour_seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One random copy of a (3, S, S) input in [-1, 1] and its (S, S) bool mask: the same rotation
+    (+-45 degrees; flips are added while training), zoom (0.8-1.25) and shift (+-10 %) on both,
+    edges reflected (from `gen`), then torchvision's colour jitter (brightness, contrast, saturation
+    +-20 %, hue +-0.03) seeded with `colour_seed` without touching the global generator."""
+    from torchvision.transforms import v2
+
+    def uniform(lo: float, hi: float) -> float:
+        return lo + (hi - lo) * torch.rand((), generator=gen).item()
+
+    angle, zoom = math.radians(uniform(-45, 45)), uniform(0.8, 1.25)
+    c, s = math.cos(angle) / zoom, math.sin(angle) / zoom
+    theta = torch.tensor([[c, -s, uniform(-0.1, 0.1)], [s, c, uniform(-0.1, 0.1)]], dtype=torch.float32)[None]
+    grid = F.affine_grid(theta, [1, *x.shape], align_corners=False)
+    x = F.grid_sample(x[None], grid, mode="bilinear", padding_mode="reflection", align_corners=False)[0]
+    m = F.grid_sample(mask[None, None].float(), grid, mode="nearest", padding_mode="reflection", align_corners=False)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(colour_seed)
+        x = v2.ColorJitter(0.2, 0.2, 0.2, 0.03)(((x + 1) / 2).clamp(0, 1)) * 2 - 1
+    return x, m[0, 0] > 0.5
+
+
 @torch.no_grad()
-def cache_features(items: list[MaskedImage], cache: Path | None) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """The frozen trunk's four maps for every item (fp16) and the masks (bool), cached on disk."""
+def cache_features(
+    items: list[MaskedImage], cache: Path | None, augment_seed: int | None = None
+) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """The frozen trunk's four maps for every item (fp16) and the masks (bool), cached on disk;
+    with `augment_seed`, of one random copy of each (`augment_pair`) instead."""
     if cache and cache.exists():
         blob = torch.load(cache, weights_only=True)
         return blob["taps"], blob["masks"]
     trunk = Trunk()
+    gen = torch.Generator().manual_seed(augment_seed or 0)
+    colour_seed = (augment_seed or 0) * 100_000  # + the item's index
     taps: list[list[torch.Tensor]] = [[] for _ in range(4)]
     masks = []
     for start in tqdm(range(0, len(items), 16), desc="segmentation features", mininterval=30):
-        chunk = items[start : start + 16]
-        x = torch.stack([to_input(load_photo(i.image)) for i in chunk])
-        for j, t in enumerate(trunk(x)):
+        pairs = [
+            (to_input(load_photo(i.image)), torch.from_numpy(load_mask(i.mask))) for i in items[start : start + 16]
+        ]
+        if augment_seed is not None:
+            pairs = [augment_pair(x, m, gen, colour_seed + start + k) for k, (x, m) in enumerate(pairs)]
+        for j, t in enumerate(trunk(torch.stack([x for x, _ in pairs]))):
             taps[j].append(t.half())
-        masks.extend(torch.from_numpy(load_mask(i.mask)) for i in chunk)
+        masks.extend(m for _, m in pairs)
     out = [torch.cat(t) for t in taps], torch.stack(masks)
     if cache:
         cache.parent.mkdir(parents=True, exist_ok=True)
@@ -91,7 +125,7 @@ def _flip(
 
 
 @torch.no_grad()
-def predict_masks(head: FPNHead, taps: list[torch.Tensor], batch: int = 64) -> np.ndarray:
+def predict_masks(head: UNetHead, taps: list[torch.Tensor], batch: int = 64) -> np.ndarray:
     head.eval()
     out = []
     for s in range(0, taps[0].shape[0], batch):
@@ -106,29 +140,33 @@ def mean_scores(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
 
 
 def train_head(
-    train: tuple[list[torch.Tensor], torch.Tensor],
+    train: list[tuple[list[torch.Tensor], torch.Tensor]],
     val: tuple[list[torch.Tensor], torch.Tensor],
     *,
-    epochs: int = 30,
+    epochs: int = 12,
     batch: int = 32,
     lr: float = 3e-3,
     seed: int = 0,
     log=print,
     checkpoint: Path | None = None,
-) -> tuple[FPNHead, dict]:
-    """Fit the head on train (random flips of the cached maps), keep the epoch best on validation."""
+) -> tuple[UNetHead, dict]:
+    """Fit the head on the cached copies of train (epoch e uses copy e mod their number, with random
+    flips of its maps; one-cycle LR, 10 % warm-up then cosine), keep the epoch best on validation."""
     torch.manual_seed(seed)
-    head = FPNHead()
+    head = UNetHead()
     opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * -(-len(train[1]) // batch))
-    taps, masks = train
+    n = len(train[0][1])
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=lr, total_steps=epochs * -(-n // batch), pct_start=0.1, anneal_strategy="cos"
+    )
     best: tuple[float, dict, int] = (-1.0, {}, -1)
     history = []
     t0 = time.time()
     for epoch in range(epochs):
         head.train()
-        order = torch.randperm(len(masks))
-        for s in range(0, len(order), batch):
+        taps, masks = train[epoch % len(train)]
+        order = torch.randperm(n)
+        for s in range(0, n, batch):
             idx = order[s : s + batch]
             bt, bm = [t[idx] for t in taps], masks[idx][:, None].float()
             flips = tuple(d for d, on in ((-1, torch.rand(()) < 0.5), (-2, torch.rand(()) < 0.5)) if on)
@@ -151,18 +189,31 @@ def train_head(
     return head.eval(), {"best_epoch": best[2], "val_jaccard": best[0], "history": history}
 
 
-def save_head(head: FPNHead, path: Path) -> None:
+def save_head(head: UNetHead, path: Path) -> None:
+    """The head's weights in fp16 (half the file; `load_segmenter` turns them back to fp32)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in head.state_dict().items()}, str(path))
+    state = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in head.state_dict().items()}
+    save_file(state, str(path))
 
 
-def fit_segmentation(cache_dir: Path | None, out: Path, *, epochs: int = 10, root: Path = ISIC_DIR, log=print) -> dict:
-    """Cache train/validation features, train the head, keep the best validation epoch, save it."""
+def fit_segmentation(
+    cache_dir: Path | None,
+    out: Path,
+    *,
+    epochs: int = 12,
+    augmented_copies: int = 2,
+    root: Path = ISIC_DIR,
+    log=print,
+) -> dict:
+    """Cache train (as is and `augmented_copies` random copies) and validation features, train the
+    head, keep the best validation epoch, save it."""
 
-    def cached(split: str) -> tuple[list[torch.Tensor], torch.Tensor]:
-        return cache_features(isic_items(root, split=split), cache_dir / f"isic2017-{split}.pt" if cache_dir else None)
+    def cached(split: str, seed: int | None = None) -> tuple[list[torch.Tensor], torch.Tensor]:
+        name = f"isic2017-{split}" + (f"-aug{seed}" if seed is not None else "") + ".pt"
+        return cache_features(isic_items(root, split=split), cache_dir / name if cache_dir else None, seed)
 
-    train, val = cached("train"), cached("validation")
+    train = [cached("train")] + [cached("train", seed) for seed in range(1, augmented_copies + 1)]
+    val = cached("validation")
     t0 = time.time()
     head, report = train_head(train, val, epochs=epochs, log=log, checkpoint=out.with_suffix(".partial.safetensors"))
     report["train_seconds"] = round(time.time() - t0, 1)

@@ -32,10 +32,10 @@ class ChangeThresholds:
     # Fitted on the development half of the PAD pairs by `dermtriage compare-eval --photos 15
     # --different-lesions 20` (models/fitting/change_eval.py::tune_thresholds); changed when any
     # measure reaches its threshold.
-    area_pct: float = 16.5  # |area change| in %
-    delta_e: float = 19.17  # CIE76 Delta E of the lesion's colour relative to its skin
-    shape: float = 1.417  # 1 - IoU of the registered outlines at equal area (above 1: never alone, at this cut)
-    appearance: float = 0.456  # 1 - correlation of the lesion's picture at its best magnification
+    area_pct: float = 11.5  # |area change| in %
+    delta_e: float = 22.12  # CIE76 Delta E of the lesion's colour relative to its skin
+    shape: float = 0.963  # 1 - IoU of the registered outlines at equal area
+    appearance: float = 0.44  # 1 - correlation of the lesion's picture at its best magnification
     min_inliers: int = 8  # RANSAC inliers on the skin for a registration to count
     min_skin_correlation: float = 0.4  # grey-level r of the registered skin around the lesions
     max_scale_ratio: float = 3.0  # zoom between the photos

@@ -20,7 +20,8 @@ def _isic(p: argparse.ArgumentParser) -> None:
 def add_parser(sub: Any) -> None:
     t = subparser(sub, "train-segmentation", "train the lesion segmentation head on ISIC 2017 masks", run)
     _isic(t)
-    t.add_argument("--epochs", type=int, default=10)
+    t.add_argument("--epochs", type=int, default=12)
+    t.add_argument("--augmented-copies", type=int, default=2, help="randomly scaled/rotated/jittered copies of train")
     t.add_argument("--cache-dir", type=Path, help="where the frozen trunk's features are cached")
     t.add_argument("--out", type=Path, default=Path("artifacts/lesion-seg-head.safetensors"))
 
@@ -30,6 +31,13 @@ def run(args: argparse.Namespace) -> int:
 
     set_threads(args.threads)
     log = lambda s: print(s, file=sys.stderr)  # noqa: E731
-    report = fit_segmentation(args.cache_dir, args.out, epochs=args.epochs, root=args.isic or ISIC_DIR, log=log)
+    report = fit_segmentation(
+        args.cache_dir,
+        args.out,
+        epochs=args.epochs,
+        augmented_copies=args.augmented_copies,
+        root=args.isic or ISIC_DIR,
+        log=log,
+    )
     print(json.dumps({k: v for k, v in report.items() if k != "history"}, indent=2))
     return 0
