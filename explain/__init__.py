@@ -9,6 +9,7 @@ from explain.gradcam import (
     DEFAULT_METHOD,
     METHODS,
     BaseCAM,
+    CamPass,
     CropBox,
     GradCAM,
     GradCAMPlusPlus,
@@ -17,12 +18,14 @@ from explain.gradcam import (
     SimilarityTarget,
     explain_differentials,
     get_method,
+    prepare_heatmaps,
 )
 
 __all__ = [
     "DEFAULT_METHOD",
     "METHODS",
     "BaseCAM",
+    "CamPass",
     "CropBox",
     "GradCAM",
     "GradCAMPlusPlus",
@@ -31,4 +34,5 @@ __all__ = [
     "SimilarityTarget",
     "explain_differentials",
     "get_method",
+    "prepare_heatmaps",
 ]

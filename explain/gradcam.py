@@ -27,6 +27,7 @@ Why not captum's `LayerGradCam` (it is the reference in the tests, where it agre
 from __future__ import annotations
 
 import base64
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from typing import ClassVar, Literal
@@ -73,11 +74,47 @@ Target = Callable[[torch.Tensor], torch.Tensor]
 # --- methods -------------------------------------------------------------------------------
 
 
+class CamPass:
+    """One forward of the photo(s) with autograd on, kept until the targets are known (used once).
+
+    It holds the embeddings and the captured layer tensors; the graph reaches back only to the
+    first captured layer (a detached leaf, `capture.py`), so what stays in memory is the top of
+    the tower. `maps_and_scores(targets)` runs the one batched backward, in any thread: the
+    service runs the forward beside the served runtime's and the backward once the answer has
+    ranked the differentials (issue 19).
+    """
+
+    def __init__(self, cam: BaseCAM, embeddings: torch.Tensor, captured: list[torch.Tensor]) -> None:
+        self.cam = cam
+        self.embeddings: torch.Tensor | None = embeddings
+        self.captured = captured
+        self.forward_ms = 0.0  # set by `prepare_heatmaps`
+
+    def gradients(self, targets: Sequence[Target]) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """-> the gradients of the scores w.r.t. each captured tensor ((K, *shape) each), the scores
+        (B, K); the graph is released."""
+        if not targets:
+            raise ValueError("at least one target")
+        if self.embeddings is None:
+            raise RuntimeError("a CamPass is used once")
+        with torch.inference_mode(False), torch.enable_grad():
+            scores = torch.stack([t(self.embeddings) for t in targets], dim=1)  # (B, K)
+            grads = batched_grads(scores, *self.captured)
+        self.embeddings = None
+        self.captured = [c.detach() for c in self.captured]
+        return grads, scores.detach()
+
+    def maps_and_scores(self, targets: Sequence[Target]) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> maps (B, K, h, w) in [0, 1], scores (B, K)."""
+        return self.cam.pass_maps(self, targets)
+
+
 class BaseCAM(ABC):
     """One forward of the photo(s), one batched backward for all targets, then `combine`.
 
     `__call__(pixels (B,3,S,S), targets[K]) -> (B, K, h, w)` maps in [0, 1] (ReLU, then divided
-    by each map's maximum; a map with no positive evidence is all zeros).
+    by each map's maximum; a map with no positive evidence is all zeros). `forward` and
+    `CamPass.maps_and_scores` are the same in two steps.
     """
 
     name: ClassVar[str]
@@ -87,32 +124,41 @@ class BaseCAM(ABC):
         self.model = model
         self.spatial = model.spatial_target()
 
-    def activations_and_gradients(
-        self, pixels: torch.Tensor, targets: Sequence[Target]
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """-> activations (B, C, h, w), gradients (K, B, C, h, w), scores (B, K)."""
-        if not targets:
-            raise ValueError("at least one target")
+    def forward(self, pixels: torch.Tensor) -> CamPass:
         pixels = pixels.to(self.model.device)
         # inference_mode(False): a caller inside inference_mode would otherwise get no graph
         with torch.inference_mode(False), torch.enable_grad(), LayerCapture(self.spatial) as capture:
             embeddings = self.model.encode_image(pixels, grad=True)
-            if capture.activation is None:
-                raise RuntimeError(f"spatial layer {type(self.spatial.layer).__name__} did not run in the forward")
-            scores = torch.stack([t(embeddings) for t in targets], dim=1)  # (B, K)
-            [grads] = batched_grads(scores, capture.activation)
-            leaf = capture.activation.detach()
-        acts = self.spatial.to_map(leaf).float()
+        if capture.activation is None:
+            raise RuntimeError(f"spatial layer {type(self.spatial.layer).__name__} did not run in the forward")
+        return CamPass(self, embeddings, [capture.activation])
+
+    def activations_and_gradients(
+        self, pixels: torch.Tensor, targets: Sequence[Target]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """-> activations (B, C, h, w), gradients (K, B, C, h, w), scores (B, K)."""
+        return self._acts_grads(self.forward(pixels), targets)
+
+    def _acts_grads(
+        self, cam_pass: CamPass, targets: Sequence[Target]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        [grads], scores = cam_pass.gradients(targets)
+        acts = self.spatial.to_map(cam_pass.captured[0]).float()
         grad_maps = torch.stack([self.spatial.to_map(g) for g in grads]).float()
-        return acts, grad_maps, scores.detach()
+        return acts, grad_maps, scores
 
     @abstractmethod
     def combine(self, acts: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
         """activations (B, C, h, w), gradients (K, B, C, h, w) -> raw maps (K, B, h, w)."""
 
-    def maps_and_scores(self, pixels: torch.Tensor, targets: Sequence[Target]) -> tuple[torch.Tensor, torch.Tensor]:
-        acts, grads, scores = self.activations_and_gradients(pixels, targets)
+    def pass_maps(self, cam_pass: CamPass, targets: Sequence[Target]) -> tuple[torch.Tensor, torch.Tensor]:
+        acts, grads, scores = self._acts_grads(cam_pass, targets)
         return normalised(self.combine(acts, grads)).permute(1, 0, 2, 3), scores  # (B, K, h, w)
+
+    def maps_and_scores(self, pixels: torch.Tensor, targets: Sequence[Target]) -> tuple[torch.Tensor, torch.Tensor]:
+        if not targets:
+            raise ValueError("at least one target")
+        return self.forward(pixels).maps_and_scores(targets)
 
     def __call__(self, pixels: torch.Tensor, targets: Sequence[Target]) -> torch.Tensor:
         return self.maps_and_scores(pixels, targets)[0]
@@ -191,26 +237,28 @@ class FusedCAM(GradCAMPlusPlus):
     fine: ClassVar[Literal["gradcampp", "layercam"]] = "layercam"
     fusion: ClassVar[Literal["product", "mean", "fine"]] = "product"
 
-    def maps_and_scores(self, pixels: torch.Tensor, targets: Sequence[Target]) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, pixels: torch.Tensor) -> CamPass:
         fine_layer = finer_stage(self.model)
         if fine_layer is None:
-            return super().maps_and_scores(pixels, targets)
-        if not targets:
-            raise ValueError("at least one target")
+            return super().forward(pixels)
         pixels = pixels.to(self.model.device)
         with torch.inference_mode(False), torch.enable_grad(), StagesCapture([fine_layer, self.spatial.layer]) as cap:
             embeddings = self.model.encode_image(pixels, grad=True)
-            fine, coarse = cap.tensors()
-            scores = torch.stack([t(embeddings) for t in targets], dim=1)  # (B, K)
-            g_fine, g_coarse = batched_grads(scores, fine, coarse)
-        coarse_map = normalised(gradcampp_combine(coarse.detach().float(), g_coarse.float()))  # (K, B, h, w)
+        return CamPass(self, embeddings, cap.tensors())
+
+    def pass_maps(self, cam_pass: CamPass, targets: Sequence[Target]) -> tuple[torch.Tensor, torch.Tensor]:
+        if len(cam_pass.captured) == 1:  # no finer stage: plain Grad-CAM++
+            return super().pass_maps(cam_pass, targets)
+        (g_fine, g_coarse), scores = cam_pass.gradients(targets)
+        fine, coarse = cam_pass.captured
+        coarse_map = normalised(gradcampp_combine(coarse.float(), g_coarse.float()))  # (K, B, h, w)
         combine = layercam_combine if self.fine == "layercam" else gradcampp_combine
-        fine_map = normalised(combine(fine.detach().float(), g_fine.float()))  # (K, B, 2h, 2w)
+        fine_map = normalised(combine(fine.float(), g_fine.float()))  # (K, B, 2h, 2w)
         k, b = coarse_map.shape[:2]
         up = F.interpolate(coarse_map.flatten(0, 1)[:, None], size=fine_map.shape[-2:], mode="bilinear")
         up = up.view(k, b, *fine_map.shape[-2:])
         fused = {"product": up * fine_map, "mean": (up + fine_map) / 2, "fine": fine_map}[self.fusion]
-        return normalised(fused).permute(1, 0, 2, 3), scores.detach()
+        return normalised(fused).permute(1, 0, 2, 3), scores
 
 
 class FusedMeanCAM(FusedCAM):
@@ -285,6 +333,15 @@ class Heatmap(BaseModel):
     legend_png_base64: str = Field(description="image/png colour bar, low -> high, with what the colours mean")
 
 
+def prepare_heatmaps(model: ImageTextModel, image: Image.Image, *, method: str = DEFAULT_METHOD) -> CamPass:
+    """The heatmaps' forward pass for one photo, before its differentials are known: hand it to
+    `explain_differentials(..., cam_pass=...)`, which then runs only the backward and the overlays."""
+    t0 = time.perf_counter()
+    cam_pass = get_method(method)(model).forward(model.preprocessing.batch([image.convert("RGB")]))
+    cam_pass.forward_ms = (time.perf_counter() - t0) * 1000
+    return cam_pass
+
+
 def explain_differentials(
     model: ImageTextModel,
     image: Image.Image,
@@ -295,18 +352,23 @@ def explain_differentials(
     colormap: str = render.DEFAULT_COLORMAP,
     max_side: int = render.DEFAULT_MAX_SIDE,
     alpha: float = render.DEFAULT_ALPHA,
+    cam_pass: CamPass | None = None,
 ) -> list[Heatmap]:
     """Heatmaps for the K differentials whose text embeddings (K, D) are given, in that order.
 
     `image` is the photo as decoded (already EXIF-oriented): the overlays have its aspect ratio
-    and size (long side capped at `max_side`). One forward and one batched backward for all K.
+    and size (long side capped at `max_side`). One forward and one batched backward for all K;
+    `cam_pass` (`prepare_heatmaps` of this photo and method) is that forward, run earlier.
     """
     if text_embeddings.dim() != 2 or text_embeddings.shape[0] == 0:
         raise ValueError(f"text_embeddings must be (K, D) with K >= 1, got {tuple(text_embeddings.shape)}")
     photo = image.convert("RGB")
-    cam = get_method(method)(model)
-    pixels = model.preprocessing.batch([photo])
-    maps, scores = cam.maps_and_scores(pixels, [SimilarityTarget(t) for t in text_embeddings])
+    if cam_pass is None:
+        cam_pass = prepare_heatmaps(model, photo, method=method)
+    elif cam_pass.cam.name != method or cam_pass.cam.model is not model:
+        raise ValueError(f"the prepared pass is {cam_pass.cam.name} on another model or method than {method}")
+    cam = cam_pass.cam
+    maps, scores = cam_pass.maps_and_scores([SimilarityTarget(t) for t in text_embeddings])
     grids = maps[0].cpu().numpy()  # (K, h, w)
     box = model.preprocessing.geometry(*photo.size)
     base = render.fit(photo, max_side)
