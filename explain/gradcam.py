@@ -81,7 +81,9 @@ class CamPass:
     first captured layer (a detached leaf, `capture.py`), so what stays in memory is the top of
     the tower. `maps_and_scores(targets)` runs the one batched backward, in any thread: the
     service runs the forward beside the served runtime's and the backward once the answer has
-    ranked the differentials (issue 19).
+    ranked the differentials (issue 19). When the few candidates the differentials will be drawn
+    from are known, `precompute` runs that backward for all of them at once, and `maps_for` picks
+    the ranked ones' rows.
     """
 
     def __init__(self, cam: BaseCAM, embeddings: torch.Tensor, captured: list[torch.Tensor]) -> None:
@@ -89,6 +91,23 @@ class CamPass:
         self.embeddings: torch.Tensor | None = embeddings
         self.captured = captured
         self.forward_ms = 0.0  # set by `prepare_heatmaps`
+        self.candidates: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # text rows, maps, scores
+
+    def precompute(self, text_embeddings: torch.Tensor) -> None:
+        """The maps and scores of every candidate (N, D) now, in one batched backward."""
+        maps, scores = self.maps_and_scores([SimilarityTarget(t) for t in text_embeddings])
+        self.candidates = (text_embeddings.detach().clone(), maps, scores)
+
+    def maps_for(self, text_embeddings: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Maps (B, K, h, w) and scores (B, K) of the K text embeddings: the precomputed candidates'
+        rows, or the backward now; None when they were precomputed and a row is not among them."""
+        if self.candidates is None:
+            return self.maps_and_scores([SimilarityTarget(t) for t in text_embeddings])
+        rows, maps, scores = self.candidates
+        found = [next((i for i, r in enumerate(rows) if torch.equal(r, t)), None) for t in text_embeddings]
+        if any(i is None for i in found):
+            return None
+        return maps[:, found], scores[:, found]
 
     def gradients(self, targets: Sequence[Target]) -> tuple[list[torch.Tensor], torch.Tensor]:
         """-> the gradients of the scores w.r.t. each captured tensor ((K, *shape) each), the scores
@@ -333,11 +352,17 @@ class Heatmap(BaseModel):
     legend_png_base64: str = Field(description="image/png colour bar, low -> high, with what the colours mean")
 
 
-def prepare_heatmaps(model: ImageTextModel, image: Image.Image, *, method: str = DEFAULT_METHOD) -> CamPass:
+def prepare_heatmaps(
+    model: ImageTextModel, image: Image.Image, *, method: str = DEFAULT_METHOD, candidates: torch.Tensor | None = None
+) -> CamPass:
     """The heatmaps' forward pass for one photo, before its differentials are known: hand it to
-    `explain_differentials(..., cam_pass=...)`, which then runs only the backward and the overlays."""
+    `explain_differentials(..., cam_pass=...)`, which then runs only the backward and the overlays.
+    `candidates` (N, D), the text embeddings the differentials will be drawn from: their backward
+    runs now too, so that only the overlays are left."""
     t0 = time.perf_counter()
     cam_pass = get_method(method)(model).forward(model.preprocessing.batch([image.convert("RGB")]))
+    if candidates is not None:
+        cam_pass.precompute(candidates)
     cam_pass.forward_ms = (time.perf_counter() - t0) * 1000
     return cam_pass
 
@@ -363,12 +388,15 @@ def explain_differentials(
     if text_embeddings.dim() != 2 or text_embeddings.shape[0] == 0:
         raise ValueError(f"text_embeddings must be (K, D) with K >= 1, got {tuple(text_embeddings.shape)}")
     photo = image.convert("RGB")
-    if cam_pass is None:
-        cam_pass = prepare_heatmaps(model, photo, method=method)
-    elif cam_pass.cam.name != method or cam_pass.cam.model is not model:
+    if cam_pass is not None and (cam_pass.cam.name != method or cam_pass.cam.model is not model):
         raise ValueError(f"the prepared pass is {cam_pass.cam.name} on another model or method than {method}")
+    found = cam_pass.maps_for(text_embeddings) if cam_pass is not None else None
+    if found is None:  # not prepared, or prepared for other candidates
+        cam_pass = prepare_heatmaps(model, photo, method=method)
+        found = cam_pass.maps_for(text_embeddings)
+        assert found is not None
     cam = cam_pass.cam
-    maps, scores = cam_pass.maps_and_scores([SimilarityTarget(t) for t in text_embeddings])
+    maps, scores = found
     grids = maps[0].cpu().numpy()  # (K, h, w)
     box = model.preprocessing.geometry(*photo.size)
     base = render.fit(photo, max_side)

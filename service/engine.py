@@ -57,6 +57,9 @@ FACTOR_WORDS = {
     "widespread_blistering": "widespread blistering",
     "skin_pain": "skin pain",
 }
+# heatmaps ahead of the answer: every candidate's backward when there are at most this many (the default
+# scope's six conditions; top_k 5 costs one map more), else only the forward
+HEATMAP_CANDIDATES_AHEAD = 8
 MOVE_MIN = 0.05  # log-odds: a part that moved a condition less than this against its rival is not named
 
 
@@ -182,10 +185,14 @@ class TriageEngine:
             pixels = self.model.preprocessing.batch([i.image for i in images]).to(self.model.device)
         return image_features(self.model, pixels, with_domain=self.with_domain)
 
-    def prepare_heatmaps(self, image: DecodedImage) -> CamPass:
+    def prepare_heatmaps(self, image: DecodedImage, options: TriageOptions) -> CamPass:
         """The heatmaps' forward (PyTorch, autograd on) for one photo, before the answer ranks the
-        differentials: the service runs it beside the served runtime's forward (issue 19)."""
-        return prepare_heatmaps(self.model, image.image)
+        differentials: the service runs it beside the served runtime's forward (issue 19). When the
+        differentials come from at most ``HEATMAP_CANDIDATES_AHEAD`` labels (the default scope's six
+        conditions), every label's backward runs there too; the answer then only picks its top rows."""
+        labels = self.labels(options).labels
+        ahead = labels.embeddings if len(labels.ids) <= HEATMAP_CANDIDATES_AHEAD else None
+        return prepare_heatmaps(self.model, image.image, candidates=ahead)
 
     def warm_up(self) -> None:
         """Compute the condition embeddings and run one forward pass, so the first request is not slow."""

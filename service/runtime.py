@@ -272,7 +272,7 @@ class InferenceRunner:
                 ahead = options.explain and self._heatmaps_ahead.acquire(blocking=False)
                 try:
                     heatmap_forward = (
-                        loop.run_in_executor(self._infer, engine.prepare_heatmaps, decoded) if ahead else None
+                        loop.run_in_executor(self._infer, engine.prepare_heatmaps, decoded, options) if ahead else None
                     )
                     features, info = await asyncio.wrap_future(future)
                     heatmap_pass = await heatmap_forward if heatmap_forward is not None else None

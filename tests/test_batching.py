@@ -128,8 +128,8 @@ class PreparingEngine(GatedBatchEngine):
         super().__init__(model)
         self.prepared = threading.Event()
 
-    def prepare_heatmaps(self, image: Any) -> Any:
-        cam_pass = super().prepare_heatmaps(image)
+    def prepare_heatmaps(self, image: Any, options: Any) -> Any:
+        cam_pass = super().prepare_heatmaps(image, options)
         self.prepared.set()
         return cam_pass
 
@@ -154,8 +154,11 @@ def test_heatmap_forward_runs_beside_the_batched_forward(tiny_clip: Any, photos:
         decode_image(photos[0], ImageLimits()), TriageOptions(top_k=3, explain=True, heatmap_grid=True), request_id="x"
     )
     assert [d["label"] for d in body["differentials"]] == [d.label for d in alone.differentials]
-    want = [(h.grid, h.score, h.png_base64) for h in alone.heatmaps or []]
-    assert [(h["grid"], h["score"], h["png_base64"]) for h in body["heatmaps"]] == want
+    # the candidates' maps came from one backward for all of them: equal to a few 1e-7 (another batch size)
+    assert len(body["heatmaps"]) == len(alone.heatmaps or []) == 3
+    for got, want in zip(body["heatmaps"], alone.heatmaps or [], strict=True):
+        np.testing.assert_allclose(got["grid"], want.grid, atol=2e-4)
+        assert abs(got["score"] - want.score) <= 2e-6
     assert body["timings"]["heatmap_ms"] > 0
 
 

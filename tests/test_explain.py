@@ -249,6 +249,20 @@ def test_a_pass_prepared_in_another_thread_gives_the_same_heatmaps(trained: tupl
     other = prepare_heatmaps(backend, photo, method="gradcam")
     with pytest.raises(ValueError, match="prepared pass"):
         explain_differentials(backend, photo, classes, method="fusedcam", cam_pass=other)
+    # every candidate's backward run ahead: the ranked rows picked, in their order; a row not among
+    # the candidates gets a fresh pass
+    direct = explain_differentials(backend, photo, classes, want_grid=True)
+    for chosen in ([1, 0], [1], [2, 0]):
+        ahead = explain_differentials(
+            backend,
+            photo,
+            classes[chosen],
+            want_grid=True,
+            cam_pass=prepare_heatmaps(backend, photo, candidates=classes[:2]),
+        )
+        for got, k in zip(ahead, chosen, strict=True):
+            np.testing.assert_allclose(got.grid, direct[k].grid, atol=2e-4)
+            assert got.score == pytest.approx(direct[k].score, abs=2e-6)
 
 
 def _hook_count(layer: nn.Module) -> int:
