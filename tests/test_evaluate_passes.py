@@ -102,3 +102,36 @@ def test_evaluate_embeds_the_photos_once_per_run(tiny_clip, tmp_path: Path, monk
     report = _evaluate(tiny_clip, load_taxonomy(), args)
     assert report["n"] == len(rows) and "ece" in report  # the uncertainty pass ran
     assert counter.rows == len(rows)
+
+
+def test_the_ood_pass_reuses_the_runs_forward(embedded_model, small_non_skin: Path, monkeypatch) -> None:
+    """Issue 19: with the OOD pass on, a model without out-of-fold probabilities for the folder forwards each
+    photo once per run (the OOD pass reads the evaluation's forward), plus the non-skin set once; the OOD
+    features equal those of a forward of their own."""
+    from models.fitting.evaluation import embed_images, one_embedding_per_photo
+    from models.knowledge.taxonomy import load_taxonomy
+    from tests.test_evaluate_splits import _folder
+
+    root = _folder(small_non_skin.parent, [(f"p{i}", "MEL" if i % 2 else "NEV", "test", "clinical") for i in range(6)])
+    from models.fitting.datasets import load_labelled_folder
+
+    items = load_labelled_folder(root, load_taxonomy())
+    alone = ood_fit.embed_photo_set(embedded_model, [i.stem for i in items], lambda j: _load(items[j].path), "x")
+    counter = _RowCounter(embedded_model)
+    monkeypatch.setattr(embedded_model, "encode_image", counter)
+    with one_embedding_per_photo():
+        embed_images(embedded_model, items, progress=False)
+        dev = ood_fit.dev_photos(embedded_model, items)
+    assert counter.rows == len(items)
+    np.testing.assert_array_equal(dev.embeddings, alone.embeddings)
+    np.testing.assert_array_equal(dev.skin_pixels, alone.skin_pixels)
+    if alone.imagenet is not None:
+        np.testing.assert_array_equal(dev.imagenet, alone.imagenet)
+    ood_fit.dev_photos(embedded_model, items)  # outside a run: a forward of its own
+    assert counter.rows == 2 * len(items)
+
+
+def _load(path: Path) -> Any:
+    from models.photos import load_photo
+
+    return load_photo(path)

@@ -128,9 +128,19 @@ def _photo_set(model: ImageTextModel, key: str, names: list[str], load: Any, cac
 
 
 def dev_photos(model: ImageTextModel, items: Sequence[Any]) -> PhotoSet:
+    """The folder's photos' set; within a `dermtriage evaluate` run that already forwarded them (a model
+    without out-of-fold probabilities for them), that forward's features, not a second one."""
+    from models.fitting.evaluation import run_features
     from models.photos import load_photo
 
     names = [i.stem for i in items]
+    seen = run_features(model, [str(i.path) for i in items])
+    if seen is not None:
+        n = len(names)
+        skin = np.array(
+            [skin_pixel_fraction(load_photo(items[j].path)) for j in tqdm(range(n), desc="OOD: skin pixels")]
+        )
+        return PhotoSet(names, seen[0], skin, seen[1])
     return _photo_set(model, "|".join(names), names, lambda j: load_photo(items[j].path))
 
 
