@@ -5,7 +5,10 @@
 Plain inference: what a triage answer costs without heatmaps (the served flip-averaged views,
 and a single view). Heatmaps for the top-k differentials: the CAM alone batched (one forward +
 one batched backward for all k), the CAM one differential at a time (k forwards + k backwards),
-and `explain_differentials` end to end (CAM + upsampling + PNG overlays). Medians of --repeats.
+and `explain_differentials` end to end (CAM + upsampling + PNG overlays). The cost split: the
+CAM's forward and its backward apart, the backward for every candidate of the default scope run
+ahead (what the service runs beside the served forward), one overlay's blend and PNG encoding,
+and what is left after the answer when the pass ran ahead. Medians of --repeats.
 """
 
 from __future__ import annotations
@@ -91,6 +94,30 @@ def main() -> None:
     batched = median_ms(lambda: cam(pixels, targets), args.repeats)
     one_by_one = median_ms(lambda: [cam(pixels, [t]) for t in targets], args.repeats)
     end_to_end = median_ms(lambda: explain_differentials(model, photo, text, method=method), args.repeats)
+    from explain import prepare_heatmaps, render
+
+    candidates = clf.subset(list(model.card.validated_conditions), "clinical").embeddings
+    forward = median_ms(lambda: cam.forward(pixels), args.repeats)
+    ahead = median_ms(lambda: prepare_heatmaps(model, photo, method=method, candidates=candidates), args.repeats)
+    passes: list[object] = []
+
+    def after_answer() -> object:
+        return explain_differentials(model, photo, text, method=method, cam_pass=passes.pop())
+
+    passes.extend(prepare_heatmaps(model, photo, method=method, candidates=candidates) for _ in range(args.repeats + 1))
+    left = median_ms(after_answer, args.repeats)
+    grid = cam(pixels, targets)[0, 0].numpy()
+    base = render.fit(photo)
+    box = model.preprocessing.geometry(*photo.size)
+    overlay, _ = render.overlay(base, grid, box, photo.size)
+    out["cam_forward_ms"] = round(forward, 1)
+    out["cam_backward_ms"] = round(batched - forward, 1)
+    out["candidates"] = int(candidates.shape[0])
+    out["ahead_forward_backward_all_candidates_ms"] = round(ahead, 1)
+    out["overlay_blend_ms"] = round(median_ms(lambda: render.overlay(base, grid, box, photo.size), args.repeats), 2)
+    out["overlay_png_ms"] = round(median_ms(lambda: render.png_bytes(overlay), args.repeats), 2)
+    out["overlay_png_kb"] = round(len(render.png_bytes(overlay)) / 1024, 1)
+    out["left_after_the_answer_ms"] = round(left, 1)
     out["cam_batched_ms"] = round(batched, 1)
     out["cam_batched_per_differential_ms"] = round(batched / k, 1)
     out["cam_one_by_one_per_differential_ms"] = round(one_by_one / k, 1)
@@ -110,6 +137,15 @@ def main() -> None:
     print(f"  heatmaps, CAM one at a time            {one_by_one:8.1f} ms = {one_by_one / k:6.1f} ms per differential")
     print(f"  explain_differentials (CAM + PNGs)     {end_to_end:8.1f} ms = {end_to_end / k:6.1f} ms per differential")
     print(f"  explain_differentials / served plain inference: {out['explain_vs_served_forward']}")
+    print("  the split:")
+    print(f"    CAM forward (1 view, autograd on)    {out['cam_forward_ms']:8.1f} ms")
+    print(f"    CAM backward, {k} targets batched      {out['cam_backward_ms']:8.1f} ms")
+    n = out["candidates"]
+    print(f"    forward + backward of all {n} candidates {out['ahead_forward_backward_all_candidates_ms']:6.1f} ms"
+          "  (run ahead, beside the served forward)")  # fmt: skip
+    png = f"PNG {out['overlay_png_ms']} ms ({out['overlay_png_kb']} KB)"
+    print(f"    one overlay: blend {out['overlay_blend_ms']} ms, {png}")
+    print(f"    left after the answer (pass run ahead: {k} overlays) {out['left_after_the_answer_ms']:6.1f} ms")
 
 
 if __name__ == "__main__":

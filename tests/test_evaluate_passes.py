@@ -135,3 +135,13 @@ def _load(path: Path) -> Any:
     from models.photos import load_photo
 
     return load_photo(path)
+
+
+def test_the_non_skin_cache_key_names_the_runtime(embedded_model, monkeypatch) -> None:
+    """The runtimes agree within 1e-4, not bit for bit: features cached from one are not reused by another."""
+    from types import SimpleNamespace
+
+    torch_key = ood_cache.non_skin_key(embedded_model)
+    monkeypatch.setattr(embedded_model, "compiled", SimpleNamespace(name="openvino"))
+    assert ood_cache.non_skin_key(embedded_model) != torch_key
+    assert '"runtime": "openvino"' in ood_cache.non_skin_key(embedded_model)

@@ -112,8 +112,9 @@ def embed_photo_set(
 def _photo_set(model: ImageTextModel, key: str, names: list[str], load: Any, cache_dir: Path = CACHE_DIR) -> PhotoSet:
     """The development photos' set; their embeddings and ImageNet probabilities reused from the per-folder cache
     (`cached_embeddings`'s files) when both are there, else computed in one pass and written there."""
-    digest = hashlib.sha256(f"{model.artifacts.fingerprint}|{key}".encode()).hexdigest()[:16]
-    digest_inet = hashlib.sha256(f"{model.artifacts.fingerprint}|imagenet|{key}".encode()).hexdigest()[:16]
+    ident = f"{model.artifacts.fingerprint}|{getattr(model, 'runtime_name', 'torch')}"  # runtimes agree to 1e-4
+    digest = hashlib.sha256(f"{ident}|{key}".encode()).hexdigest()[:16]
+    digest_inet = hashlib.sha256(f"{ident}|imagenet|{key}".encode()).hexdigest()[:16]
     emb_path, inet_path = cache_dir / f"embeddings-{digest}.npy", cache_dir / f"imagenet-{digest_inet}.npy"
     if emb_path.exists() and inet_path.exists():
         n = len(names)
