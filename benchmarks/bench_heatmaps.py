@@ -56,7 +56,7 @@ def main() -> None:
     method = args.method or DEFAULT_METHOD
     model = load_model(DEFAULT_MODEL)
     clf = ZeroShotClassifier(model, load_taxonomy(), Path(".cache/zeroshot"))
-    labels = clf.condition_set("clinical")
+    labels = clf.subset(list(model.card.validated_conditions), "clinical")  # the default scope
     photos = sorted((DEFAULT_DATA / "images").glob("*.jpg"))
     path = Path(args.photo) if args.photo else (photos[0] if photos else None)
     photo = load_photo(path) if path else Image.new("RGB", (640, 480), (200, 150, 120))
@@ -96,7 +96,7 @@ def main() -> None:
     end_to_end = median_ms(lambda: explain_differentials(model, photo, text, method=method), args.repeats)
     from explain import prepare_heatmaps, render
 
-    candidates = clf.subset(list(model.card.validated_conditions), "clinical").embeddings
+    candidates = labels.embeddings  # the default scope's conditions, of which the top k are explained
     forward = median_ms(lambda: cam.forward(pixels), args.repeats)
     ahead = median_ms(lambda: prepare_heatmaps(model, photo, method=method, candidates=candidates), args.repeats)
     passes: list[object] = []
