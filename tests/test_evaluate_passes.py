@@ -145,3 +145,53 @@ def test_the_non_skin_cache_key_names_the_runtime(embedded_model, monkeypatch) -
     monkeypatch.setattr(embedded_model, "compiled", SimpleNamespace(name="openvino"))
     assert ood_cache.non_skin_key(embedded_model) != torch_key
     assert '"runtime": "openvino"' in ood_cache.non_skin_key(embedded_model)
+
+
+def test_every_pass_of_evaluate_and_calibrate_shows_a_progress_bar(
+    embedded_model, pad_small: Path, small_non_skin: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 19: no silent pass. `calibrate`: the fusion's cross-fit and each stage's calibration cross-fit;
+    `evaluate`: the fused figures of both scopes, the calibration per stage and the OOD pass; the uncertainty
+    pass reuses the dataset scope's fusion cross-fit (same rows) instead of running it again."""
+    from argparse import Namespace
+
+    from models.fitting.calibration_fit import calibrate_folder
+    from models.knowledge.taxonomy import load_taxonomy
+    from service.cli.evaluate import _evaluate
+
+    taxonomy = load_taxonomy()
+    calibrate_folder(embedded_model, taxonomy, pad_small)
+    err = capfd.readouterr().err
+    for bar in ("calibration: cross-fitting the fusion", "calibration (image): cross-fitting", "calibration (fused)"):
+        assert bar in err
+    args = Namespace(
+        data=str(pad_small),
+        labels="dataset",
+        modality="clinical",
+        batch_size=16,
+        split=None,
+        coverage=0.9,
+        no_ood=False,
+    )
+    report = _evaluate(embedded_model, taxonomy, args)
+    assert report["ood"] is not None
+    err = capfd.readouterr().err
+    for bar in (
+        "fused figures (dataset): cross-fitting the fusion",
+        "fused figures (validated): cross-fitting the fusion",
+        "calibration (image): cross-fitting",
+        "calibration (fused): cross-fitting",
+        "OOD: embedding photos",
+        "OOD: embedding the non-skin set",
+    ):
+        assert bar in err, bar
+    assert "calibration: cross-fitting the fusion" not in err  # the same rows as the dataset scope's: reused
+
+
+def test_generating_the_non_skin_set_shows_a_progress_bar(capfd: pytest.CaptureFixture[str]) -> None:
+    quiet = ood_data.synthetic_images(per_kind=1, seed=0)
+    assert "generating the non-skin set" not in capfd.readouterr().err
+    shown = ood_data.synthetic_images(per_kind=1, seed=0, progress=True)
+    assert "OOD: generating the non-skin set" in capfd.readouterr().err
+    assert [n for n, _ in shown] == [n for n, _ in quiet]
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for (_, a), (_, b) in zip(shown, quiet, strict=True))
