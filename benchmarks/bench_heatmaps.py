@@ -19,6 +19,7 @@ import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from PIL import Image
@@ -94,30 +95,8 @@ def main() -> None:
     batched = median_ms(lambda: cam(pixels, targets), args.repeats)
     one_by_one = median_ms(lambda: [cam(pixels, [t]) for t in targets], args.repeats)
     end_to_end = median_ms(lambda: explain_differentials(model, photo, text, method=method), args.repeats)
-    from explain import prepare_heatmaps, render
-
-    candidates = labels.embeddings  # the default scope's conditions, of which the top k are explained
-    forward = median_ms(lambda: cam.forward(pixels), args.repeats)
-    ahead = median_ms(lambda: prepare_heatmaps(model, photo, method=method, candidates=candidates), args.repeats)
-    passes: list[object] = []
-
-    def after_answer() -> object:
-        return explain_differentials(model, photo, text, method=method, cam_pass=passes.pop())
-
-    passes.extend(prepare_heatmaps(model, photo, method=method, candidates=candidates) for _ in range(args.repeats + 1))
-    left = median_ms(after_answer, args.repeats)
-    grid = cam(pixels, targets)[0, 0].numpy()
-    base = render.fit(photo)
-    box = model.preprocessing.geometry(*photo.size)
-    overlay, _ = render.overlay(base, grid, box, photo.size)
-    out["cam_forward_ms"] = round(forward, 1)
-    out["cam_backward_ms"] = round(batched - forward, 1)
-    out["candidates"] = int(candidates.shape[0])
-    out["ahead_forward_backward_all_candidates_ms"] = round(ahead, 1)
-    out["overlay_blend_ms"] = round(median_ms(lambda: render.overlay(base, grid, box, photo.size), args.repeats), 2)
-    out["overlay_png_ms"] = round(median_ms(lambda: render.png_bytes(overlay), args.repeats), 2)
-    out["overlay_png_kb"] = round(len(render.png_bytes(overlay)) / 1024, 1)
-    out["left_after_the_answer_ms"] = round(left, 1)
+    out |= cost_split(model, photo, pixels, cam, targets, text, labels.embeddings, method, args.repeats)
+    out["cam_backward_ms"] = round(batched - out["cam_forward_ms"], 1)  # type: ignore[operator]
     out["cam_batched_ms"] = round(batched, 1)
     out["cam_batched_per_differential_ms"] = round(batched / k, 1)
     out["cam_one_by_one_per_differential_ms"] = round(one_by_one / k, 1)
@@ -126,9 +105,13 @@ def main() -> None:
     out["explain_vs_served_forward"] = round(end_to_end / out["plain_inference_runtime_ms"], 2)  # type: ignore[operator]
     if args.json:
         print(json.dumps(out))
-        return
-    grid = "x".join(str(g) for g in out["grid_shape"])  # type: ignore[attr-defined]
-    print(f"{model.card.name}, {method} ({grid} grid), top-{k}, photo {out['photo_size']}, threads={out['threads']}")
+    else:
+        print_report(out, model.card.name, k, batched, one_by_one, end_to_end)
+
+
+def print_report(out: dict[str, Any], name: str, k: int, batched: float, one_by_one: float, end_to_end: float) -> None:
+    grid = "x".join(str(g) for g in out["grid_shape"])
+    print(f"{name}, {out['method']} ({grid} grid), top-{k}, photo {out['photo_size']}, threads={out['threads']}")
     print(f"  plain inference ({out['tta_views']} views, torch)   {out['plain_inference_ms']:8.1f} ms")
     served = f"plain inference ({out['tta_views']} views, {out['runtime']})"
     print(f"  {served:<37}{out['plain_inference_runtime_ms']:8.1f} ms")
@@ -137,6 +120,36 @@ def main() -> None:
     print(f"  heatmaps, CAM one at a time            {one_by_one:8.1f} ms = {one_by_one / k:6.1f} ms per differential")
     print(f"  explain_differentials (CAM + PNGs)     {end_to_end:8.1f} ms = {end_to_end / k:6.1f} ms per differential")
     print(f"  explain_differentials / served plain inference: {out['explain_vs_served_forward']}")
+    print_split(out, k)
+
+
+def cost_split(
+    model: Any, photo: Any, pixels: Any, cam: Any, targets: Any, text: Any, candidates: Any, method: str, repeats: int
+) -> dict[str, object]:
+    """The CAM's forward, the forward and backward of every candidate run ahead (what the service runs
+    beside the served forward), one overlay's blend and PNG, and what is left after the answer."""
+    from explain import explain_differentials, prepare_heatmaps, render
+
+    forward = median_ms(lambda: cam.forward(pixels), repeats)
+    ahead = median_ms(lambda: prepare_heatmaps(model, photo, method=method, candidates=candidates), repeats)
+    passes = [prepare_heatmaps(model, photo, method=method, candidates=candidates) for _ in range(repeats + 1)]
+    left = median_ms(lambda: explain_differentials(model, photo, text, method=method, cam_pass=passes.pop()), repeats)
+    grid = cam(pixels, targets)[0, 0].numpy()
+    base = render.fit(photo)
+    box = model.preprocessing.geometry(*photo.size)
+    overlay, _ = render.overlay(base, grid, box, photo.size)
+    return {
+        "cam_forward_ms": round(forward, 1),
+        "candidates": int(candidates.shape[0]),
+        "ahead_forward_backward_all_candidates_ms": round(ahead, 1),
+        "overlay_blend_ms": round(median_ms(lambda: render.overlay(base, grid, box, photo.size), repeats), 2),
+        "overlay_png_ms": round(median_ms(lambda: render.png_bytes(overlay), repeats), 2),
+        "overlay_png_kb": round(len(render.png_bytes(overlay)) / 1024, 1),
+        "left_after_the_answer_ms": round(left, 1),
+    }
+
+
+def print_split(out: dict[str, Any], k: int) -> None:
     print("  the split:")
     print(f"    CAM forward (1 view, autograd on)    {out['cam_forward_ms']:8.1f} ms")
     print(f"    CAM backward, {k} targets batched      {out['cam_backward_ms']:8.1f} ms")

@@ -10,16 +10,13 @@ from explain.gradcam import (
     METHODS,
     BaseCAM,
     CamPass,
-    CropBox,
     GradCAM,
     GradCAMPlusPlus,
-    Heatmap,
     LayerCapture,
     SimilarityTarget,
-    explain_differentials,
     get_method,
-    prepare_heatmaps,
 )
+from explain.heatmaps import CropBox, Heatmap, explain_differentials, prepare_heatmaps
 
 __all__ = [
     "DEFAULT_METHOD",

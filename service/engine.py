@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from explain.gradcam import CamPass, explain_differentials, prepare_heatmaps
+from explain.gradcam import CamPass
+from explain.heatmaps import explain_differentials, prepare_heatmaps
 from explain.risk_shap import explain_urgency
 from explain.risk_shap import warm_up as warm_up_shap
 from models.backends.base import ImageTextModel
@@ -57,9 +58,6 @@ FACTOR_WORDS = {
     "widespread_blistering": "widespread blistering",
     "skin_pain": "skin pain",
 }
-# heatmaps ahead of the answer: every candidate's backward when there are at most this many (the default
-# scope's six conditions; top_k 5 costs one map more), else only the forward
-HEATMAP_CANDIDATES_AHEAD = 8
 MOVE_MIN = 0.05  # log-odds: a part that moved a condition less than this against its rival is not named
 
 
@@ -186,13 +184,8 @@ class TriageEngine:
         return image_features(self.model, pixels, with_domain=self.with_domain)
 
     def prepare_heatmaps(self, image: DecodedImage, options: TriageOptions) -> CamPass:
-        """The heatmaps' forward (PyTorch, autograd on) for one photo, before the answer ranks the
-        differentials: the service runs it beside the served runtime's forward (issue 19). When the
-        differentials come from at most ``HEATMAP_CANDIDATES_AHEAD`` labels (the default scope's six
-        conditions), every label's backward runs there too; the answer then only picks its top rows."""
-        labels = self.labels(options).labels
-        ahead = labels.embeddings if len(labels.ids) <= HEATMAP_CANDIDATES_AHEAD else None
-        return prepare_heatmaps(self.model, image.image, candidates=ahead)
+        """The heatmaps' pass for one photo before the answer ranks the differentials (issue 19)."""
+        return prepare_heatmaps(self.model, image.image, candidates=self.labels(options).labels.embeddings)
 
     def warm_up(self) -> None:
         """Compute the condition embeddings and run one forward pass, so the first request is not slow."""
@@ -299,8 +292,7 @@ class TriageEngine:
         image_features: ImageFeatures | None = None,
         heatmap_pass: CamPass | None = None,
     ) -> TriageResult:
-        """``image_features`` (a row of :meth:`embed`) skips the image tower: the service batches it;
-        ``heatmap_pass`` (:meth:`prepare_heatmaps` of this photo) skips the heatmaps' forward."""
+        """``image_features`` (a row of :meth:`embed`) skips the image tower, ``heatmap_pass`` the heatmaps' pass."""
         t0 = time.perf_counter()
         clinical = clinical or ClinicalInput()
         scope = self.label_scope(options)
@@ -342,14 +334,9 @@ class TriageEngine:
         heatmaps, heatmap_ms = None, 0.0
         if options.explain:
             t1 = time.perf_counter()
-            heatmaps = explain_differentials(
-                self.model,
-                image.image,
-                scored.labels.embeddings[order],
-                want_grid=options.heatmap_grid,
-                cam_pass=heatmap_pass,
-            )
-            # the prepared forward counts too, though it ran beside the served runtime's
+            text, grid = scored.labels.embeddings[order], options.heatmap_grid
+            heatmaps = explain_differentials(self.model, image.image, text, want_grid=grid, cam_pass=heatmap_pass)
+            # the prepared pass counts too, though it ran beside the served runtime's forward
             heatmap_ms = (time.perf_counter() - t1) * 1000 + (heatmap_pass.forward_ms if heatmap_pass else 0.0)
         return TriageResult(
             request_id=request_id,

@@ -36,9 +36,7 @@ GIL_SWITCH_INTERVAL_S = 0.0005
 HASH_INLINE_BYTES = 256 * 1024  # larger photos are hashed in a thread, off the event loop
 RUNTIME_PRECISION = "float32"  # the compiled runtimes' precision: set by the agreement check (README, Performance)
 MAX_BATCHERS = 2  # the default model and one per routed modality
-# heatmap forwards run ahead of their answers (beside the served runtime's forward), at most this
-# many at once: each keeps the top of the tower's autograd graph until the answer ranks the differentials
-HEATMAPS_AHEAD = 2
+HEATMAPS_AHEAD = 2  # heatmap passes run ahead of their answers at once (each holds the tower top's graph)
 
 
 def sha256_hex(data: bytes) -> str:
@@ -276,21 +274,9 @@ class InferenceRunner:
                     )
                     features, info = await asyncio.wrap_future(future)
                     heatmap_pass = await heatmap_forward if heatmap_forward is not None else None
-                    return await loop.run_in_executor(
-                        self._infer,
-                        self._score_job,
-                        engine,
-                        decoded,
-                        features,
-                        info,
-                        options,
-                        clinical,
-                        request_id,
-                        decode_ms,
-                        waited_ms,
-                        time.perf_counter(),
-                        heatmap_pass,
-                    )
+                    job = partial(self._score_job, engine, decoded, features, info, options, clinical, request_id)
+                    now = time.perf_counter()
+                    return await loop.run_in_executor(self._infer, job, decode_ms, waited_ms, now, heatmap_pass)
                 finally:
                     if ahead:
                         self._heatmaps_ahead.release()
