@@ -9,20 +9,20 @@ from explain.gradcam import (
     DEFAULT_METHOD,
     METHODS,
     BaseCAM,
-    CropBox,
+    CamPass,
     GradCAM,
     GradCAMPlusPlus,
-    Heatmap,
     LayerCapture,
     SimilarityTarget,
-    explain_differentials,
     get_method,
 )
+from explain.heatmaps import CropBox, Heatmap, explain_differentials, prepare_heatmaps
 
 __all__ = [
     "DEFAULT_METHOD",
     "METHODS",
     "BaseCAM",
+    "CamPass",
     "CropBox",
     "GradCAM",
     "GradCAMPlusPlus",
@@ -31,4 +31,5 @@ __all__ = [
     "SimilarityTarget",
     "explain_differentials",
     "get_method",
+    "prepare_heatmaps",
 ]

@@ -26,18 +26,13 @@ Why not captum's `LayerGradCam` (it is the reference in the tests, where it agre
 
 from __future__ import annotations
 
-import base64
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from typing import ClassVar, Literal
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
-from pydantic import BaseModel, Field
 
-from explain import render
 from explain.capture import LayerCapture, StagesCapture, batched_grads, finer_stage
 from models.backends.base import ImageTextModel
 
@@ -73,11 +68,66 @@ Target = Callable[[torch.Tensor], torch.Tensor]
 # --- methods -------------------------------------------------------------------------------
 
 
+class CamPass:
+    """One forward of the photo(s) with autograd on, kept until the targets are known (used once).
+
+    It holds the embeddings and the captured layer tensors; the graph reaches back only to the
+    first captured layer (a detached leaf, `capture.py`), so what stays in memory is the top of
+    the tower. `maps_and_scores(targets)` runs the one batched backward, in any thread: the
+    service runs the forward beside the served runtime's and the backward once the answer has
+    ranked the differentials (issue 19). When the few candidates the differentials will be drawn
+    from are known, `precompute` runs that backward for all of them at once, and `maps_for` picks
+    the ranked ones' rows.
+    """
+
+    def __init__(self, cam: BaseCAM, embeddings: torch.Tensor, captured: list[torch.Tensor]) -> None:
+        self.cam = cam
+        self.embeddings: torch.Tensor | None = embeddings
+        self.captured = captured
+        self.forward_ms = 0.0  # set by `prepare_heatmaps`
+        self.candidates: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # text rows, maps, scores
+
+    def precompute(self, text_embeddings: torch.Tensor) -> None:
+        """The maps and scores of every candidate (N, D) now, in one batched backward."""
+        maps, scores = self.maps_and_scores([SimilarityTarget(t) for t in text_embeddings])
+        self.candidates = (text_embeddings.detach().clone(), maps, scores)
+
+    def maps_for(self, text_embeddings: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Maps (B, K, h, w) and scores (B, K) of the K text embeddings: the precomputed candidates'
+        rows, or the backward now; None when they were precomputed and a row is not among them."""
+        if self.candidates is None:
+            return self.maps_and_scores([SimilarityTarget(t) for t in text_embeddings])
+        rows, maps, scores = self.candidates
+        found = [next((i for i, r in enumerate(rows) if torch.equal(r, t)), None) for t in text_embeddings]
+        if any(i is None for i in found):
+            return None
+        return maps[:, found], scores[:, found]
+
+    def gradients(self, targets: Sequence[Target]) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """-> the gradients of the scores w.r.t. each captured tensor ((K, *shape) each), the scores
+        (B, K); the graph is released."""
+        if not targets:
+            raise ValueError("at least one target")
+        if self.embeddings is None:
+            raise RuntimeError("a CamPass is used once")
+        with torch.inference_mode(False), torch.enable_grad():
+            scores = torch.stack([t(self.embeddings) for t in targets], dim=1)  # (B, K)
+            grads = batched_grads(scores, *self.captured)
+        self.embeddings = None
+        self.captured = [c.detach() for c in self.captured]
+        return grads, scores.detach()
+
+    def maps_and_scores(self, targets: Sequence[Target]) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> maps (B, K, h, w) in [0, 1], scores (B, K)."""
+        return self.cam.pass_maps(self, targets)
+
+
 class BaseCAM(ABC):
     """One forward of the photo(s), one batched backward for all targets, then `combine`.
 
     `__call__(pixels (B,3,S,S), targets[K]) -> (B, K, h, w)` maps in [0, 1] (ReLU, then divided
-    by each map's maximum; a map with no positive evidence is all zeros).
+    by each map's maximum; a map with no positive evidence is all zeros). `forward` and
+    `CamPass.maps_and_scores` are the same in two steps.
     """
 
     name: ClassVar[str]
@@ -87,32 +137,41 @@ class BaseCAM(ABC):
         self.model = model
         self.spatial = model.spatial_target()
 
-    def activations_and_gradients(
-        self, pixels: torch.Tensor, targets: Sequence[Target]
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """-> activations (B, C, h, w), gradients (K, B, C, h, w), scores (B, K)."""
-        if not targets:
-            raise ValueError("at least one target")
+    def forward(self, pixels: torch.Tensor) -> CamPass:
         pixels = pixels.to(self.model.device)
         # inference_mode(False): a caller inside inference_mode would otherwise get no graph
         with torch.inference_mode(False), torch.enable_grad(), LayerCapture(self.spatial) as capture:
             embeddings = self.model.encode_image(pixels, grad=True)
-            if capture.activation is None:
-                raise RuntimeError(f"spatial layer {type(self.spatial.layer).__name__} did not run in the forward")
-            scores = torch.stack([t(embeddings) for t in targets], dim=1)  # (B, K)
-            [grads] = batched_grads(scores, capture.activation)
-            leaf = capture.activation.detach()
-        acts = self.spatial.to_map(leaf).float()
+        if capture.activation is None:
+            raise RuntimeError(f"spatial layer {type(self.spatial.layer).__name__} did not run in the forward")
+        return CamPass(self, embeddings, [capture.activation])
+
+    def activations_and_gradients(
+        self, pixels: torch.Tensor, targets: Sequence[Target]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """-> activations (B, C, h, w), gradients (K, B, C, h, w), scores (B, K)."""
+        return self._acts_grads(self.forward(pixels), targets)
+
+    def _acts_grads(
+        self, cam_pass: CamPass, targets: Sequence[Target]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        [grads], scores = cam_pass.gradients(targets)
+        acts = self.spatial.to_map(cam_pass.captured[0]).float()
         grad_maps = torch.stack([self.spatial.to_map(g) for g in grads]).float()
-        return acts, grad_maps, scores.detach()
+        return acts, grad_maps, scores
 
     @abstractmethod
     def combine(self, acts: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
         """activations (B, C, h, w), gradients (K, B, C, h, w) -> raw maps (K, B, h, w)."""
 
-    def maps_and_scores(self, pixels: torch.Tensor, targets: Sequence[Target]) -> tuple[torch.Tensor, torch.Tensor]:
-        acts, grads, scores = self.activations_and_gradients(pixels, targets)
+    def pass_maps(self, cam_pass: CamPass, targets: Sequence[Target]) -> tuple[torch.Tensor, torch.Tensor]:
+        acts, grads, scores = self._acts_grads(cam_pass, targets)
         return normalised(self.combine(acts, grads)).permute(1, 0, 2, 3), scores  # (B, K, h, w)
+
+    def maps_and_scores(self, pixels: torch.Tensor, targets: Sequence[Target]) -> tuple[torch.Tensor, torch.Tensor]:
+        if not targets:
+            raise ValueError("at least one target")
+        return self.forward(pixels).maps_and_scores(targets)
 
     def __call__(self, pixels: torch.Tensor, targets: Sequence[Target]) -> torch.Tensor:
         return self.maps_and_scores(pixels, targets)[0]
@@ -191,26 +250,28 @@ class FusedCAM(GradCAMPlusPlus):
     fine: ClassVar[Literal["gradcampp", "layercam"]] = "layercam"
     fusion: ClassVar[Literal["product", "mean", "fine"]] = "product"
 
-    def maps_and_scores(self, pixels: torch.Tensor, targets: Sequence[Target]) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, pixels: torch.Tensor) -> CamPass:
         fine_layer = finer_stage(self.model)
         if fine_layer is None:
-            return super().maps_and_scores(pixels, targets)
-        if not targets:
-            raise ValueError("at least one target")
+            return super().forward(pixels)
         pixels = pixels.to(self.model.device)
         with torch.inference_mode(False), torch.enable_grad(), StagesCapture([fine_layer, self.spatial.layer]) as cap:
             embeddings = self.model.encode_image(pixels, grad=True)
-            fine, coarse = cap.tensors()
-            scores = torch.stack([t(embeddings) for t in targets], dim=1)  # (B, K)
-            g_fine, g_coarse = batched_grads(scores, fine, coarse)
-        coarse_map = normalised(gradcampp_combine(coarse.detach().float(), g_coarse.float()))  # (K, B, h, w)
+        return CamPass(self, embeddings, cap.tensors())
+
+    def pass_maps(self, cam_pass: CamPass, targets: Sequence[Target]) -> tuple[torch.Tensor, torch.Tensor]:
+        if len(cam_pass.captured) == 1:  # no finer stage: plain Grad-CAM++
+            return super().pass_maps(cam_pass, targets)
+        (g_fine, g_coarse), scores = cam_pass.gradients(targets)
+        fine, coarse = cam_pass.captured
+        coarse_map = normalised(gradcampp_combine(coarse.float(), g_coarse.float()))  # (K, B, h, w)
         combine = layercam_combine if self.fine == "layercam" else gradcampp_combine
-        fine_map = normalised(combine(fine.detach().float(), g_fine.float()))  # (K, B, 2h, 2w)
+        fine_map = normalised(combine(fine.float(), g_fine.float()))  # (K, B, 2h, 2w)
         k, b = coarse_map.shape[:2]
         up = F.interpolate(coarse_map.flatten(0, 1)[:, None], size=fine_map.shape[-2:], mode="bilinear")
         up = up.view(k, b, *fine_map.shape[-2:])
         fused = {"product": up * fine_map, "mean": (up + fine_map) / 2, "fine": fine_map}[self.fusion]
-        return normalised(fused).permute(1, 0, 2, 3), scores.detach()
+        return normalised(fused).permute(1, 0, 2, 3), scores
 
 
 class FusedMeanCAM(FusedCAM):
@@ -249,91 +310,3 @@ def get_method(name: str) -> type[BaseCAM]:
         return METHODS[name]
     except KeyError:
         raise ValueError(f"unknown heatmap method {name!r}; known: {', '.join(METHODS)}") from None
-
-
-# --- the engine's entry point -----------------------------------------------------------------
-
-
-class CropBox(BaseModel):
-    """The part of the photo the model saw (photo pixels); the heatmap covers only this box."""
-
-    left: float
-    top: float
-    right: float
-    bottom: float
-    note: str = Field(
-        default="the model sees only this centre crop; outside it the overlay shows no heat (not 'low heat')"
-    )
-
-
-class Heatmap(BaseModel):
-    """One differential's heatmap: a PNG overlay aligned to the photo, optionally the raw grid."""
-
-    index: int = Field(description="row of the text embeddings this map explains (differential order)")
-    method: str
-    score: float = Field(description="cosine similarity of the image and text embeddings")
-    grid_shape: tuple[int, int]
-    grid: list[list[float]] | None = Field(default=None, description="low-resolution map in [0, 1], row-major")
-    png_base64: str = Field(description="image/png overlay, the photo's aspect ratio (long side capped)")
-    width: int = Field(description="overlay width in pixels")
-    height: int = Field(description="overlay height in pixels")
-    photo_width: int
-    photo_height: int
-    covers: CropBox
-    peak: tuple[float, float] = Field(description="(x, y) of the map's maximum, in photo pixels")
-    colormap: str
-    legend_png_base64: str = Field(description="image/png colour bar, low -> high, with what the colours mean")
-
-
-def explain_differentials(
-    model: ImageTextModel,
-    image: Image.Image,
-    text_embeddings: torch.Tensor,
-    *,
-    method: str = DEFAULT_METHOD,
-    want_grid: bool = False,
-    colormap: str = render.DEFAULT_COLORMAP,
-    max_side: int = render.DEFAULT_MAX_SIDE,
-    alpha: float = render.DEFAULT_ALPHA,
-) -> list[Heatmap]:
-    """Heatmaps for the K differentials whose text embeddings (K, D) are given, in that order.
-
-    `image` is the photo as decoded (already EXIF-oriented): the overlays have its aspect ratio
-    and size (long side capped at `max_side`). One forward and one batched backward for all K.
-    """
-    if text_embeddings.dim() != 2 or text_embeddings.shape[0] == 0:
-        raise ValueError(f"text_embeddings must be (K, D) with K >= 1, got {tuple(text_embeddings.shape)}")
-    photo = image.convert("RGB")
-    cam = get_method(method)(model)
-    pixels = model.preprocessing.batch([photo])
-    maps, scores = cam.maps_and_scores(pixels, [SimilarityTarget(t) for t in text_embeddings])
-    grids = maps[0].cpu().numpy()  # (K, h, w)
-    box = model.preprocessing.geometry(*photo.size)
-    base = render.fit(photo, max_side)
-    legend = base64.b64encode(render.legend_png(colormap, cam.label)).decode("ascii")
-    out = []
-    for k, grid in enumerate(grids):
-        overlay, peak = render.overlay(base, grid, box, photo.size, colormap=colormap, alpha=alpha)
-        out.append(
-            Heatmap(
-                index=k,
-                method=cam.name,
-                score=round(float(scores[0, k]), 6),
-                grid_shape=(int(grid.shape[0]), int(grid.shape[1])),
-                grid=_rounded(grid) if want_grid else None,
-                png_base64=base64.b64encode(render.png_bytes(overlay)).decode("ascii"),
-                width=overlay.width,
-                height=overlay.height,
-                photo_width=photo.width,
-                photo_height=photo.height,
-                covers=CropBox(left=box[0], top=box[1], right=box[2], bottom=box[3]),
-                peak=peak,
-                colormap=colormap,
-                legend_png_base64=legend,
-            )
-        )
-    return out
-
-
-def _rounded(grid: np.ndarray) -> list[list[float]]:
-    return [[round(float(v), 4) for v in row] for row in np.clip(grid, 0.0, 1.0)]

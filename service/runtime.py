@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from explain.gradcam import CamPass
 from models.backends.base import ModelCard
 from models.backends.registry import ModelSpec
 from models.scoring.features import ImageFeatures
@@ -35,6 +36,7 @@ GIL_SWITCH_INTERVAL_S = 0.0005
 HASH_INLINE_BYTES = 256 * 1024  # larger photos are hashed in a thread, off the event loop
 RUNTIME_PRECISION = "float32"  # the compiled runtimes' precision: set by the agreement check (README, Performance)
 MAX_BATCHERS = 2  # the default model and one per routed modality
+HEATMAPS_AHEAD = 2  # heatmap passes run ahead of their answers at once (each holds the tower top's graph)
 
 
 def sha256_hex(data: bytes) -> str:
@@ -141,6 +143,7 @@ class InferenceRunner:
         self._lock = threading.Lock()
         self._admitted = 0  # event-loop thread only
         self._decoding = 0  # read by the batcher thread: more photos are on their way
+        self._heatmaps_ahead = threading.BoundedSemaphore(HEATMAPS_AHEAD)
 
     @classmethod
     def from_settings(cls, settings: Settings, metrics: Metrics) -> InferenceRunner:
@@ -217,6 +220,7 @@ class InferenceRunner:
         decode_ms: float,
         waited_ms: float,
         submitted: float,
+        heatmap_pass: CamPass | None = None,
     ) -> TriageResult:
         queue_ms = waited_ms + info.wait_ms + (time.perf_counter() - submitted) * 1000
         self.metrics.queue.observe(queue_ms / 1000)
@@ -228,6 +232,7 @@ class InferenceRunner:
             decode_ms=decode_ms,
             queue_ms=queue_ms,
             image_features=features,
+            heatmap_pass=heatmap_pass,
         )
         t = result.timings
         self.metrics.inference.observe((t.inference_ms + info.forward_ms / info.size) / 1000)
@@ -261,21 +266,20 @@ class InferenceRunner:
                 finally:
                     self._decoding -= 1
                 del pixels
-                features, info = await asyncio.wrap_future(future)
-                return await loop.run_in_executor(
-                    self._infer,
-                    self._score_job,
-                    engine,
-                    decoded,
-                    features,
-                    info,
-                    options,
-                    clinical,
-                    request_id,
-                    decode_ms,
-                    waited_ms,
-                    time.perf_counter(),
-                )
+                # heatmaps: their forward (PyTorch) runs now, beside the runtime's; the backward once ranked
+                ahead = options.explain and self._heatmaps_ahead.acquire(blocking=False)
+                try:
+                    heatmap_forward = (
+                        loop.run_in_executor(self._infer, engine.prepare_heatmaps, decoded, options) if ahead else None
+                    )
+                    features, info = await asyncio.wrap_future(future)
+                    heatmap_pass = await heatmap_forward if heatmap_forward is not None else None
+                    job = partial(self._score_job, engine, decoded, features, info, options, clinical, request_id)
+                    now = time.perf_counter()
+                    return await loop.run_in_executor(self._infer, job, decode_ms, waited_ms, now, heatmap_pass)
+                finally:
+                    if ahead:
+                        self._heatmaps_ahead.release()
         except TimeoutError:
             self.metrics.rejected.labels("timeout").inc()
             raise Problem(

@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from explain.gradcam import Heatmap
+from explain.heatmaps import Heatmap
 from explain.risk_shap import UrgencyShap
 from models.knowledge.risk_factors import RiskFactors
 from models.knowledge.symptoms import SymptomFindings

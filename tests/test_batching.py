@@ -121,6 +121,47 @@ def test_concurrent_requests_are_batched_and_equal_unbatched(
     assert 'dermtriage_http_requests_total{method="POST",route="/v1/triage",status="200"} 6.0' in metrics
 
 
+class PreparingEngine(GatedBatchEngine):
+    """The gated engine that also records when a heatmap forward was prepared."""
+
+    def __init__(self, model: Any) -> None:
+        super().__init__(model)
+        self.prepared = threading.Event()
+
+    def prepare_heatmaps(self, image: Any, options: Any) -> Any:
+        cam_pass = super().prepare_heatmaps(image, options)
+        self.prepared.set()
+        return cam_pass
+
+
+def test_heatmap_forward_runs_beside_the_batched_forward(tiny_clip: Any, photos: list[bytes]) -> None:
+    """Issue 19: a heatmap request's PyTorch forward runs while the served forward is still held at
+    the gate, and its heatmaps are exactly those the engine makes in one go."""
+    engine = PreparingEngine(tiny_clip)
+    with TestClient(create_app(_settings(request_timeout_s=60), engine=engine)) as client:
+        wait_ready(client)
+        engine.armed = True
+        with ThreadPoolExecutor(1) as pool:
+            held = pool.submit(_post, client, photos[0], top_k="3", explain="true", heatmap_grid="true")
+            assert engine.entered.wait(30), "the batched forward never started"
+            assert engine.prepared.wait(30), "the heatmap forward waited for the batched forward"
+            assert not held.done()
+            engine.gate.set()
+            answer = held.result(60)
+        assert answer.status_code == 200, answer.text
+        body = answer.json()
+    alone = TriageEngine(tiny_clip, load_taxonomy()).triage(
+        decode_image(photos[0], ImageLimits()), TriageOptions(top_k=3, explain=True, heatmap_grid=True), request_id="x"
+    )
+    assert [d["label"] for d in body["differentials"]] == [d.label for d in alone.differentials]
+    # the candidates' maps came from one backward for all of them: equal to a few 1e-7 (another batch size)
+    assert len(body["heatmaps"]) == len(alone.heatmaps or []) == 3
+    for got, want in zip(body["heatmaps"], alone.heatmaps or [], strict=True):
+        np.testing.assert_allclose(got["grid"], want.grid, atol=2e-4)
+        assert abs(got["score"] - want.score) <= 2e-6
+    assert body["timings"]["heatmap_ms"] > 0
+
+
 def test_full_queue_answers_503_at_once(tiny_clip: Any, photos: list[bytes]) -> None:
     engine = GatedBatchEngine(tiny_clip)
     with TestClient(create_app(_settings(max_queue_size=2, request_timeout_s=60), engine=engine)) as client:

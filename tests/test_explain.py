@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from explain import DEFAULT_METHOD, METHODS, GradCAM, SimilarityTarget, explain_differentials
+from explain import DEFAULT_METHOD, METHODS, GradCAM, SimilarityTarget, explain_differentials, prepare_heatmaps
 from explain.faithfulness import FaithfulnessConfig, auc, evaluate_faithfulness, perturbed_batch, ranks
 from explain.render import colormap_lut, heat_on_canvas, legend_png
 from models.backends.artifacts import ModelArtifacts
@@ -234,6 +234,37 @@ def test_batched_targets_equal_one_at_a_time(trained: tuple[TinyBackend, torch.T
             torch.testing.assert_close(batched[k], cam(pixels, [SimilarityTarget(c)])[0, 0], atol=1e-5, rtol=1e-4)
 
 
+def test_a_pass_prepared_in_another_thread_gives_the_same_heatmaps(trained: tuple[TinyBackend, torch.Tensor]) -> None:
+    """Issue 19: the forward run ahead (another thread, before the targets are known), then the
+    backward: the same maps, scores and overlays as in one go; a pass is used once."""
+    backend, classes = trained
+    photo = to_pil(synthetic_photos(1, torch.Generator().manual_seed(6))[0][0])
+    for method in METHODS:
+        with ThreadPoolExecutor(1) as pool:
+            cam_pass = pool.submit(prepare_heatmaps, backend, photo, method=method).result()
+        ahead = explain_differentials(backend, photo, classes, method=method, want_grid=True, cam_pass=cam_pass)
+        assert ahead == explain_differentials(backend, photo, classes, method=method, want_grid=True)
+        with pytest.raises(RuntimeError, match="used once"):
+            cam_pass.maps_and_scores([SimilarityTarget(classes[0])])
+    other = prepare_heatmaps(backend, photo, method="gradcam")
+    with pytest.raises(ValueError, match="prepared pass"):
+        explain_differentials(backend, photo, classes, method="fusedcam", cam_pass=other)
+    # every candidate's backward run ahead: the ranked rows picked, in their order; a row not among
+    # the candidates gets a fresh pass
+    direct = explain_differentials(backend, photo, classes, want_grid=True)
+    for chosen in ([1, 0], [1], [2, 0]):
+        ahead = explain_differentials(
+            backend,
+            photo,
+            classes[chosen],
+            want_grid=True,
+            cam_pass=prepare_heatmaps(backend, photo, candidates=classes[:2]),
+        )
+        for got, k in zip(ahead, chosen, strict=True):
+            np.testing.assert_allclose(got.grid, direct[k].grid, atol=2e-4)
+            assert got.score == pytest.approx(direct[k].score, abs=2e-6)
+
+
 def _hook_count(layer: nn.Module) -> int:
     return len(layer._forward_hooks) + len(layer._forward_pre_hooks)
 
@@ -304,7 +335,7 @@ def _decode(b64: str) -> Image.Image:
     return img.convert("RGB")
 
 
-@pytest.mark.parametrize(("size", "expected"), [((200, 120), (200, 120)), ((1600, 900), (768, 432))])
+@pytest.mark.parametrize(("size", "expected"), [((200, 120), (200, 120)), ((1600, 900), (640, 360))])
 def test_overlay_is_aligned_to_the_photo(trained, size: tuple[int, int], expected: tuple[int, int]) -> None:
     backend, classes = trained
     rng = np.random.default_rng(0)
@@ -404,6 +435,31 @@ def test_embedded_model_heatmaps(pad_small: Path, embedded_model) -> None:
     assert coarse[0].grid_shape == (7, 7)
 
 
-def render_size(size: tuple[int, int], cap: int = 768) -> tuple[int, int]:
+def render_size(size: tuple[int, int], cap: int = 640) -> tuple[int, int]:
     scale = min(1.0, cap / max(size))
     return (round(size[0] * scale), round(size[1] * scale))
+
+
+def test_overlay_blends_the_colour_map_in_the_box_and_the_png_is_lossless() -> None:
+    """The uint8 blend equals the float formula (to rounding) inside the crop box, leaves the
+    photo untouched outside it, and the PNG decodes to exactly the overlay's pixels."""
+    from explain.render import overlay, png_bytes
+
+    rng = np.random.default_rng(3)
+    base = Image.fromarray(rng.integers(0, 256, (90, 160, 3), dtype=np.uint8), "RGB")
+    grid = rng.random((7, 7)).astype(np.float32)
+    box = (30.0, 0.0, 120.0, 90.0)
+    out, peak = overlay(base, grid, box, base.size, alpha=0.4)
+    heat, mask = heat_on_canvas(grid, box, base.size)
+    colours = colormap_lut("inferno")[(heat * 255).round().astype(np.uint8)].astype(np.float64)
+    rgb = np.asarray(base, dtype=np.float64)
+    expected = np.where(mask[..., None], 0.6 * rgb + 0.4 * colours, rgb)
+    got = np.asarray(out, dtype=np.float64)
+    inside = mask.copy()
+    inside[:, 28:33] = inside[:, 117:122] = inside[:3] = inside[-3:] = False  # the dashed outline of the box
+    assert np.abs(got - expected)[inside].max() <= 1
+    assert np.array_equal(got[:, :28], rgb[:, :28]) and np.array_equal(got[:, 122:], rgb[:, 122:])
+    y, x = np.unravel_index(heat.argmax(), heat.shape)
+    assert peak == (x + 0.5, y + 0.5)
+    decoded = Image.open(io.BytesIO(png_bytes(out)))
+    assert decoded.format == "PNG" and np.array_equal(np.asarray(decoded.convert("RGB")), np.asarray(out))

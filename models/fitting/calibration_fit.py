@@ -85,12 +85,13 @@ def folder_answers(
         source = "model"
     stages = {"image": image}
     if (Path(data_dir) / "metadata.csv").exists():
-        from models.fitting.fusion_fit import cross_fit, pad_fusion_data
+        from models.fitting.evaluation import cross_fit_fusion
+        from models.fitting.fusion_fit import pad_fusion_data
         from models.scoring.fusion import fusion_for_model
 
         if fusion_for_model(model).fitted:
             data = pad_fusion_data(items, labels.ids, image, model, labels.embeddings)
-            stages["fused"], _ = cross_fit(data)
+            stages["fused"], _ = cross_fit_fusion(data, "calibration: cross-fitting the fusion")
     return FolderAnswers(
         items=list(items),
         class_ids=list(labels.ids),
@@ -103,11 +104,27 @@ def folder_answers(
 
 
 def stage_figures(
-    answers: FolderAnswers, probs: np.ndarray, coverage: float, method: Method, lam: float, k_reg: int, cc: bool
+    answers: FolderAnswers,
+    probs: np.ndarray,
+    coverage: float,
+    method: Method,
+    lam: float,
+    k_reg: int,
+    cc: bool,
+    stage: str = "",
 ) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
-    """Cross-fitted figures of one stage, plus its cross-fitted calibrated answers and set membership."""
+    """Cross-fitted figures of one stage (named `stage` on its progress bar), plus its cross-fitted
+    calibrated answers and set membership."""
     cf = cross_fit_calibration(
-        probs, answers.y, answers.groups, coverage=coverage, method=method, lam=lam, k_reg=k_reg, class_conditional=cc
+        probs,
+        answers.y,
+        answers.groups,
+        coverage=coverage,
+        method=method,
+        lam=lam,
+        k_reg=k_reg,
+        class_conditional=cc,
+        progress=f"calibration ({stage}): cross-fitting",
     )
     rep = coverage_report(cf, answers.y, answers.class_ids, answers.fitzpatrick)
     figures = {
@@ -139,7 +156,7 @@ def calibrate_folder(
     answers = folder_answers(model, taxonomy, data_dir, modality)
     stages, figures = {}, {}
     for name, probs in answers.stages.items():
-        figs, _, _ = stage_figures(answers, probs, coverage, method, lam, k_reg, class_conditional)
+        figs, _, _ = stage_figures(answers, probs, coverage, method, lam, k_reg, class_conditional, name)
         summary = {k: v for k, v in figs.items() if not k.startswith("reliability")}
         stages[name] = fit_stage(
             probs,
@@ -238,7 +255,7 @@ def uncertainty_report(
     main = "fused" if "fused" in answers.stages else "image"
     t = GateThresholds()
     for name, probs in answers.stages.items():
-        figs, calibrated, member = stage_figures(answers, probs, coverage, method, lam, k_reg, cc)  # type: ignore[arg-type]
+        figs, calibrated, member = stage_figures(answers, probs, coverage, method, lam, k_reg, cc, name)  # type: ignore[arg-type]
         figs["confusion"] = _confusion(calibrated.argmax(1), answers.y, len(answers.class_ids))
         figs["gate_rates"] = {
             "low_confidence": float((calibrated.max(1) < t.low_confidence).mean()),

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 from scipy.optimize import minimize_scalar
 from sklearn.model_selection import StratifiedGroupKFold
+from tqdm import tqdm
 
 from models.uncertainty.calibration import (
     ECE_BINS,
@@ -129,8 +130,10 @@ def cross_fit_calibration(
     class_conditional: bool = False,
     folds: int = 5,
     seed: int = 0,
+    progress: str | None = None,
 ) -> CrossFit:
-    """Patient-grouped cross-fitting: each fold is calibrated and judged by a stage fitted on the others."""
+    """Patient-grouped cross-fitting: each fold is calibrated and judged by a stage fitted on the others
+    (`progress`: a progress bar over the folds with this description)."""
     p = np.asarray(probs, dtype=float)
     y = np.asarray(labels, dtype=int)
     g = np.asarray(groups)
@@ -139,7 +142,8 @@ def cross_fit_calibration(
     member = np.zeros(p.shape, dtype=bool)
     temps = []
     splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
-    for tr, te in splitter.split(np.zeros(len(y)), y, g):
+    splits = splitter.split(np.zeros(len(y)), y, g)
+    for tr, te in tqdm(splits, total=folds, desc=progress, unit="fold", disable=progress is None):
         assert not set(g[tr]) & set(g[te]), "a patient in both fit and judge rows"
         stage = fit_stage(
             p[tr], y[tr], classes, method=method, lam=lam, k_reg=k_reg, class_conditional=class_conditional

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -26,39 +27,79 @@ log = logging.getLogger(__name__)
 LabelScope = Literal["dataset", "taxonomy", "validated"]
 
 
-_RUN_EMBEDDINGS: ContextVar[dict[tuple, torch.Tensor] | None] = ContextVar("run_embeddings", default=None)
+_RUN_MEMO: ContextVar[dict[tuple, Any] | None] = ContextVar("run_memo", default=None)
 
 
 @contextmanager
 def one_embedding_per_photo() -> Iterator[None]:
-    """Within this block, `embed_images` embeds a given photo list once: the evaluation, its scopes and the
-    uncertainty pass of one `dermtriage evaluate` run reuse the same tensor (same photos, same batches)."""
-    token = _RUN_EMBEDDINGS.set({})
+    """Within this block, `embed_images` embeds a given photo list once and `cross_fit_fusion` cross-fits
+    given rows once: the evaluation, its scopes and the uncertainty pass of one `dermtriage evaluate` run
+    reuse the same results (same photos, same batches; same fusion rows)."""
+    token = _RUN_MEMO.set({})
     try:
         yield
     finally:
-        _RUN_EMBEDDINGS.reset(token)
+        _RUN_MEMO.reset(token)
+
+
+def _once_per_run(key: tuple, compute: Callable[[], Any]) -> Any:
+    memo = _RUN_MEMO.get()
+    if memo is None:
+        return compute()
+    if key not in memo:
+        memo[key] = compute()
+    return memo[key]
 
 
 def embed_images(
     model: ImageTextModel, items: Sequence[LabelledImage], batch_size: int = 16, progress: bool = True
 ) -> torch.Tensor:
-    memo = _RUN_EMBEDDINGS.get()
-    key = (id(model), tuple(str(it.path) for it in items), batch_size) if memo is not None else ()
-    if memo is not None and key in memo:
-        return memo[key]
-    out = []
-    bar = tqdm(total=len(items), desc="scoring photos", unit="img", disable=not progress)
-    for i in range(0, len(items), batch_size):
-        chunk = items[i : i + batch_size]
-        pixels = model.preprocessing.batch([load_photo(it.path) for it in chunk]).to(model.device)
-        out.append(model.encode_image(pixels).cpu())
-        bar.update(len(chunk))
-    bar.close()
-    emb = torch.cat(out)
-    if memo is not None:
-        memo[key] = emb
-    return emb
+    paths = tuple(str(it.path) for it in items)
+    memo = _RUN_MEMO.get()
+
+    def compute() -> torch.Tensor:
+        out, domain = [], []
+        bar = tqdm(total=len(items), desc="scoring photos", unit="img", disable=not progress)
+        for i in range(0, len(items), batch_size):
+            chunk = items[i : i + batch_size]
+            pixels = model.preprocessing.batch([load_photo(it.path) for it in chunk]).to(model.device)
+            if memo is None:
+                out.append(model.encode_image(pixels).cpu())
+            else:  # in a run the OOD pass reads the same forward's ImageNet probabilities (`run_domain`)
+                with torch.inference_mode():
+                    emb, probs = model.encode_image_with_domain(pixels)
+                out.append(emb.cpu())
+                domain.append(None if probs is None else probs.float().cpu().numpy())
+            bar.update(len(chunk))
+        bar.close()
+        if memo is not None:
+            memo[("domain", id(model), paths)] = None if any(d is None for d in domain) else np.concatenate(domain)
+        return torch.cat(out)
+
+    return _once_per_run(("embed", id(model), paths, batch_size), compute)
+
+
+def run_features(model: ImageTextModel, paths: Sequence[str]) -> tuple[np.ndarray, np.ndarray | None] | None:
+    """These photos' embeddings and ImageNet probabilities when `embed_images` already forwarded them in this
+    run (`one_embedding_per_photo`), else None: the OOD pass then needs no forward of its own."""
+    memo = _RUN_MEMO.get()
+    key = ("domain", id(model), tuple(paths))
+    if memo is None or key not in memo:
+        return None
+    emb = next(v for k, v in memo.items() if k[0] == "embed" and k[1:3] == key[1:])
+    return emb.float().numpy(), memo[key]
+
+
+def cross_fit_fusion(data: Any, progress: str | None = None) -> tuple[np.ndarray, list[Any]]:
+    """`fusion_fit.cross_fit` of these rows, once per run (the dataset scope's fused figures and the
+    uncertainty pass fuse the same rows); `progress` describes its bar over the folds."""
+    from models.fitting.fusion_fit import cross_fit
+
+    digest = hashlib.sha256()
+    for part in (data.image, data.text, data.y, data.groups.astype(str)):
+        digest.update(np.ascontiguousarray(part).tobytes())
+    digest.update(repr((data.class_ids, data.sentences, [r.model_dump_json() for r in data.risks])).encode())
+    return _once_per_run(("cross_fit", digest.hexdigest()), lambda: cross_fit(data, progress=progress))
 
 
 def evaluate(
@@ -195,7 +236,7 @@ def _fused_figures(
 
     Risk factors and the symptoms sentence come only from PAD_REQUEST_FIELDS (DATA.md: the other
     columns are missing only for benign lesions and would score the artifact, not the fusion)."""
-    from models.fitting.fusion_fit import cross_fit, pad_fusion_data
+    from models.fitting.fusion_fit import pad_fusion_data
     from models.knowledge.risk_factors import PAD_REQUEST_FIELDS
     from models.scoring.urgency import urgency_report
 
@@ -203,7 +244,7 @@ def _fused_figures(
         return {"fused": None, "urgency": None, "fused_note": "fused figures are computed for --labels dataset"}
     data = pad_fusion_data(items, labels.ids, probs, model, labels.embeddings)
     try:
-        fused_probs, results = cross_fit(data)
+        fused_probs, results = cross_fit_fusion(data, f"fused figures ({label_scope}): cross-fitting the fusion")
     except ValueError as exc:  # too few photos of a class to cross-fit
         return {"fused": None, "urgency": None, "fused_note": str(exc)}
     fused = classification_report(fused_probs, y, list(labels.ids), malignant, fitz)

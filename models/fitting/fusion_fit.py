@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 from scipy.optimize import minimize
 from sklearn.model_selection import StratifiedGroupKFold
+from tqdm import tqdm
 
 from models.backends.artifacts import sha256_file
 from models.fitting.datasets import DEFAULT_DATA, LabelledImage, sentence_from_pad
@@ -244,18 +245,20 @@ def fuse_row(model: FusionModel, data: FusionData, i: int) -> FusionResult:
 
 
 def cross_fit(
-    data: FusionData, folds: int = 5, seed: int = 0, l2: float = DEFAULT_L2
+    data: FusionData, folds: int = 5, seed: int = 0, l2: float = DEFAULT_L2, progress: str | None = None
 ) -> tuple[np.ndarray, list[FusionResult]]:
     """Patient-grouped cross-fitted answers: each row fused by a model fitted without its patient.
 
     Returns the (N, C) posteriors over data.class_ids and the per-row FusionResults (for urgency).
+    `progress`: a progress bar over the folds with this description.
     """
     k = min(folds, int(np.bincount(data.y, minlength=len(data.class_ids)).min()))
     if k < 2:
         raise ValueError("cross-fitting needs at least 2 photos of every class")
     results: list[FusionResult | None] = [None] * len(data.y)
     splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
-    for tr, te in splitter.split(np.zeros(len(data.y)), data.y, data.groups):
+    splits = splitter.split(np.zeros(len(data.y)), data.y, data.groups)
+    for tr, te in tqdm(splits, total=k, desc=progress, unit="fold", disable=progress is None):
         assert not set(data.groups[tr]) & set(data.groups[te]), "a patient in both fit and test rows"
         model = fit_fusion(data, tr, l2)
         for i in te:

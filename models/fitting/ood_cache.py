@@ -55,9 +55,11 @@ def non_skin_params(per_kind: int = 30, seed: int = 0) -> dict[str, Any]:
 
 
 def non_skin_key(model: ImageTextModel, fingerprint: str | None = None) -> str:
-    """The cache key: the model's fingerprint (or `fingerprint`) and the set's generator parameters."""
+    """The cache key: the model's fingerprint (or `fingerprint`), the runtime its forwards ran on (the
+    runtimes agree within 1e-4, not bit for bit) and the set's generator parameters."""
     fp = model.artifacts.fingerprint if fingerprint is None else fingerprint
-    return json.dumps({"fingerprint": fp, "params": non_skin_params()}, sort_keys=True)
+    runtime = getattr(model, "runtime_name", "torch")
+    return json.dumps({"fingerprint": fp, "runtime": runtime, "params": non_skin_params()}, sort_keys=True)
 
 
 def _cache_file(model: ImageTextModel, cache_dir: Path) -> Path:

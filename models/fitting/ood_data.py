@@ -203,11 +203,15 @@ SYNTHETIC: dict[str, Callable[[np.random.Generator], Image.Image]] = {
 }
 
 
-def synthetic_images(per_kind: int = 30, seed: int = 0) -> list[tuple[str, Image.Image]]:
+def synthetic_images(per_kind: int = 30, seed: int = 0, progress: bool = False) -> list[tuple[str, Image.Image]]:
+    from tqdm import tqdm
+
     rng = np.random.default_rng(seed)
-    return [(f"synthetic:{kind}:{i}", make(rng)) for kind, make in SYNTHETIC.items() for i in range(per_kind)]
+    jobs = [(kind, make, i) for kind, make in SYNTHETIC.items() for i in range(per_kind)]
+    bar = tqdm(jobs, desc="OOD: generating the non-skin set", unit="img", disable=not progress)
+    return [(f"synthetic:{kind}:{i}", make(rng)) for kind, make, i in bar]
 
 
 def non_skin_images(per_kind: int = 30, seed: int = 0) -> list[tuple[str, Image.Image]]:
     """Package sample photos (whole and cropped) plus `per_kind` synthetic images of each kind."""
-    return package_photos() + synthetic_images(per_kind, seed)
+    return package_photos() + synthetic_images(per_kind, seed, progress=True)

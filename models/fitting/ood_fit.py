@@ -112,8 +112,9 @@ def embed_photo_set(
 def _photo_set(model: ImageTextModel, key: str, names: list[str], load: Any, cache_dir: Path = CACHE_DIR) -> PhotoSet:
     """The development photos' set; their embeddings and ImageNet probabilities reused from the per-folder cache
     (`cached_embeddings`'s files) when both are there, else computed in one pass and written there."""
-    digest = hashlib.sha256(f"{model.artifacts.fingerprint}|{key}".encode()).hexdigest()[:16]
-    digest_inet = hashlib.sha256(f"{model.artifacts.fingerprint}|imagenet|{key}".encode()).hexdigest()[:16]
+    ident = f"{model.artifacts.fingerprint}|{getattr(model, 'runtime_name', 'torch')}"  # runtimes agree to 1e-4
+    digest = hashlib.sha256(f"{ident}|{key}".encode()).hexdigest()[:16]
+    digest_inet = hashlib.sha256(f"{ident}|imagenet|{key}".encode()).hexdigest()[:16]
     emb_path, inet_path = cache_dir / f"embeddings-{digest}.npy", cache_dir / f"imagenet-{digest_inet}.npy"
     if emb_path.exists() and inet_path.exists():
         n = len(names)
@@ -128,9 +129,19 @@ def _photo_set(model: ImageTextModel, key: str, names: list[str], load: Any, cac
 
 
 def dev_photos(model: ImageTextModel, items: Sequence[Any]) -> PhotoSet:
+    """The folder's photos' set; within a `dermtriage evaluate` run that already forwarded them (a model
+    without out-of-fold probabilities for them), that forward's features, not a second one."""
+    from models.fitting.evaluation import run_features
     from models.photos import load_photo
 
     names = [i.stem for i in items]
+    seen = run_features(model, [str(i.path) for i in items])
+    if seen is not None:
+        n = len(names)
+        skin = np.array(
+            [skin_pixel_fraction(load_photo(items[j].path)) for j in tqdm(range(n), desc="OOD: skin pixels")]
+        )
+        return PhotoSet(names, seen[0], skin, seen[1])
     return _photo_set(model, "|".join(names), names, lambda j: load_photo(items[j].path))
 
 

@@ -57,3 +57,23 @@ def subparser(sub: Any, name: str, help: str, run: Any, **kwargs: Any) -> argpar
     p = sub.add_parser(name, help=help, description=help, **kwargs)
     p.set_defaults(func=run)
     return p
+
+
+def add_runtime(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--runtime",
+        choices=["auto", "torch", "onnxruntime", "openvino"],
+        help="image-tower runtime of the forwards (default: the service's DERMTRIAGE_RUNTIME, auto: the served one; "
+        "torch reproduces the PyTorch float32 figures, within 1e-4 of the others: README, Performance)",
+    )
+
+
+def use_runtime(model: Any, setting: str | None) -> str:
+    """Run `model`'s forwards on the runtime the service would serve (or `setting`); returns its name."""
+    import torch
+
+    from models.embedded.runtime import attach_runtime
+    from service.settings import Settings
+
+    settings = Settings()
+    return attach_runtime(model, setting or settings.runtime, settings.cache_dir, torch.get_num_threads())

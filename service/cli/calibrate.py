@@ -8,7 +8,16 @@ import json
 import sys
 from typing import Any
 
-from service.cli._common import add_data, add_modality, add_model, add_out, set_threads, subparser
+from service.cli._common import (
+    add_data,
+    add_modality,
+    add_model,
+    add_out,
+    add_runtime,
+    set_threads,
+    subparser,
+    use_runtime,
+)
 
 HELP = "fit temperature and conformal sets on a labelled folder"
 
@@ -31,6 +40,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="refit the image stage on the kept cases with an outcome or a review (not a folder)",
     )
     p.add_argument("--url", help="with --from-store: database URL (default DERMTRIAGE_DATABASE_URL)")
+    add_runtime(p)
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
@@ -48,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
     if args.from_store:
         return _from_store(args)
     model = load_model(args.model)
+    use_runtime(model, args.runtime)  # a folder without out-of-fold scores is embedded as served
     out = calibration_output(model.card.name, args.out)
     try:
         cal, figures = calibrate_folder(

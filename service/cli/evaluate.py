@@ -9,7 +9,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from service.cli._common import add_data, add_modality, add_model, subparser
+from service.cli._common import add_data, add_modality, add_model, add_runtime, subparser, use_runtime
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
@@ -33,6 +33,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         "--from-store", action="store_true", help="judge the kept cases' answers against their outcome or review"
     )
     p.add_argument("--url", help="with --from-store: database URL (default DERMTRIAGE_DATABASE_URL)")
+    add_runtime(p)
     return p
 
 
@@ -72,7 +73,9 @@ def run(args: argparse.Namespace) -> int:
     except (DatasetError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    report = _evaluate(load_model(args.model), taxonomy, args)
+    model = load_model(args.model)
+    use_runtime(model, args.runtime)  # the forwards (OOD pass, photos without out-of-fold scores) as served
+    report = _evaluate(model, taxonomy, args)
     if args.report:
         from models.fitting.report import write_report
 
