@@ -24,6 +24,7 @@ import shap
 from numba.core.registry import CPUDispatcher
 from pydantic import BaseModel, ConfigDict, Field
 
+from models.embedded.export import default_cache_root
 from models.knowledge.risk_factors import RiskFactors
 from models.knowledge.risk_priors import LiteraturePriors, load_priors
 from models.knowledge.symptoms import SymptomFindings, apply_findings
@@ -208,10 +209,10 @@ def cache_shap_kernels(folder: Path) -> int:
     return len(kernels)
 
 
-def warm_up(kernel_cache: Path | None = None) -> None:
-    """Compile shap's numba kernels (6.4 s once per process; 2.8 s with ``kernel_cache`` filled by an
-    earlier start, see `cache_shap_kernels`) so the first answer is not slow."""
-    if kernel_cache is not None:
-        cache_shap_kernels(kernel_cache)
+def warm_up(cache_dir: Path | None = None) -> None:
+    """Compile shap's numba kernels (6.4 s once per process; 2.8 s once an earlier start filled
+    ``numba/`` under ``cache_dir``, else beside the runtime export: `cache_shap_kernels`) so the
+    first answer is not slow."""
+    cache_shap_kernels((cache_dir or default_cache_root()) / "numba")
     game = lambda x: np.asarray(x, dtype=float).sum(1)  # noqa: E731
     shap.explainers.Exact(game, shap.maskers.Independent(np.zeros((1, 2)), max_samples=1))(np.ones((1, 2)), silent=True)

@@ -22,7 +22,6 @@ from explain.heatmaps import explain_differentials, prepare_heatmaps
 from explain.risk_shap import explain_urgency
 from explain.risk_shap import warm_up as warm_up_shap
 from models.backends.base import ImageTextModel
-from models.embedded.export import default_cache_root
 from models.knowledge.risk_priors import load_priors
 from models.knowledge.symptoms import extract_findings
 from models.knowledge.taxonomy import Condition, Taxonomy, UnknownLabelError
@@ -148,12 +147,10 @@ class TriageEngine:
         coverage: float = 0.9,
     ) -> None:
         self.model = model
-        # shap's compiled kernels, beside the runtime export (explain.risk_shap.cache_shap_kernels)
-        self.kernel_cache = (cache_dir or default_cache_root()) / "numba"
+        self.cache_dir = cache_dir
         self.taxonomy = taxonomy
         self.classifier = ZeroShotClassifier(model, taxonomy, cache_dir)
-        # the model's declared artifacts: fusion (generic when it declares none or another model's),
-        # urgency thresholds, calibration and OOD statistics (a calibration for other weights fails start-up)
+        # declared artifacts: fusion (else generic), thresholds, calibration (for other weights: fails), OOD stats
         self.fusion = fusion_for_model(model)
         self.priors = load_priors()
         self.thresholds = thresholds or thresholds_for_model(model)
@@ -196,7 +193,7 @@ class TriageEngine:
             self.classifier.condition_set(modality)
         size = self.model.preprocessing.image_size
         self.embed(torch.zeros(1, 3, size, size))  # the served path (ImageNet view included)
-        warm_up_shap(self.kernel_cache)
+        warm_up_shap(self.cache_dir)
 
     # ------------------------------------------------------------------ stage 2: features -> scores
 

@@ -155,19 +155,11 @@ def calibrate_folder(
     """The calibration file for `model` fitted on the folder, and its cross-fitted figures per stage."""
     answers = folder_answers(model, taxonomy, data_dir, modality)
     stages, figures = {}, {}
+    settings: dict[str, Any] = {"method": method, "lam": lam, "k_reg": k_reg, "class_conditional": class_conditional}
     for name, probs in answers.stages.items():
         figs, _, _ = stage_figures(answers, probs, coverage, method, lam, k_reg, class_conditional, name)
         summary = {k: v for k, v in figs.items() if not k.startswith("reliability")}
-        stages[name] = fit_stage(
-            probs,
-            answers.y,
-            answers.class_ids,
-            method=method,
-            lam=lam,
-            k_reg=k_reg,
-            class_conditional=class_conditional,
-            figures=summary,
-        )
+        stages[name] = fit_stage(probs, answers.y, answers.class_ids, figures=summary, **settings)
         figures[name] = figs
     cal = CalibrationFile(
         model={"name": model.card.name, "version": model.card.version, "fingerprint": model.artifacts.fingerprint},
