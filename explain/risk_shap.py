@@ -24,7 +24,7 @@ import shap
 from numba.core.registry import CPUDispatcher
 from pydantic import BaseModel, ConfigDict, Field
 
-from models.embedded.export import default_cache_root
+from models.backends.artifacts import default_cache_root
 from models.knowledge.risk_factors import RiskFactors
 from models.knowledge.risk_priors import LiteraturePriors, load_priors
 from models.knowledge.symptoms import SymptomFindings, apply_findings

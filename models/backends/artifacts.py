@@ -10,6 +10,7 @@ Every fitted file records the identity it was made for; `ModelIdentity.accepts` 
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -20,6 +21,12 @@ if TYPE_CHECKING:
     from models.backends.base import ModelCard
 
 SHA_PREFIX = 12  # hex digits of the weights hash a fingerprint carries
+
+
+def default_cache_root() -> Path:
+    """Where dermtriage caches what it builds (runtime exports, compiled kernels, OOD features) when
+    DERMTRIAGE_CACHE_DIR is not set: $XDG_CACHE_HOME/dermtriage, else ~/.cache/dermtriage."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")) / "dermtriage"
 
 
 def sha256_file(path: Path) -> str:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 
-from models.backends.artifacts import ModelIdentity
+from models.backends.artifacts import ModelIdentity, default_cache_root
 from models.embedded.domain import FrozenFeatureTap, first_tuned_block
 
 if TYPE_CHECKING:
@@ -30,11 +30,6 @@ log = logging.getLogger(__name__)
 
 EXPORT_FORMAT = 1  # bump when the exported graph changes meaning
 OPSET = 17
-
-
-def default_cache_root() -> Path:
-    """Where the service caches what it builds when DERMTRIAGE_CACHE_DIR is not set."""
-    return Path(os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")) / "dermtriage"
 
 
 def default_cache_dir() -> Path:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from models.backends.artifacts import default_cache_root
 from models.backends.base import ImageTextModel
 
 if TYPE_CHECKING:
@@ -29,7 +30,7 @@ def non_skin_cache_dir() -> Path:
     root = os.environ.get("DERMTRIAGE_CACHE_DIR")
     if root:
         return Path(root) / "ood"
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "dermtriage" / "ood"
+    return default_cache_root() / "ood"
 
 
 def non_skin_params(per_kind: int = 30, seed: int = 0) -> dict[str, Any]:
@@ -54,12 +55,19 @@ def non_skin_params(per_kind: int = 30, seed: int = 0) -> dict[str, Any]:
     }
 
 
+def forward_runtime(model: ImageTextModel) -> str:
+    """The runtime the model's forwards run on, part of every cache key of its features (the runtimes
+    agree within 1e-4, not bit for bit)."""
+    return getattr(model, "runtime_name", "torch")
+
+
 def non_skin_key(model: ImageTextModel, fingerprint: str | None = None) -> str:
     """The cache key: the model's fingerprint (or `fingerprint`), the runtime its forwards ran on (the
     runtimes agree within 1e-4, not bit for bit) and the set's generator parameters."""
     fp = model.artifacts.fingerprint if fingerprint is None else fingerprint
-    runtime = getattr(model, "runtime_name", "torch")
-    return json.dumps({"fingerprint": fp, "runtime": runtime, "params": non_skin_params()}, sort_keys=True)
+    return json.dumps(
+        {"fingerprint": fp, "runtime": forward_runtime(model), "params": non_skin_params()}, sort_keys=True
+    )
 
 
 def _cache_file(model: ImageTextModel, cache_dir: Path) -> Path:

@@ -28,6 +28,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from models.backends.base import ImageTextModel
+from models.fitting.ood_cache import forward_runtime
 from models.uncertainty.ood import (
     OodDetector,
     OodStats,
@@ -112,7 +113,7 @@ def embed_photo_set(
 def _photo_set(model: ImageTextModel, key: str, names: list[str], load: Any, cache_dir: Path = CACHE_DIR) -> PhotoSet:
     """The development photos' set; their embeddings and ImageNet probabilities reused from the per-folder cache
     (`cached_embeddings`'s files) when both are there, else computed in one pass and written there."""
-    ident = f"{model.artifacts.fingerprint}|{getattr(model, 'runtime_name', 'torch')}"  # runtimes agree to 1e-4
+    ident = f"{model.artifacts.fingerprint}|{forward_runtime(model)}"
     digest = hashlib.sha256(f"{ident}|{key}".encode()).hexdigest()[:16]
     digest_inet = hashlib.sha256(f"{ident}|imagenet|{key}".encode()).hexdigest()[:16]
     emb_path, inet_path = cache_dir / f"embeddings-{digest}.npy", cache_dir / f"imagenet-{digest_inet}.npy"
